@@ -1,0 +1,46 @@
+//! itrelay relays the IT module's events from a Postgres outbox to RabbitMQ.
+//!
+//! A trigger on an IT table writes each event to `itrelay.outbox` in the business
+//! transaction and wakes the relay with NOTIFY. The relay, one leader per channel, takes
+//! the pending rows in order and runs each through the pipeline below, then marks it
+//! delivered once RabbitMQ has confirmed every copy.
+//!
+//! The modules follow the flow of an event:
+//!
+//! | stage | module | I/O |
+//! |---|---|---|
+//! | listen, lead | [`listen`] | Postgres |
+//! | claim, look up, record | [`outbox`] | Postgres |
+//! | redact secrets | [`redact`] | – |
+//! | decode the row | [`decode`] | – |
+//! | enrich names | [`enrich`] | – |
+//! | validate the body against its schema | [`validate`] | – |
+//! | route to subscriber exchanges | [`route`] | – |
+//! | build the AMQP message | [`envelope`] | – |
+//! | publish with confirms | [`publish`] | RabbitMQ |
+//! | the loop around them | [`relay`] | both |
+//!
+//! Redaction runs first so that no later stage, log line or error can see a secret;
+//! validation runs after enrichment so that it checks exactly the body consumers get.
+//! [`catalog`] describes every event type, [`config`] the settings, [`sql`] the
+//! embedded SQL that DBAs apply.
+
+pub mod backoff;
+pub mod catalog;
+pub mod config;
+pub mod decode;
+pub mod demo;
+pub mod enrich;
+pub mod envelope;
+pub mod event;
+pub mod listen;
+pub mod logging;
+pub mod outbox;
+pub mod publish;
+pub mod redact;
+pub mod relay;
+pub mod route;
+pub mod secret;
+pub mod shutdown;
+pub mod sql;
+pub mod validate;

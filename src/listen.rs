@@ -1,0 +1,151 @@
+//! The Postgres session the relay works on: one connection that holds the leader lock,
+//! LISTENs on the channel, and runs the outbox queries.
+//!
+//! Notifications arrive only while the connection is driven, so a task drives it and
+//! hands each notification over as a [`Notice`]; when the connection ends, so does the
+//! stream of notices.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures_util::{stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tracing::{debug, warn};
+
+use crate::secret::SecretUrl;
+
+/// Notices buffered between the connection and the relay; past this, wake-ups are
+/// redundant and whole-event notifications are dropped (they are best effort).
+const NOTICE_BUFFER: usize = 4096;
+
+/// What a notification on the channel means to the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// New outbox rows: an empty payload, or an outbox id, which is only a hint.
+    Wake,
+    /// A whole event sent as the payload by a trigger that does not use the outbox.
+    Event(String),
+}
+
+impl Notice {
+    pub fn from_payload(payload: &str) -> Self {
+        let trimmed = payload.trim();
+        if trimmed.is_empty() || trimmed.bytes().all(|b| b.is_ascii_digit()) {
+            Notice::Wake
+        } else {
+            Notice::Event(payload.to_owned())
+        }
+    }
+}
+
+pub struct PgSession {
+    pub client: Client,
+    notices: mpsc::Receiver<Notice>,
+}
+
+impl PgSession {
+    /// Connects with keepalives, so a dead peer is noticed in seconds, not hours.
+    pub async fn connect(url: &SecretUrl) -> Result<Self, tokio_postgres::Error> {
+        let mut config = tokio_postgres::Config::from_str(url.expose())?;
+        config
+            .application_name("itrelay")
+            .connect_timeout(Duration::from_secs(10))
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3);
+        let (client, mut connection) = config.connect(NoTls).await?;
+        let (sender, notices) = mpsc::channel(NOTICE_BUFFER);
+        tokio::spawn(async move {
+            let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(notification)) => {
+                        let notice = Notice::from_payload(notification.payload());
+                        if let Err(mpsc::error::TrySendError::Full(Notice::Event(_))) =
+                            sender.try_send(notice)
+                        {
+                            warn!(
+                                "notification buffer full: a whole-event notification was dropped"
+                            );
+                        }
+                    }
+                    Ok(AsyncMessage::Notice(notice)) => debug!(%notice, "postgres notice"),
+                    Ok(_) => {}
+                    Err(error) => {
+                        warn!(%error, "postgres connection lost");
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Self { client, notices })
+    }
+
+    /// Starts receiving notifications on `channel` (a name checked by the configuration,
+    /// quoted here all the same).
+    pub async fn listen(&self, channel: &str) -> Result<(), tokio_postgres::Error> {
+        self.client
+            .batch_execute(&format!("LISTEN {}", quote_identifier(channel)))
+            .await
+    }
+
+    /// Takes the leader lock of `channel` if no other relay holds it. Held until this
+    /// session's connection ends.
+    pub async fn try_lead(&self, channel: &str) -> Result<bool, tokio_postgres::Error> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                &[&leader_lock_name(channel)],
+            )
+            .await?;
+        row.try_get(0)
+    }
+
+    /// The next notice; `None` once the connection has ended.
+    pub async fn next_notice(&mut self) -> Option<Notice> {
+        self.notices.recv().await
+    }
+
+    /// A notice already waiting, without waiting for one.
+    pub fn try_next_notice(&mut self) -> Option<Notice> {
+        self.notices.try_recv().ok()
+    }
+}
+
+/// The advisory lock that makes one relay per channel the leader.
+pub fn leader_lock_name(channel: &str) -> String {
+    format!("itrelay leader {channel}")
+}
+
+/// Quotes an SQL identifier: wraps it in `"` and doubles any `"` inside.
+pub fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_identifier("it_events"), "\"it_events\"");
+        assert_eq!(quote_identifier("a\"; DROP x; --"), "\"a\"\"; DROP x; --\"");
+    }
+
+    #[test]
+    fn notification_payloads() {
+        assert_eq!(Notice::from_payload(""), Notice::Wake);
+        assert_eq!(Notice::from_payload(" 12345 "), Notice::Wake);
+        assert_eq!(
+            Notice::from_payload("{\"event_type\":\"x\"}"),
+            Notice::Event("{\"event_type\":\"x\"}".into())
+        );
+        assert_eq!(
+            Notice::from_payload("garbage"),
+            Notice::Event("garbage".into())
+        );
+    }
+}
