@@ -106,10 +106,17 @@ impl Settings {
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
-        let environment = config::Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator("__")
-            .separator("__")
-            .source(env);
+        // Route lists come from the environment as comma-separated module names.
+        let environment = catalog::EVENTS.iter().fold(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .source(env),
+            |environment, spec| {
+                environment.with_list_parse_key(&format!("routes.{}", spec.event_type))
+            },
+        );
         let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
@@ -312,6 +319,12 @@ mod tests {
         );
         assert_eq!(settings.relay.batch_size, 50);
         assert_eq!(settings.exchange_for("FA"), "test.fa");
+    }
+
+    #[test]
+    fn routes_from_the_environment_are_comma_separated() {
+        let settings = load(&[("ITRELAY__ROUTES__IT_ASSET_PURCHASED", "FA,GR")]).unwrap();
+        assert_eq!(settings.routes["it_asset_purchased"], ["FA", "GR"]);
     }
 
     #[test]

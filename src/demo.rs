@@ -1,3 +1,265 @@
-pub async fn run(_s: crate::config::Settings, _k: bool) -> anyhow::Result<()> {
+//! `itrelay demo`: a scratch database with the reference schema and the triggers, the
+//! relay running in-process, a short story of business writes, and every message printed
+//! as it reaches a module's exchange. Cleans up after itself unless asked to keep things.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::listen::PgSession;
+use crate::publish::Publisher;
+use crate::relay::Relay;
+use crate::route::Router;
+use crate::secret::SecretUrl;
+use crate::sql;
+
+const ORG: &str = "7f1c1c4e-8a2b-4d53-9a55-2a1e7b0c9d11";
+const VENDOR: &str = "11111111-1111-4111-8111-111111111111";
+const EMPLOYEE: &str = "22222222-2222-4222-8222-222222222222";
+const TECHNICIAN: &str = "33333333-3333-4333-8333-333333333333";
+const LICENSE: &str = "77777777-7777-4777-8777-777777777777";
+
+/// The story: what happens in the IT module, the SQL it runs, and the messages it yields.
+const STORY: &[(&str, &str, usize)] = &[
+    (
+        "IT buys a laptop from Acme",
+        "INSERT INTO it_assets (asset_id, organization_id, asset_tag, asset_name, asset_type, site_id, building, room)
+             VALUES ('44444444-4444-4444-8444-444444444444', '7f1c1c4e-8a2b-4d53-9a55-2a1e7b0c9d11', 'LT-0042', 'ThinkPad X1', 'laptop',
+                     '55555555-5555-4555-8555-555555555555', 'HQ', '4.12');
+         UPDATE it_assets SET purchase_cost = 1899.00, purchase_date = DATE '2026-03-01',
+                 vendor_id = '11111111-1111-4111-8111-111111111111', po_number = 'PO-2026-118'
+             WHERE asset_id = '44444444-4444-4444-8444-444444444444'",
+        1,
+    ),
+    (
+        "the laptop is assigned to Dana",
+        "INSERT INTO it_asset_assignments (organization_id, asset_id, employee_id, assigned_by)
+             VALUES ('7f1c1c4e-8a2b-4d53-9a55-2a1e7b0c9d11', '44444444-4444-4444-8444-444444444444',
+                     '22222222-2222-4222-8222-222222222222', '33333333-3333-4333-8333-333333333333')",
+        2,
+    ),
+    (
+        "Dana opens a ticket: the screen flickers",
+        "INSERT INTO it_tickets (ticket_id, organization_id, ticket_number, category, priority, subject, description,
+                                 requester_id, affected_asset_id)
+             VALUES ('66666666-6666-4666-8666-666666666666', '7f1c1c4e-8a2b-4d53-9a55-2a1e7b0c9d11', 'TCK-1001', 'hardware', 'high',
+                     'Screen flickers', 'The laptop screen flickers on battery.',
+                     '22222222-2222-4222-8222-222222222222', '44444444-4444-4444-8444-444444444444')",
+        1,
+    ),
+    (
+        "Sam takes the ticket",
+        "UPDATE it_tickets SET status = 'in_progress', assigned_to_id = '33333333-3333-4333-8333-333333333333',
+                 updated_by = '33333333-3333-4333-8333-333333333333'
+             WHERE ticket_id = '66666666-6666-4666-8666-666666666666'",
+        1,
+    ),
+    (
+        "Sam resolves it",
+        "UPDATE it_tickets SET status = 'resolved', resolution_notes = 'Display cable reseated.',
+                 updated_by = '33333333-3333-4333-8333-333333333333'
+             WHERE ticket_id = '66666666-6666-4666-8666-666666666666'",
+        1,
+    ),
+    (
+        "Dana confirms; the ticket is closed",
+        "UPDATE it_tickets SET status = 'closed', updated_by = '22222222-2222-4222-8222-222222222222'
+             WHERE ticket_id = '66666666-6666-4666-8666-666666666666'",
+        1,
+    ),
+    (
+        "the office suite license is renewed for a year",
+        "UPDATE it_licenses SET expiration_date = DATE '2027-12-31', renewal_cost = 4200.00,
+                 updated_by = '33333333-3333-4333-8333-333333333333'
+             WHERE license_id = '77777777-7777-4777-8777-777777777777'",
+        1,
+    ),
+    (
+        "the laptop is retired and recycled",
+        "UPDATE it_assets SET status = 'disposed', disposal_method = 'recycled', disposal_date = DATE '2026-11-20',
+                 data_sanitization_method = 'NIST 800-88 purge', certificate_of_destruction = true,
+                 updated_by = '33333333-3333-4333-8333-333333333333'
+             WHERE asset_id = '44444444-4444-4444-8444-444444444444'",
+        2,
+    ),
+];
+
+pub async fn run(settings: Settings, keep: bool) -> anyhow::Result<()> {
+    let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let database = format!("itrelay_demo_{suffix}");
+    let admin = PgSession::connect(&settings.postgres.url)
+        .await
+        .with_context(|| format!("connecting to {}", settings.postgres.url))?;
+    admin
+        .client
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .context("creating the scratch database")?;
+    println!("scratch database {database}: reference schema and itrelay installed");
+    let mut demo_settings = settings.clone();
+    demo_settings.postgres.url = with_database(&settings.postgres.url, &database)?;
+    demo_settings.amqp.exchange_prefix = format!("itrelay-demo-{suffix}.");
+    let outcome = story(&demo_settings).await;
+    if keep {
+        println!(
+            "kept: database {database}, exchanges {}*",
+            demo_settings.amqp.exchange_prefix
+        );
+    } else {
+        remove_exchanges(&demo_settings).await;
+        admin
+            .client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+            .await
+            .context("dropping the scratch database")?;
+    }
+    outcome
+}
+
+async fn story(settings: &Settings) -> anyhow::Result<()> {
+    let pg = PgSession::connect(&settings.postgres.url).await?;
+    pg.client.batch_execute(sql::REFERENCE_SCHEMA).await?;
+    sql::install(&pg.client).await?;
+    pg.client
+        .batch_execute(&format!(
+            "INSERT INTO it_vendors VALUES ('{VENDOR}', '{ORG}', 'Acme Hardware');
+             INSERT INTO employees VALUES ('{EMPLOYEE}', '{ORG}', 'Dana Reyes', 'dana@example.com'),
+                                          ('{TECHNICIAN}', '{ORG}', 'Sam Ortiz', 'sam@example.com');
+             INSERT INTO it_licenses (license_id, organization_id, software_name, software_vendor, license_type,
+                                      license_count, cost_per_license, purchase_date, expiration_date)
+                 VALUES ('{LICENSE}', '{ORG}', 'Office Suite', 'Contoso', 'subscription', 50, 84.00,
+                         DATE '2026-01-01', DATE '2026-12-31');"
+        ))
+        .await?;
+    let (connection, channel) = consumer(settings).await?;
+    let mut deliveries = subscribe(&channel, settings).await?;
+
+    let relay = Relay::new(settings.clone())?;
+    let stop = CancellationToken::new();
+    let running = tokio::spawn({
+        let stop = stop.clone();
+        async move { relay.run(stop).await }
+    });
+
+    let mut received = 0;
+    for (what, statement, expected) in STORY {
+        println!("\n▶ {what}");
+        pg.client.batch_execute(statement).await?;
+        let want = received + expected;
+        while received < want {
+            let Ok(Some(delivery)) =
+                tokio::time::timeout(Duration::from_secs(15), deliveries.next()).await
+            else {
+                stop.cancel();
+                bail!("no message arrived within 15 s: is the relay able to reach RabbitMQ?");
+            };
+            let delivery = delivery?;
+            let body: serde_json::Value = serde_json::from_slice(&delivery.data)?;
+            println!(
+                "  ✉ {:<24} {:<26} message_id={}\n    {}",
+                delivery.exchange.as_str(),
+                delivery.routing_key.as_str(),
+                delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
+                body
+            );
+            delivery.ack(BasicAckOptions::default()).await?;
+            received += 1;
+        }
+    }
+    println!("\n{received} messages relayed, each confirmed by the broker before its outbox row was marked delivered.");
+    stop.cancel();
+    running.await?;
+    let _ = connection.close(200, "demo done").await;
     Ok(())
+}
+
+async fn consumer(settings: &Settings) -> anyhow::Result<(Connection, Channel)> {
+    let properties = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    let connection = Connection::connect(settings.amqp.url.expose(), properties)
+        .await
+        .with_context(|| format!("connecting to {}", settings.amqp.url))?;
+    let channel = connection.create_channel().await?;
+    Ok((connection, channel))
+}
+
+/// One exclusive queue on every module exchange, consumed as one stream.
+async fn subscribe(channel: &Channel, settings: &Settings) -> anyhow::Result<lapin::Consumer> {
+    let router = Router::from_settings(settings);
+    // Declares the exchanges exactly as the relay will.
+    Publisher::connect(&settings.amqp.url, &router, settings.confirm_timeout())
+        .await?
+        .close()
+        .await;
+    let queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    for exchange in router.exchanges() {
+        channel
+            .queue_bind(
+                queue.name().as_str(),
+                exchange,
+                "#",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(channel
+        .basic_consume(
+            queue.name().as_str(),
+            "itrelay-demo",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?)
+}
+
+async fn remove_exchanges(settings: &Settings) {
+    let Ok((connection, channel)) = consumer(settings).await else {
+        return;
+    };
+    let router = Router::from_settings(settings);
+    let dead_letter = router.dead_letter();
+    // Best effort: a leftover demo exchange harms nothing.
+    let _ = channel
+        .queue_delete(dead_letter, QueueDeleteOptions::default())
+        .await;
+    for exchange in router.exchanges().into_iter().chain([dead_letter]) {
+        let _ = channel
+            .exchange_delete(exchange, ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = connection.close(200, "demo done").await;
+}
+
+/// `url` pointing at `database` instead.
+fn with_database(url: &SecretUrl, database: &str) -> anyhow::Result<SecretUrl> {
+    let mut parsed = url::Url::parse(url.expose())
+        .map_err(|_| anyhow::anyhow!("the demo needs postgres.url in URL form (postgres://…)"))?;
+    parsed.set_path(&format!("/{database}"));
+    Ok(SecretUrl::new(parsed.to_string()))
 }

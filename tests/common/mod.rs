@@ -1,0 +1,350 @@
+//! Test harness: each test gets its own database and exchange prefix on the machine's
+//! Postgres and RabbitMQ, queues bound to every module exchange, and cleanup on drop.
+
+#![allow(dead_code)] // Each test binary uses its own part of the harness.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use itrelay::config::Settings;
+use itrelay::relay::Relay;
+use itrelay::route::Router;
+use lapin::options::{
+    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub const ORG: &str = "7f1c1c4e-8a2b-4d53-9a55-2a1e7b0c9d11";
+pub const OTHER_ORG: &str = "00000000-0000-4000-8000-0000000000ff";
+pub const VENDOR: &str = "11111111-1111-4111-8111-111111111111";
+pub const EMPLOYEE: &str = "22222222-2222-4222-8222-222222222222";
+pub const ACTOR: &str = "33333333-3333-4333-8333-333333333333";
+pub const ASSET: &str = "44444444-4444-4444-8444-444444444444";
+pub const SITE: &str = "55555555-5555-4555-8555-555555555555";
+
+/// A message taken from a test queue.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Value,
+    pub raw_body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+impl Received {
+    pub fn message_id(&self) -> String {
+        self.properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string())
+            .unwrap_or_default()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        let table = self.properties.headers().as_ref()?;
+        match table.inner().get(name)? {
+            AMQPValue::LongString(s) => Some(s.to_string()),
+            AMQPValue::LongLongInt(n) => Some(n.to_string()),
+            other => Some(format!("{other:?}")),
+        }
+    }
+}
+
+/// One test's database, names, queues and (optionally) running relay.
+pub struct TestEnv {
+    pub id: String,
+    pub database: String,
+    pub db_url: String,
+    pub prefix: String,
+    pub client: Client,
+    pub channel: Channel,
+    _amqp: Connection,
+    /// Module exchange → the test queue bound to it.
+    pub queues: HashMap<String, String>,
+    relay: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+impl TestEnv {
+    /// A fresh database with the reference schema and itrelay installed, and a queue bound
+    /// to each module exchange and to the dead-letter exchange.
+    pub async fn new() -> Self {
+        Self::with_env(&[]).await
+    }
+
+    /// As [`TestEnv::new`], with extra `ITRELAY__*` settings for the relay.
+    pub async fn with_env(extra: &[(&str, &str)]) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let database = format!("itrelay_t_{id}");
+        let admin = connect(PG_ADMIN_URL).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .await
+            .expect("create test database");
+        let db_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+        let client = connect(&db_url).await;
+        client
+            .batch_execute(itrelay::sql::REFERENCE_SCHEMA)
+            .await
+            .expect("reference schema");
+        itrelay::sql::install(&client).await.expect("install");
+        let prefix = format!("t{id}.");
+        let amqp = Connection::connect(AMQP_URL, amqp_properties())
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = amqp.create_channel().await.expect("channel");
+        let mut env = Self {
+            id,
+            database,
+            db_url,
+            prefix,
+            client,
+            channel,
+            _amqp: amqp,
+            queues: HashMap::new(),
+            relay: None,
+        };
+        let settings = env.settings(extra);
+        let router = Router::from_settings(&settings);
+        let mut exchanges: Vec<String> = router.exchanges().into_iter().map(str::to_owned).collect();
+        exchanges.push(router.dead_letter().to_owned());
+        for exchange in exchanges {
+            env.bind_queue(&exchange).await;
+        }
+        env
+    }
+
+    /// The relay's settings for this test: its database, its prefix, quick polling.
+    pub fn settings(&self, extra: &[(&str, &str)]) -> Settings {
+        let mut env: HashMap<String, String> = self
+            .env_vars()
+            .into_iter()
+            .collect();
+        for (key, value) in extra {
+            env.insert((*key).to_owned(), (*value).to_owned());
+        }
+        Settings::load_with_env(None, Some(env)).expect("test settings")
+    }
+
+    /// The `ITRELAY__*` variables that point a relay at this test's database and names.
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        [
+            ("ITRELAY__POSTGRES__URL", self.db_url.as_str()),
+            ("ITRELAY__AMQP__URL", AMQP_URL),
+            ("ITRELAY__AMQP__EXCHANGE_PREFIX", self.prefix.as_str()),
+            ("ITRELAY__RELAY__POLL_INTERVAL_MS", "200"),
+            ("ITRELAY__RELAY__RECONNECT_MAX_MS", "500"),
+            ("ITRELAY__RELAY__STANDBY_RETRY_MS", "200"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    pub fn exchange(&self, module: &str) -> String {
+        format!("{}{}", self.prefix, module.to_lowercase())
+    }
+
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}dead-letter", self.prefix)
+    }
+
+    /// Declares `exchange` as the relay does and binds a fresh test queue to it.
+    pub async fn bind_queue(&mut self, exchange: &str) {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        self.channel
+            .exchange_declare(exchange, ExchangeKind::Topic, durable, FieldTable::default())
+            .await
+            .expect("declare exchange");
+        let queue = format!("{exchange}.test-queue");
+        self.channel
+            .queue_declare(&queue, QueueDeclareOptions::default(), FieldTable::default())
+            .await
+            .expect("declare queue");
+        self.channel
+            .queue_bind(&queue, exchange, "#", QueueBindOptions::default(), FieldTable::default())
+            .await
+            .expect("bind queue");
+        self.queues.insert(exchange.to_owned(), queue);
+    }
+
+    /// Starts the relay in-process with this test's settings.
+    pub fn start_relay(&mut self, extra: &[(&str, &str)]) {
+        let relay = Relay::new(self.settings(extra)).expect("relay");
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let handle = tokio::spawn(async move { relay.run(stop).await });
+        self.relay = Some((token, handle));
+    }
+
+    /// Stops the in-process relay and waits for it to finish.
+    pub async fn stop_relay(&mut self) {
+        if let Some((token, handle)) = self.relay.take() {
+            token.cancel();
+            tokio::time::timeout(WAIT, handle)
+                .await
+                .expect("relay stops in time")
+                .expect("relay task");
+        }
+    }
+
+    pub async fn execute(&self, sql: &str) {
+        self.client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
+
+    /// Outbox rows per state, e.g. `("delivered", 3)`.
+    pub async fn outbox_states(&self) -> HashMap<String, i64> {
+        self.client
+            .query("SELECT state, count(*) FROM itrelay.outbox GROUP BY state", &[])
+            .await
+            .expect("outbox states")
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect()
+    }
+
+    /// Polls until the outbox holds `total` rows and none is pending.
+    pub async fn wait_until_settled(&self, total: i64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let states = self.outbox_states().await;
+            let all: i64 = states.values().sum();
+            if all == total && !states.contains_key("pending") {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "outbox not settled: {states:?}, expected {total} rows"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Takes every message now in the queue bound to `exchange`.
+    pub async fn drain(&self, exchange: &str) -> Vec<Received> {
+        let queue = &self.queues[exchange];
+        let mut received = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(queue, BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic_get")
+        {
+            let delivery = message.delivery;
+            received.push(Received {
+                exchange: exchange.to_owned(),
+                routing_key: delivery.routing_key.to_string(),
+                body: serde_json::from_slice(&delivery.data).unwrap_or(Value::Null),
+                raw_body: delivery.data.clone(),
+                properties: delivery.properties.clone(),
+            });
+        }
+        received
+    }
+
+    /// Takes every message from every test queue, by exchange.
+    pub async fn drain_all(&self) -> HashMap<String, Vec<Received>> {
+        let mut all = HashMap::new();
+        let exchanges: Vec<String> = self.queues.keys().cloned().collect();
+        for exchange in exchanges {
+            let messages = self.drain(&exchange).await;
+            all.insert(exchange, messages);
+        }
+        all
+    }
+
+    /// Seeds a vendor, an employee, an actor and an asset of [`ORG`].
+    pub async fn seed(&self) {
+        self.execute(&format!(
+            "INSERT INTO it_vendors (vendor_id, organization_id, vendor_name) VALUES ('{VENDOR}', '{ORG}', 'Acme Hardware');
+             INSERT INTO employees (employee_id, organization_id, employee_name, email) VALUES
+                 ('{EMPLOYEE}', '{ORG}', 'Dana Reyes', 'dana@example.com'),
+                 ('{ACTOR}', '{ORG}', 'Sam Ortiz', 'sam@example.com');
+             INSERT INTO it_assets (asset_id, organization_id, asset_tag, asset_name, asset_type, site_id, building, room)
+                 VALUES ('{ASSET}', '{ORG}', 'LT-0042', 'ThinkPad X1', 'laptop', '{SITE}', 'HQ', '4.12');"
+        ))
+        .await;
+    }
+}
+
+impl Drop for TestEnv {
+    /// Removes the database, exchanges and queues, even when the test failed.
+    fn drop(&mut self) {
+        if let Some((token, handle)) = self.relay.take() {
+            token.cancel();
+            handle.abort();
+        }
+        let database = self.database.clone();
+        let exchanges: Vec<(String, String)> = self
+            .queues
+            .iter()
+            .map(|(e, q)| (e.clone(), q.clone()))
+            .collect();
+        let dead_letter_queue = self.dead_letter_exchange();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            runtime.block_on(async move {
+                if let Ok(amqp) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await {
+                    if let Ok(channel) = amqp.create_channel().await {
+                        for (exchange, queue) in &exchanges {
+                            let _ = channel.queue_delete(queue, QueueDeleteOptions::default()).await;
+                            let _ = channel
+                                .exchange_delete(exchange, ExchangeDeleteOptions::default())
+                                .await;
+                        }
+                        let _ = channel
+                            .queue_delete(&dead_letter_queue, QueueDeleteOptions::default())
+                            .await;
+                    }
+                    let _ = amqp.close(200, "test done").await;
+                }
+                let admin = connect(PG_ADMIN_URL).await;
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                    .await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+pub fn amqp_properties() -> ConnectionProperties {
+    ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+}
