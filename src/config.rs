@@ -111,6 +111,7 @@ impl Settings {
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
                 .separator("__")
+                .try_parsing(true)
                 .list_separator(",")
                 .source(env),
             |environment, spec| {
@@ -323,8 +324,15 @@ mod tests {
 
     #[test]
     fn routes_from_the_environment_are_comma_separated() {
-        let settings = load(&[("ITRELAY__ROUTES__IT_ASSET_PURCHASED", "FA,GR")]).unwrap();
+        let settings = load(&[
+            ("ITRELAY__ROUTES__IT_ASSET_PURCHASED", "FA,GR"),
+            ("ITRELAY__ROUTES__IT_ASSET_DISPOSED", "GR"),
+            ("ITRELAY__AMQP__APP_ID", "1234"),
+        ])
+        .unwrap();
         assert_eq!(settings.routes["it_asset_purchased"], ["FA", "GR"]);
+        assert_eq!(settings.routes["it_asset_disposed"], ["GR"]);
+        assert_eq!(settings.amqp.app_id, "1234");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::event::{truncate, DeadLetter, Event, OutboxRow, Rejection, Stage};
 /// Longest piece of untrusted input quoted back in a rejection.
 const QUOTE_MAX: usize = 80;
 
-pub fn decode(mut row: OutboxRow) -> Result<Event, DeadLetter> {
+pub fn decode(mut row: OutboxRow) -> Result<Event, Box<DeadLetter>> {
     let reject = |reason: String| Rejection::new(Stage::Decode, reason);
     if let Value::String(text) = &row.payload {
         // Notifications that did not parse are kept as text so they can be dead-lettered.
@@ -87,15 +87,15 @@ fn inspect(row: &OutboxRow) -> Result<(&'static EventSpec, Uuid), Rejection> {
     Ok((spec, organization_id))
 }
 
-fn dead_letter(row: OutboxRow, rejection: Rejection) -> DeadLetter {
-    DeadLetter {
+fn dead_letter(row: OutboxRow, rejection: Rejection) -> Box<DeadLetter> {
+    Box::new(DeadLetter {
         outbox_id: row.id,
         event_id: row.event_id,
         event_type: row.event_type,
         source_table: row.source_table,
         body: row.payload,
         rejection,
-    }
+    })
 }
 
 fn json_kind(value: &Value) -> &'static str {

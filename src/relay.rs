@@ -194,7 +194,7 @@ impl Relay {
             redact(&mut row.payload);
             match decode(row) {
                 Ok(event) => events.push(event),
-                Err(dead_letter) => dead.push(dead_letter),
+                Err(dead_letter) => dead.push(*dead_letter),
             }
         }
         let wanted: BTreeSet<_> = events.iter().flat_map(enrich::wanted).collect();

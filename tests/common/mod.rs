@@ -116,7 +116,8 @@ impl TestEnv {
         };
         let settings = env.settings(extra);
         let router = Router::from_settings(&settings);
-        let mut exchanges: Vec<String> = router.exchanges().into_iter().map(str::to_owned).collect();
+        let mut exchanges: Vec<String> =
+            router.exchanges().into_iter().map(str::to_owned).collect();
         exchanges.push(router.dead_letter().to_owned());
         for exchange in exchanges {
             env.bind_queue(&exchange).await;
@@ -126,10 +127,7 @@ impl TestEnv {
 
     /// The relay's settings for this test: its database, its prefix, quick polling.
     pub fn settings(&self, extra: &[(&str, &str)]) -> Settings {
-        let mut env: HashMap<String, String> = self
-            .env_vars()
-            .into_iter()
-            .collect();
+        let mut env: HashMap<String, String> = self.env_vars().into_iter().collect();
         for (key, value) in extra {
             env.insert((*key).to_owned(), (*value).to_owned());
         }
@@ -166,16 +164,31 @@ impl TestEnv {
             ..ExchangeDeclareOptions::default()
         };
         self.channel
-            .exchange_declare(exchange, ExchangeKind::Topic, durable, FieldTable::default())
+            .exchange_declare(
+                exchange,
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
             .await
             .expect("declare exchange");
         let queue = format!("{exchange}.test-queue");
         self.channel
-            .queue_declare(&queue, QueueDeclareOptions::default(), FieldTable::default())
+            .queue_declare(
+                &queue,
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .expect("declare queue");
         self.channel
-            .queue_bind(&queue, exchange, "#", QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                &queue,
+                exchange,
+                "#",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .expect("bind queue");
         self.queues.insert(exchange.to_owned(), queue);
@@ -219,7 +232,10 @@ impl TestEnv {
     /// Outbox rows per state, e.g. `("delivered", 3)`.
     pub async fn outbox_states(&self) -> HashMap<String, i64> {
         self.client
-            .query("SELECT state, count(*) FROM itrelay.outbox GROUP BY state", &[])
+            .query(
+                "SELECT state, count(*) FROM itrelay.outbox GROUP BY state",
+                &[],
+            )
             .await
             .expect("outbox states")
             .iter()
@@ -311,10 +327,14 @@ impl Drop for TestEnv {
                 .build()
                 .expect("cleanup runtime");
             runtime.block_on(async move {
-                if let Ok(amqp) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await {
+                if let Ok(amqp) =
+                    Connection::connect(AMQP_URL, ConnectionProperties::default()).await
+                {
                     if let Ok(channel) = amqp.create_channel().await {
                         for (exchange, queue) in &exchanges {
-                            let _ = channel.queue_delete(queue, QueueDeleteOptions::default()).await;
+                            let _ = channel
+                                .queue_delete(queue, QueueDeleteOptions::default())
+                                .await;
                             let _ = channel
                                 .exchange_delete(exchange, ExchangeDeleteOptions::default())
                                 .await;
