@@ -60,6 +60,8 @@ BEGIN
 END;
 $$;
 
+-- ==== Row-change events: one trigger function and trigger(s) per event ====
+
 -- it_asset_purchased: reads it_assets.asset_id, asset_tag, asset_type, asset_name,
 -- purchase_cost, purchase_date, vendor_id, po_number, serial_number, warranty_months,
 -- organization_id, site_id. The relay adds vendor_name from it_vendors.
@@ -265,6 +267,10 @@ CREATE OR REPLACE TRIGGER it_license_renewed_trigger
     FOR EACH ROW
     WHEN (NEW.expiration_date > OLD.expiration_date)
     EXECUTE FUNCTION itrelay.it_notify_license_renewed();
+
+-- ==== Time-based events ====
+
+-- ==== Version ====
 
 INSERT INTO itrelay.schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
 
