@@ -45,8 +45,17 @@ CREATE TABLE IF NOT EXISTS itrelay.outbox (
 -- The relay reads only pending rows, in id order.
 CREATE INDEX IF NOT EXISTS outbox_pending ON itrelay.outbox (id) WHERE state = 'pending';
 
--- Records one event and wakes the relay. One NOTIFY per transaction: identical
--- notifications in a transaction are folded into one by Postgres.
+-- Whether the relay is idle, waiting for a notification. While it drains (under load)
+-- it is not, and triggers skip NOTIFY: NOTIFY takes a database-wide lock at commit
+-- that would serialise every business transaction. Unlogged: after a crash the table is
+-- empty, triggers skip NOTIFY, and the relay sets the flag again when it starts.
+CREATE UNLOGGED TABLE IF NOT EXISTS itrelay.relay_state (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    idle      boolean NOT NULL
+);
+
+-- Records one event, and wakes the relay if it is idle. At most one NOTIFY per
+-- transaction: identical notifications in a transaction are folded into one.
 CREATE OR REPLACE FUNCTION itrelay.enqueue(p_event_type text, p_source_table text, p_payload jsonb)
 RETURNS void
 LANGUAGE plpgsql
@@ -56,7 +65,9 @@ AS $$
 BEGIN
     INSERT INTO itrelay.outbox (event_type, payload, source_table)
     VALUES (p_event_type, p_payload, p_source_table);
-    PERFORM pg_notify('it_events', '');
+    IF (SELECT idle FROM itrelay.relay_state) THEN
+        PERFORM pg_notify('it_events', '');
+    END IF;
 END;
 $$;
 

@@ -30,6 +30,7 @@ pub enum Outcome {
 /// The outbox statements, prepared once per connection.
 pub struct Outbox {
     claim: Statement,
+    set_idle: Statement,
     record: Statement,
     insert_notified: Statement,
 }
@@ -44,6 +45,12 @@ impl Outbox {
                      WHERE state = 'pending'
                      ORDER BY id
                      LIMIT $1",
+                )
+                .await?,
+            set_idle: client
+                .prepare(
+                    "INSERT INTO itrelay.relay_state (idle) VALUES ($1)
+                     ON CONFLICT (singleton) DO UPDATE SET idle = excluded.idle",
                 )
                 .await?,
             record: client
@@ -86,6 +93,11 @@ impl Outbox {
                 })
             })
             .collect()
+    }
+
+    /// Tells the triggers whether to NOTIFY: only while the relay is idle.
+    pub async fn set_idle(&self, client: &Client, idle: bool) -> Result<(), tokio_postgres::Error> {
+        client.execute(&self.set_idle, &[&idle]).await.map(drop)
     }
 
     /// Records each row's outcome in one statement; rows no longer pending are left alone.

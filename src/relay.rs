@@ -24,6 +24,11 @@ use crate::redact::redact;
 use crate::route::Router;
 use crate::validate::Validators;
 
+/// Polls while busy start this quick and double while they find nothing; past the last,
+/// the relay goes idle and waits for NOTIFY.
+const BUSY_POLL_FIRST: Duration = Duration::from_millis(1);
+const BUSY_POLL_LAST: Duration = Duration::from_millis(64);
+
 /// Why a session with the services ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -127,6 +132,9 @@ impl Relay {
         Ok(true)
     }
 
+    /// Drains the outbox while there is work, polling quickly; once a few quick polls in
+    /// a row find nothing, flags itself idle (so triggers NOTIFY again) and waits for a
+    /// notification or the fallback poll.
     async fn lead(
         &self,
         pg: &mut PgSession,
@@ -136,44 +144,89 @@ impl Relay {
         let channel = &self.settings.postgres.channel;
         pg.listen(channel).await?;
         let outbox = Outbox::prepare(&pg.client).await?;
+        outbox.set_idle(&pg.client, false).await?;
         info!(%channel, "leading: relaying events");
-        let poll = Duration::from_millis(self.settings.relay.poll_interval_ms);
+        let fallback_poll = Duration::from_millis(self.settings.relay.poll_interval_ms);
         let pause_after_nack = Duration::from_millis(self.settings.relay.reconnect_min_ms);
         let mut notified = Vec::new();
+        let mut quiet_poll = BUSY_POLL_FIRST;
         loop {
-            while let Some(notice) = pg.try_next_notice() {
-                if let Notice::Event(text) = notice {
-                    notified.push(text);
-                }
-            }
-            if !notified.is_empty() {
-                let stored = outbox.insert_notified(&pg.client, &notified).await?;
-                info!(events = stored, "took in whole-event notifications");
-                notified.clear();
-            }
+            self.take_in_notified(pg, &outbox, &mut notified).await?;
             let report = self.relay_batch(&pg.client, &outbox, publisher).await?;
             if shutdown.is_cancelled() {
                 return Ok(());
             }
             let full = report.claimed == self.settings.relay.batch_size as usize;
-            if full && report.retried == 0 {
-                continue;
-            }
             let wait = if report.retried > 0 {
                 pause_after_nack
+            } else if full {
+                continue;
+            } else if report.claimed > 0 {
+                quiet_poll = BUSY_POLL_FIRST;
+                quiet_poll
+            } else if quiet_poll <= BUSY_POLL_LAST {
+                let wait = quiet_poll;
+                quiet_poll *= 2;
+                wait
             } else {
-                poll
+                // Quiet: from now on a committed event wakes the relay by NOTIFY. Events
+                // committed while the flag flips are caught by one more look right after.
+                outbox.set_idle(&pg.client, true).await?;
+                let caught = self.relay_batch(&pg.client, &outbox, publisher).await?;
+                if caught.claimed == 0 {
+                    self.wait_for_notice(pg, shutdown, fallback_poll, &mut notified)
+                        .await?;
+                }
+                outbox.set_idle(&pg.client, false).await?;
+                quiet_poll = BUSY_POLL_FIRST;
+                continue;
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                notice = pg.next_notice() => match notice {
-                    None => return Err(SessionError::PostgresClosed),
-                    Some(Notice::Event(text)) => notified.push(text),
-                    Some(Notice::Wake) => {}
-                },
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Waits for a notification, the fallback poll or shutdown; whole-event
+    /// notifications are kept in `notified`.
+    async fn wait_for_notice(
+        &self,
+        pg: &mut PgSession,
+        shutdown: &CancellationToken,
+        fallback_poll: Duration,
+        notified: &mut Vec<String>,
+    ) -> Result<(), SessionError> {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            notice = pg.next_notice() => match notice {
+                None => return Err(SessionError::PostgresClosed),
+                Some(Notice::Event(text)) => notified.push(text),
+                Some(Notice::Wake) => {}
+            },
+            _ = tokio::time::sleep(fallback_poll) => {}
+        }
+        Ok(())
+    }
+
+    /// Stores the whole-event notifications received so far as outbox rows.
+    async fn take_in_notified(
+        &self,
+        pg: &mut PgSession,
+        outbox: &Outbox,
+        notified: &mut Vec<String>,
+    ) -> Result<(), SessionError> {
+        while let Some(notice) = pg.try_next_notice() {
+            if let Notice::Event(text) = notice {
+                notified.push(text);
+            }
+        }
+        if !notified.is_empty() {
+            let stored = outbox.insert_notified(&pg.client, notified).await?;
+            info!(events = stored, "took in whole-event notifications");
+            notified.clear();
+        }
+        Ok(())
     }
 
     /// Claims one batch, relays it, and records each row's outcome.
