@@ -7,8 +7,9 @@
 --
 -- Idempotent: applying it again changes nothing. `itrelay install` applies this very file.
 --   psql -v ON_ERROR_STOP=1 -f sql/install.sql
--- The IT tables (it_assets, it_asset_assignments, it_tickets, it_licenses) must exist
--- and be on the search_path; see sql/reference_schema.sql for the columns each trigger reads.
+-- The triggers go on the IT tables found on the search_path (see sql/reference_schema.sql
+-- for the columns each reads). A table that does not exist gets no trigger, with a NOTICE
+-- saying so; `itrelay check` lists the triggers installed and missing.
 
 BEGIN;
 
@@ -44,6 +45,9 @@ CREATE TABLE IF NOT EXISTS itrelay.outbox (
 
 -- The relay reads only pending rows, in id order.
 CREATE INDEX IF NOT EXISTS outbox_pending ON itrelay.outbox (id) WHERE state = 'pending';
+
+-- Retention deletes delivered rows by age.
+CREATE INDEX IF NOT EXISTS outbox_delivered ON itrelay.outbox (delivered_at) WHERE state = 'delivered';
 
 -- Whether the relay is idle, waiting for a notification. While it drains (under load)
 -- it is not, and triggers skip NOTIFY: NOTIFY takes a database-wide lock at commit
@@ -103,18 +107,34 @@ $$;
 
 -- Fires when purchase_cost and purchase_date are first both set: on insert with both,
 -- or on the update that sets the second of them.
-CREATE OR REPLACE TRIGGER it_asset_purchased_insert_trigger
-    AFTER INSERT ON it_assets
-    FOR EACH ROW
-    WHEN (NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL)
-    EXECUTE FUNCTION itrelay.it_notify_asset_purchased();
+DO $$
+BEGIN
+    IF to_regclass('it_assets') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_assets, so no trigger it_asset_purchased_insert_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_asset_purchased_insert_trigger
+            AFTER INSERT ON it_assets
+            FOR EACH ROW
+            WHEN (NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL)
+            EXECUTE FUNCTION itrelay.it_notify_asset_purchased();
+    END IF;
+END;
+$$;
 
-CREATE OR REPLACE TRIGGER it_asset_purchased_trigger
-    AFTER UPDATE ON it_assets
-    FOR EACH ROW
-    WHEN (NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL
-          AND (OLD.purchase_cost IS NULL OR OLD.purchase_date IS NULL))
-    EXECUTE FUNCTION itrelay.it_notify_asset_purchased();
+DO $$
+BEGIN
+    IF to_regclass('it_assets') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_assets, so no trigger it_asset_purchased_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_asset_purchased_trigger
+            AFTER UPDATE ON it_assets
+            FOR EACH ROW
+            WHEN (NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL
+                  AND (OLD.purchase_cost IS NULL OR OLD.purchase_date IS NULL))
+            EXECUTE FUNCTION itrelay.it_notify_asset_purchased();
+    END IF;
+END;
+$$;
 
 -- it_asset_disposed: reads it_assets.asset_id, asset_tag, asset_name, disposal_method,
 -- disposal_date, disposal_value, data_sanitization_method, certificate_of_destruction,
@@ -143,11 +163,19 @@ END;
 $$;
 
 -- Fires when status changes to 'disposed'.
-CREATE OR REPLACE TRIGGER it_asset_disposed_trigger
-    AFTER UPDATE ON it_assets
-    FOR EACH ROW
-    WHEN (NEW.status = 'disposed' AND OLD.status IS DISTINCT FROM 'disposed')
-    EXECUTE FUNCTION itrelay.it_notify_asset_disposed();
+DO $$
+BEGIN
+    IF to_regclass('it_assets') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_assets, so no trigger it_asset_disposed_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_asset_disposed_trigger
+            AFTER UPDATE ON it_assets
+            FOR EACH ROW
+            WHEN (NEW.status = 'disposed' AND OLD.status IS DISTINCT FROM 'disposed')
+            EXECUTE FUNCTION itrelay.it_notify_asset_disposed();
+    END IF;
+END;
+$$;
 
 -- it_asset_assigned: reads it_asset_assignments.asset_id, employee_id, assignment_date,
 -- previous_assignee_id, site_id, building, room (as location), organization_id,
@@ -177,10 +205,18 @@ END;
 $$;
 
 -- Fires on every new assignment.
-CREATE OR REPLACE TRIGGER it_asset_assigned_trigger
-    AFTER INSERT ON it_asset_assignments
-    FOR EACH ROW
-    EXECUTE FUNCTION itrelay.it_notify_asset_assigned();
+DO $$
+BEGIN
+    IF to_regclass('it_asset_assignments') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_asset_assignments, so no trigger it_asset_assigned_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_asset_assigned_trigger
+            AFTER INSERT ON it_asset_assignments
+            FOR EACH ROW
+            EXECUTE FUNCTION itrelay.it_notify_asset_assigned();
+    END IF;
+END;
+$$;
 
 -- it_ticket_created: reads it_tickets.ticket_id, ticket_number, category, subcategory,
 -- priority, subject, description, requester_id, affected_asset_id, organization_id,
@@ -210,10 +246,18 @@ END;
 $$;
 
 -- Fires on every new ticket.
-CREATE OR REPLACE TRIGGER it_ticket_created_trigger
-    AFTER INSERT ON it_tickets
-    FOR EACH ROW
-    EXECUTE FUNCTION itrelay.it_notify_ticket_created();
+DO $$
+BEGIN
+    IF to_regclass('it_tickets') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_tickets, so no trigger it_ticket_created_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_ticket_created_trigger
+            AFTER INSERT ON it_tickets
+            FOR EACH ROW
+            EXECUTE FUNCTION itrelay.it_notify_ticket_created();
+    END IF;
+END;
+$$;
 
 -- it_ticket_status_changed: reads it_tickets.ticket_id, ticket_number, status (old and
 -- new), requester_id, assigned_to_id, updated_by (as changed_by), resolution_notes,
@@ -241,11 +285,19 @@ END;
 $$;
 
 -- Fires when status changes.
-CREATE OR REPLACE TRIGGER it_ticket_status_changed_trigger
-    AFTER UPDATE ON it_tickets
-    FOR EACH ROW
-    WHEN (NEW.status IS DISTINCT FROM OLD.status)
-    EXECUTE FUNCTION itrelay.it_notify_ticket_status_changed();
+DO $$
+BEGIN
+    IF to_regclass('it_tickets') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_tickets, so no trigger it_ticket_status_changed_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_ticket_status_changed_trigger
+            AFTER UPDATE ON it_tickets
+            FOR EACH ROW
+            WHEN (NEW.status IS DISTINCT FROM OLD.status)
+            EXECUTE FUNCTION itrelay.it_notify_ticket_status_changed();
+    END IF;
+END;
+$$;
 
 -- it_license_renewed: reads it_licenses.license_id, software_name, software_vendor,
 -- expiration_date (old and new), renewal_cost, updated_by (as renewed_by),
@@ -273,13 +325,865 @@ END;
 $$;
 
 -- Fires when expiration_date is extended (new > old).
-CREATE OR REPLACE TRIGGER it_license_renewed_trigger
-    AFTER UPDATE ON it_licenses
-    FOR EACH ROW
-    WHEN (NEW.expiration_date > OLD.expiration_date)
-    EXECUTE FUNCTION itrelay.it_notify_license_renewed();
+DO $$
+BEGIN
+    IF to_regclass('it_licenses') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_licenses, so no trigger it_license_renewed_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_license_renewed_trigger
+            AFTER UPDATE ON it_licenses
+            FOR EACH ROW
+            WHEN (NEW.expiration_date > OLD.expiration_date)
+            EXECUTE FUNCTION itrelay.it_notify_license_renewed();
+    END IF;
+END;
+$$;
+
+-- it_asset_maintenance_required: reads it_maintenance_requests.asset_id, maintenance_type,
+-- description, priority, requested_by, organization_id. The relay adds asset_tag,
+-- asset_name and location from it_assets.
+CREATE OR REPLACE FUNCTION itrelay.it_notify_asset_maintenance_required()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM itrelay.enqueue('it_asset_maintenance_required', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
+        'event_type', 'it_asset_maintenance_required',
+        'asset_id', NEW.asset_id,
+        'maintenance_type', NEW.maintenance_type,
+        'description', NEW.description,
+        'priority', NEW.priority,
+        'requested_by', NEW.requested_by,
+        'organization_id', NEW.organization_id)));
+    RETURN NULL;
+END;
+$$;
+
+-- Fires on every new maintenance request.
+DO $$
+BEGIN
+    IF to_regclass('it_maintenance_requests') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_maintenance_requests, so no trigger it_asset_maintenance_required_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_asset_maintenance_required_trigger
+            AFTER INSERT ON it_maintenance_requests
+            FOR EACH ROW
+            EXECUTE FUNCTION itrelay.it_notify_asset_maintenance_required();
+    END IF;
+END;
+$$;
+
+-- it_license_created: reads it_licenses.license_id, software_name, software_vendor,
+-- license_type, license_count, cost_per_license, purchase_date, expiration_date,
+-- vendor_id, organization_id; total_cost = license_count * cost_per_license. The
+-- license_key itself is never copied (the contract marks it sensitive): a row that has
+-- one gets license_key_ref = 'it_licenses/<license_id>/license_key' instead.
+CREATE OR REPLACE FUNCTION itrelay.it_notify_license_created()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM itrelay.enqueue('it_license_created', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
+        'event_type', 'it_license_created',
+        'license_id', NEW.license_id,
+        'software_name', NEW.software_name,
+        'software_vendor', NEW.software_vendor,
+        'license_type', NEW.license_type,
+        'license_key_ref', CASE WHEN NEW.license_key <> ''
+            THEN 'it_licenses/' || NEW.license_id || '/license_key' END,
+        'license_count', NEW.license_count,
+        'cost_per_license', NEW.cost_per_license,
+        'total_cost', NEW.license_count * NEW.cost_per_license,
+        'purchase_date', NEW.purchase_date,
+        'expiration_date', NEW.expiration_date,
+        'vendor_id', NEW.vendor_id,
+        'organization_id', NEW.organization_id)));
+    RETURN NULL;
+END;
+$$;
+
+-- Fires on every new license.
+DO $$
+BEGIN
+    IF to_regclass('it_licenses') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_licenses, so no trigger it_license_created_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_license_created_trigger
+            AFTER INSERT ON it_licenses
+            FOR EACH ROW
+            EXECUTE FUNCTION itrelay.it_notify_license_created();
+    END IF;
+END;
+$$;
+
+-- it_security_incident_created: reads it_security_incidents.incident_id, incident_number,
+-- incident_type, severity, description, affected_asset_ids, affected_user_ids (uuid[]),
+-- detected_at, reported_by, organization_id, site_id.
+CREATE OR REPLACE FUNCTION itrelay.it_notify_security_incident_created()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM itrelay.enqueue('it_security_incident_created', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
+        'event_type', 'it_security_incident_created',
+        'incident_id', NEW.incident_id,
+        'incident_number', NEW.incident_number,
+        'incident_type', NEW.incident_type,
+        'severity', NEW.severity,
+        'description', NEW.description,
+        'affected_asset_ids', NEW.affected_asset_ids,
+        'affected_user_ids', NEW.affected_user_ids,
+        'detected_at', NEW.detected_at,
+        'reported_by', NEW.reported_by,
+        'organization_id', NEW.organization_id,
+        'site_id', NEW.site_id)));
+    RETURN NULL;
+END;
+$$;
+
+-- Fires on every new security incident.
+DO $$
+BEGIN
+    IF to_regclass('it_security_incidents') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_security_incidents, so no trigger it_security_incident_created_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_security_incident_created_trigger
+            AFTER INSERT ON it_security_incidents
+            FOR EACH ROW
+            EXECUTE FUNCTION itrelay.it_notify_security_incident_created();
+    END IF;
+END;
+$$;
+
+-- it_critical_vulnerability_detected: reads it_vulnerabilities.vulnerability_id, cve_id,
+-- vulnerability_name, severity, cvss_score, affected_asset_ids (uuid[]; its cardinality
+-- is affected_asset_count), remediation_available, patch_id, organization_id.
+CREATE OR REPLACE FUNCTION itrelay.it_notify_critical_vulnerability_detected()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM itrelay.enqueue('it_critical_vulnerability_detected', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
+        'event_type', 'it_critical_vulnerability_detected',
+        'vulnerability_id', NEW.vulnerability_id,
+        'cve_id', NEW.cve_id,
+        'vulnerability_name', NEW.vulnerability_name,
+        'severity', NEW.severity,
+        'cvss_score', NEW.cvss_score,
+        'affected_asset_ids', NEW.affected_asset_ids,
+        'affected_asset_count', cardinality(NEW.affected_asset_ids),
+        'remediation_available', NEW.remediation_available,
+        'patch_id', NEW.patch_id,
+        'organization_id', NEW.organization_id)));
+    RETURN NULL;
+END;
+$$;
+
+-- Fires when severity becomes 'critical': on insert as critical, or on the update that
+-- raises it to critical.
+DO $$
+BEGIN
+    IF to_regclass('it_vulnerabilities') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_vulnerabilities, so no trigger it_critical_vulnerability_detected_insert_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_critical_vulnerability_detected_insert_trigger
+            AFTER INSERT ON it_vulnerabilities
+            FOR EACH ROW
+            WHEN (NEW.severity = 'critical')
+            EXECUTE FUNCTION itrelay.it_notify_critical_vulnerability_detected();
+    END IF;
+END;
+$$;
+
+DO $$
+BEGIN
+    IF to_regclass('it_vulnerabilities') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_vulnerabilities, so no trigger it_critical_vulnerability_detected_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_critical_vulnerability_detected_trigger
+            AFTER UPDATE ON it_vulnerabilities
+            FOR EACH ROW
+            WHEN (NEW.severity = 'critical' AND OLD.severity IS DISTINCT FROM 'critical')
+            EXECUTE FUNCTION itrelay.it_notify_critical_vulnerability_detected();
+    END IF;
+END;
+$$;
+
+-- it_purchase_request_submitted: reads it_purchase_requests.request_id, request_number,
+-- requester_id, request_type, estimated_cost, justification, vendor_id, organization_id,
+-- site_id. The relay adds requester_name from employees and, when there is a vendor,
+-- vendor_name from it_vendors.
+CREATE OR REPLACE FUNCTION itrelay.it_notify_purchase_request_submitted()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM itrelay.enqueue('it_purchase_request_submitted', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
+        'event_type', 'it_purchase_request_submitted',
+        'request_id', NEW.request_id,
+        'request_number', NEW.request_number,
+        'requester_id', NEW.requester_id,
+        'request_type', NEW.request_type,
+        'estimated_cost', NEW.estimated_cost,
+        'justification', NEW.justification,
+        'vendor_id', NEW.vendor_id,
+        'organization_id', NEW.organization_id,
+        'site_id', NEW.site_id)));
+    RETURN NULL;
+END;
+$$;
+
+-- Fires when approval_status becomes 'submitted' (insert as submitted, or update to it).
+DO $$
+BEGIN
+    IF to_regclass('it_purchase_requests') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger it_purchase_request_submitted_insert_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_purchase_request_submitted_insert_trigger
+            AFTER INSERT ON it_purchase_requests
+            FOR EACH ROW
+            WHEN (NEW.approval_status = 'submitted')
+            EXECUTE FUNCTION itrelay.it_notify_purchase_request_submitted();
+    END IF;
+END;
+$$;
+
+DO $$
+BEGIN
+    IF to_regclass('it_purchase_requests') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger it_purchase_request_submitted_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_purchase_request_submitted_trigger
+            AFTER UPDATE ON it_purchase_requests
+            FOR EACH ROW
+            WHEN (NEW.approval_status = 'submitted' AND OLD.approval_status IS DISTINCT FROM 'submitted')
+            EXECUTE FUNCTION itrelay.it_notify_purchase_request_submitted();
+    END IF;
+END;
+$$;
+
+-- it_purchase_request_approved: reads it_purchase_requests.request_id, request_number,
+-- requester_id, request_type, estimated_cost, vendor_id, updated_by (as approved_by),
+-- approval_notes, organization_id; approved_at is the transaction time. The relay adds
+-- vendor_name from it_vendors when there is a vendor.
+CREATE OR REPLACE FUNCTION itrelay.it_notify_purchase_request_approved()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM itrelay.enqueue('it_purchase_request_approved', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
+        'event_type', 'it_purchase_request_approved',
+        'request_id', NEW.request_id,
+        'request_number', NEW.request_number,
+        'requester_id', NEW.requester_id,
+        'request_type', NEW.request_type,
+        'estimated_cost', NEW.estimated_cost,
+        'vendor_id', NEW.vendor_id,
+        'approved_by', NEW.updated_by,
+        'approved_at', now(),
+        'approval_notes', NEW.approval_notes,
+        'organization_id', NEW.organization_id)));
+    RETURN NULL;
+END;
+$$;
+
+-- Fires when approval_status becomes 'approved' (insert as approved, or update to it).
+DO $$
+BEGIN
+    IF to_regclass('it_purchase_requests') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger it_purchase_request_approved_insert_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_purchase_request_approved_insert_trigger
+            AFTER INSERT ON it_purchase_requests
+            FOR EACH ROW
+            WHEN (NEW.approval_status = 'approved')
+            EXECUTE FUNCTION itrelay.it_notify_purchase_request_approved();
+    END IF;
+END;
+$$;
+
+DO $$
+BEGIN
+    IF to_regclass('it_purchase_requests') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger it_purchase_request_approved_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_purchase_request_approved_trigger
+            AFTER UPDATE ON it_purchase_requests
+            FOR EACH ROW
+            WHEN (NEW.approval_status = 'approved' AND OLD.approval_status IS DISTINCT FROM 'approved')
+            EXECUTE FUNCTION itrelay.it_notify_purchase_request_approved();
+    END IF;
+END;
+$$;
+
+-- it_purchase_request_received: reads it_purchase_requests.request_id, request_number,
+-- po_number, received_date, updated_by (as received_by), vendor_id, organization_id, and
+-- the request's it_purchase_request_items with quantity_received > 0 (item_description,
+-- quantity_received as quantity, serial_numbers), in line_number order. Record the
+-- items before (or in the same statement as) setting received_date.
+CREATE OR REPLACE FUNCTION itrelay.it_notify_purchase_request_received()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    items jsonb;
+BEGIN
+    EXECUTE format(
+        'SELECT coalesce(jsonb_agg(jsonb_build_object(
+                     ''item_description'', item_description,
+                     ''quantity'', quantity_received,
+                     ''serial_numbers'', serial_numbers) ORDER BY line_number), ''[]'')
+         FROM %I.it_purchase_request_items
+         WHERE request_id = $1 AND quantity_received > 0', TG_TABLE_SCHEMA)
+    INTO items
+    USING NEW.request_id;
+    PERFORM itrelay.enqueue('it_purchase_request_received', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
+        'event_type', 'it_purchase_request_received',
+        'request_id', NEW.request_id,
+        'request_number', NEW.request_number,
+        'po_number', NEW.po_number,
+        'items_received', items,
+        'received_by', NEW.updated_by,
+        'received_date', NEW.received_date,
+        'vendor_id', NEW.vendor_id,
+        'organization_id', NEW.organization_id)));
+    RETURN NULL;
+END;
+$$;
+
+-- Fires when received_date is first set.
+DO $$
+BEGIN
+    IF to_regclass('it_purchase_requests') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger it_purchase_request_received_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_purchase_request_received_trigger
+            AFTER UPDATE ON it_purchase_requests
+            FOR EACH ROW
+            WHEN (NEW.received_date IS NOT NULL AND OLD.received_date IS NULL)
+            EXECUTE FUNCTION itrelay.it_notify_purchase_request_received();
+    END IF;
+END;
+$$;
+
+-- it_provisioning_started / it_provisioning_completed: reads
+-- it_onboarding_instances.onboarding_instance_id, employee_id, status (old and new),
+-- updated_by (as changed_by), completed_at (completed only), organization_id.
+CREATE OR REPLACE FUNCTION itrelay.it_notify_provisioning_status()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    event_type text := CASE NEW.status WHEN 'in_progress' THEN 'it_provisioning_started'
+                                       ELSE 'it_provisioning_completed' END;
+BEGIN
+    PERFORM itrelay.enqueue(event_type, TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
+        'event_type', event_type,
+        'organization_id', NEW.organization_id,
+        'onboarding_instance_id', NEW.onboarding_instance_id,
+        'employee_id', NEW.employee_id,
+        'previous_status', OLD.status,
+        'new_status', NEW.status,
+        'changed_by', NEW.updated_by,
+        'completed_at', CASE WHEN NEW.status = 'completed' THEN NEW.completed_at END)));
+    RETURN NULL;
+END;
+$$;
+
+-- Fires when status changes to 'in_progress' (started) or 'completed' (completed).
+DO $$
+BEGIN
+    IF to_regclass('it_onboarding_instances') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_onboarding_instances, so no trigger it_provisioning_status_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_provisioning_status_trigger
+            AFTER UPDATE ON it_onboarding_instances
+            FOR EACH ROW
+            WHEN (NEW.status IN ('in_progress', 'completed') AND NEW.status IS DISTINCT FROM OLD.status)
+            EXECUTE FUNCTION itrelay.it_notify_provisioning_status();
+    END IF;
+END;
+$$;
+
+-- it_account_provisioned / it_account_deactivated: reads it_access_accounts.account_id,
+-- employee_id, system_name, account_username, status (old and new), updated_by (as
+-- changed_by), deactivation_reason (as reason, deactivated only), organization_id.
+CREATE OR REPLACE FUNCTION itrelay.it_notify_account_status()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    event_type text := CASE NEW.status WHEN 'active' THEN 'it_account_provisioned'
+                                       ELSE 'it_account_deactivated' END;
+BEGIN
+    PERFORM itrelay.enqueue(event_type, TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
+        'event_type', event_type,
+        'organization_id', NEW.organization_id,
+        'account_id', NEW.account_id,
+        'employee_id', NEW.employee_id,
+        'system_name', NEW.system_name,
+        'account_username', NEW.account_username,
+        'previous_status', OLD.status,
+        'new_status', NEW.status,
+        'changed_by', NEW.updated_by,
+        'reason', CASE WHEN NEW.status = 'deactivated' THEN NEW.deactivation_reason END)));
+    RETURN NULL;
+END;
+$$;
+
+-- Fires when status changes to 'active' (provisioned) or 'deactivated' (deactivated).
+DO $$
+BEGIN
+    IF to_regclass('it_access_accounts') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_access_accounts, so no trigger it_account_status_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_account_status_trigger
+            AFTER UPDATE ON it_access_accounts
+            FOR EACH ROW
+            WHEN (NEW.status IN ('active', 'deactivated') AND NEW.status IS DISTINCT FROM OLD.status)
+            EXECUTE FUNCTION itrelay.it_notify_account_status();
+    END IF;
+END;
+$$;
+
+-- it_report_generated / it_report_failed (draft): reads it_report_runs.run_id, report_id,
+-- report_name, format, status, requested_by, organization_id; generated also
+-- document_id; failed also error_code, error_message, retryable.
+CREATE OR REPLACE FUNCTION itrelay.it_notify_report_run_status()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    failed boolean := NEW.status = 'failed';
+    event_type text := CASE WHEN failed THEN 'it_report_failed' ELSE 'it_report_generated' END;
+BEGIN
+    PERFORM itrelay.enqueue(event_type, TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
+        'event_type', event_type,
+        'organization_id', NEW.organization_id,
+        'report_id', NEW.report_id,
+        'report_name', NEW.report_name,
+        'run_id', NEW.run_id,
+        'format', NEW.format,
+        'document_id', CASE WHEN NOT failed THEN NEW.document_id END,
+        'error_code', CASE WHEN failed THEN NEW.error_code END,
+        'error_message', CASE WHEN failed THEN NEW.error_message END,
+        'retryable', CASE WHEN failed THEN NEW.retryable END,
+        'requested_by', NEW.requested_by)));
+    RETURN NULL;
+END;
+$$;
+
+-- Fires when status becomes 'completed' (generated) or 'failed' (failed): on insert of a
+-- finished run, or on the update that finishes it.
+DO $$
+BEGIN
+    IF to_regclass('it_report_runs') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_report_runs, so no trigger it_report_run_status_insert_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_report_run_status_insert_trigger
+            AFTER INSERT ON it_report_runs
+            FOR EACH ROW
+            WHEN (NEW.status IN ('completed', 'failed'))
+            EXECUTE FUNCTION itrelay.it_notify_report_run_status();
+    END IF;
+END;
+$$;
+
+DO $$
+BEGIN
+    IF to_regclass('it_report_runs') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_report_runs, so no trigger it_report_run_status_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_report_run_status_trigger
+            AFTER UPDATE ON it_report_runs
+            FOR EACH ROW
+            WHEN (NEW.status IN ('completed', 'failed') AND NEW.status IS DISTINCT FROM OLD.status)
+            EXECUTE FUNCTION itrelay.it_notify_report_run_status();
+    END IF;
+END;
+$$;
+
+-- it_change_submitted / _approved / _rejected / _scheduled / _implemented / _rolled_back
+-- and it_cab_review_required (draft): reads it_changes.change_id, change_number, title,
+-- change_type, risk_level, status (old and new), updated_by (as submitted_by,
+-- approved_by, ... after the new status; requested_by for the CAB review),
+-- scheduled_start, scheduled_end, approval_notes (approved only), status_reason (as
+-- reason, rejected and rolled_back only), cab_review_required, cab_review_reason,
+-- organization_id. A submission also asks for a CAB review when risk_level is high or
+-- critical or cab_review_required is set; that event follows it_change_submitted.
+CREATE OR REPLACE FUNCTION itrelay.it_notify_change_status()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    event_type text := 'it_change_' || NEW.status;
+    actor_field text := CASE NEW.status WHEN 'submitted' THEN 'submitted_by'
+                                        WHEN 'approved' THEN 'approved_by'
+                                        WHEN 'rejected' THEN 'rejected_by'
+                                        WHEN 'scheduled' THEN 'scheduled_by'
+                                        WHEN 'implemented' THEN 'implemented_by'
+                                        ELSE 'rolled_back_by' END;
+    change jsonb := jsonb_build_object(
+        'organization_id', NEW.organization_id,
+        'change_id', NEW.change_id,
+        'change_number', NEW.change_number,
+        'title', NEW.title,
+        'change_type', NEW.change_type,
+        'risk_level', NEW.risk_level,
+        'scheduled_start', NEW.scheduled_start,
+        'scheduled_end', NEW.scheduled_end);
+BEGIN
+    PERFORM itrelay.enqueue(event_type, TG_TABLE_NAME, jsonb_strip_nulls(change || jsonb_build_object(
+        'event_type', event_type,
+        -- OLD is NULL on insert: no previous status.
+        'previous_status', CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END,
+        'new_status', NEW.status,
+        actor_field, NEW.updated_by,
+        'approval_notes', CASE WHEN NEW.status = 'approved' THEN NEW.approval_notes END,
+        'reason', CASE WHEN NEW.status IN ('rejected', 'rolled_back') THEN NEW.status_reason END)));
+    IF NEW.status = 'submitted'
+       AND (NEW.risk_level IN ('high', 'critical') OR NEW.cab_review_required) THEN
+        PERFORM itrelay.enqueue('it_cab_review_required', TG_TABLE_NAME, jsonb_strip_nulls(change || jsonb_build_object(
+            'event_type', 'it_cab_review_required',
+            'requested_by', NEW.updated_by,
+            'reason', CASE WHEN NEW.cab_review_required THEN NEW.cab_review_reason
+                           ELSE 'risk level ' || NEW.risk_level END)));
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- Fires when status becomes 'submitted' (insert as submitted, or update to it), or
+-- changes to 'approved', 'rejected', 'scheduled', 'implemented' or 'rolled_back'.
+DO $$
+BEGIN
+    IF to_regclass('it_changes') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_changes, so no trigger it_change_status_insert_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_change_status_insert_trigger
+            AFTER INSERT ON it_changes
+            FOR EACH ROW
+            WHEN (NEW.status = 'submitted')
+            EXECUTE FUNCTION itrelay.it_notify_change_status();
+    END IF;
+END;
+$$;
+
+DO $$
+BEGIN
+    IF to_regclass('it_changes') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_changes, so no trigger it_change_status_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER it_change_status_trigger
+            AFTER UPDATE ON it_changes
+            FOR EACH ROW
+            WHEN (NEW.status IN ('submitted', 'approved', 'rejected', 'scheduled', 'implemented', 'rolled_back')
+                  AND NEW.status IS DISTINCT FROM OLD.status)
+            EXECUTE FUNCTION itrelay.it_notify_change_status();
+    END IF;
+END;
+$$;
 
 -- ==== Time-based events ====
+
+-- Events caused by time passing, not by a row change. Each scan function takes the
+-- current time as a parameter and returns how many events it recorded; the daemon runs
+-- itrelay.scan_due_events() every scan.interval_secs, and a DBA can run it from pg_cron
+-- instead. They run with the caller's rights and find the IT tables on the caller's
+-- search_path, as the triggers' tables are found at install. Days are counted in UTC.
+--
+-- Each event fires once per threshold per subject: itrelay.due_events remembers what
+-- was recorded under a unique key, and an event is enqueued only by the scan whose
+-- insert of that key succeeded, so neither a restart nor two concurrent scans repeat it.
+
+-- What the scans have recorded. basis is what the due time derives from (an expiration
+-- or target date, an SLA type, a compliance status): a new basis re-arms the event.
+-- threshold orders the thresholds of one basis, the tightest lowest (days before
+-- expiration; 0 critical, 1 warning): a threshold fires only while no tighter or equal
+-- one has been recorded, so catching up after downtime fires the tightest one only.
+CREATE TABLE IF NOT EXISTS itrelay.due_events (
+    event_type  text NOT NULL,
+    subject_id  uuid NOT NULL,
+    basis       text NOT NULL,
+    threshold   integer NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (event_type, subject_id, basis, threshold)
+);
+
+-- Records a due event and enqueues it, unless this or a tighter threshold of the same
+-- basis was recorded before. True when it enqueued.
+CREATE OR REPLACE FUNCTION itrelay.record_due(p_event_type text, p_subject_id uuid, p_basis text,
+    p_threshold integer, p_source_table text, p_payload jsonb)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_inserted integer;
+BEGIN
+    IF EXISTS (SELECT 1 FROM itrelay.due_events
+               WHERE event_type = p_event_type AND subject_id = p_subject_id
+                 AND basis = p_basis AND threshold <= p_threshold) THEN
+        RETURN false;
+    END IF;
+    -- A concurrent scan inserting the same key makes this wait for it, then do nothing.
+    INSERT INTO itrelay.due_events (event_type, subject_id, basis, threshold)
+    VALUES (p_event_type, p_subject_id, p_basis, p_threshold)
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS v_inserted = ROW_COUNT;
+    IF v_inserted = 0 THEN
+        RETURN false;
+    END IF;
+    PERFORM itrelay.enqueue(p_event_type, p_source_table, p_payload);
+    RETURN true;
+END;
+$$;
+
+-- The tightest of the 90/60/30/14/7-day thresholds that p_days_remaining has reached,
+-- or NULL (not within 90 days, or already expired).
+CREATE OR REPLACE FUNCTION itrelay.expiry_threshold(p_days_remaining integer)
+RETURNS integer
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT min(threshold) FROM unnest(ARRAY[90, 60, 30, 14, 7]) AS threshold
+    WHERE p_days_remaining BETWEEN 0 AND threshold;
+$$;
+
+-- it_contract_expiring: reads it_vendor_contracts.contract_id, contract_number,
+-- vendor_id, contract_type, expiration_date, contract_value, auto_renew,
+-- organization_id of contracts whose status is 'active'. The relay adds vendor_name
+-- from it_vendors. Basis: the expiration date.
+CREATE OR REPLACE FUNCTION itrelay.scan_contracts_expiring(p_now timestamptz DEFAULT now())
+RETURNS integer
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RETURN (
+        SELECT count(*) FILTER (WHERE itrelay.record_due('it_contract_expiring', c.contract_id,
+            c.expiration_date::text, itrelay.expiry_threshold(d.days_remaining), 'it_vendor_contracts',
+            jsonb_strip_nulls(jsonb_build_object(
+                'event_type', 'it_contract_expiring',
+                'contract_id', c.contract_id,
+                'contract_number', c.contract_number,
+                'vendor_id', c.vendor_id,
+                'contract_type', c.contract_type,
+                'expiration_date', c.expiration_date,
+                'days_remaining', d.days_remaining,
+                'contract_value', c.contract_value,
+                'auto_renew', c.auto_renew,
+                'organization_id', c.organization_id,
+                'timestamp', p_now))))
+        FROM it_vendor_contracts c
+        CROSS JOIN LATERAL (SELECT c.expiration_date - (p_now AT TIME ZONE 'UTC')::date AS days_remaining) d
+        WHERE c.status = 'active' AND itrelay.expiry_threshold(d.days_remaining) IS NOT NULL);
+END;
+$$;
+
+-- it_license_expiring: reads it_licenses.license_id, software_name, software_vendor,
+-- license_type, expiration_date, license_count, renewal_cost, organization_id.
+-- Basis: the expiration date.
+CREATE OR REPLACE FUNCTION itrelay.scan_licenses_expiring(p_now timestamptz DEFAULT now())
+RETURNS integer
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RETURN (
+        SELECT count(*) FILTER (WHERE itrelay.record_due('it_license_expiring', l.license_id,
+            l.expiration_date::text, itrelay.expiry_threshold(d.days_remaining), 'it_licenses',
+            jsonb_strip_nulls(jsonb_build_object(
+                'event_type', 'it_license_expiring',
+                'license_id', l.license_id,
+                'software_name', l.software_name,
+                'software_vendor', l.software_vendor,
+                'license_type', l.license_type,
+                'expiration_date', l.expiration_date,
+                'days_remaining', d.days_remaining,
+                'license_count', l.license_count,
+                'renewal_cost', l.renewal_cost,
+                'organization_id', l.organization_id,
+                'timestamp', p_now))))
+        FROM it_licenses l
+        CROSS JOIN LATERAL (SELECT l.expiration_date - (p_now AT TIME ZONE 'UTC')::date AS days_remaining) d
+        WHERE itrelay.expiry_threshold(d.days_remaining) IS NOT NULL);
+END;
+$$;
+
+-- it_sla_breached: reads it_tickets.ticket_id, ticket_number, priority, assigned_to_id,
+-- organization_id, created_at, first_response_at, resolved_at, and the ticket's
+-- it_sla_policies row (organization_id, priority): response_hours, resolution_hours.
+-- A target is breached once created_at + its hours has passed without a response
+-- (resolution) by then; a late response (resolution) counts, so a scan that was not
+-- running at the time catches up. Basis: the SLA type; fires once per ticket and type.
+CREATE OR REPLACE FUNCTION itrelay.scan_sla_breaches(p_now timestamptz DEFAULT now())
+RETURNS integer
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RETURN (
+        SELECT count(*) FILTER (WHERE itrelay.record_due('it_sla_breached', t.ticket_id,
+            s.sla_type, 0, 'it_tickets',
+            jsonb_strip_nulls(jsonb_build_object(
+                'event_type', 'it_sla_breached',
+                'ticket_id', t.ticket_id,
+                'ticket_number', t.ticket_number,
+                'sla_type', s.sla_type,
+                'sla_target_hours', s.target_hours,
+                'actual_hours', round((extract(epoch FROM least(s.met_at, p_now) - t.created_at) / 3600)::numeric, 2),
+                'breach_time', b.breach_time,
+                'priority', t.priority,
+                'assigned_to_id', t.assigned_to_id,
+                'organization_id', t.organization_id,
+                'timestamp', p_now))))
+        FROM it_tickets t
+        JOIN it_sla_policies p ON p.organization_id = t.organization_id AND p.priority = t.priority
+        CROSS JOIN LATERAL (VALUES
+            ('response', p.response_hours, t.first_response_at),
+            ('resolution', p.resolution_hours, t.resolved_at)) AS s(sla_type, target_hours, met_at)
+        CROSS JOIN LATERAL (
+            SELECT t.created_at + s.target_hours::double precision * interval '1 hour' AS breach_time) b
+        WHERE b.breach_time < p_now AND (s.met_at IS NULL OR s.met_at > b.breach_time));
+END;
+$$;
+
+-- it_patch_deployment_overdue: reads it_patches.patch_id, patch_name, severity,
+-- target_date, affected_asset_ids, organization_id of patches not deployed
+-- (deployed_at NULL) nor cancelled (status 'cancelled') after their target date.
+-- Basis: the target date; fires once per target date.
+CREATE OR REPLACE FUNCTION itrelay.scan_patches_overdue(p_now timestamptz DEFAULT now())
+RETURNS integer
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RETURN (
+        SELECT count(*) FILTER (WHERE itrelay.record_due('it_patch_deployment_overdue', p.patch_id,
+            p.target_date::text, 0, 'it_patches',
+            jsonb_strip_nulls(jsonb_build_object(
+                'event_type', 'it_patch_deployment_overdue',
+                'patch_id', p.patch_id,
+                'patch_name', p.patch_name,
+                'severity', p.severity,
+                'target_date', p.target_date,
+                'days_overdue', d.days_overdue,
+                'affected_asset_ids', to_jsonb(p.affected_asset_ids),
+                'affected_asset_count', cardinality(p.affected_asset_ids),
+                'organization_id', p.organization_id,
+                'timestamp', p_now))))
+        FROM it_patches p
+        CROSS JOIN LATERAL (SELECT (p_now AT TIME ZONE 'UTC')::date - p.target_date AS days_overdue) d
+        WHERE p.deployed_at IS NULL AND p.status <> 'cancelled' AND d.days_overdue > 0);
+END;
+$$;
+
+-- The alert level of a compliance result: 'critical' when more than 10 % over-deployed,
+-- 'warning' when over-deployed by up to 10 % or under-utilized (at most half in use),
+-- NULL when compliant.
+CREATE OR REPLACE FUNCTION itrelay.compliance_threshold(p_compliance_status text, p_variance_percent numeric)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE
+        WHEN p_compliance_status = 'over_deployed' AND p_variance_percent > 10 THEN 'critical'
+        WHEN p_compliance_status IN ('over_deployed', 'under_utilized') THEN 'warning'
+    END;
+$$;
+
+-- it_license_compliance_alert: reads it_check_license_compliance(organization_id) for
+-- every organization in it_licenses. Basis: the compliance status; critical (0) is
+-- tighter than warning (1), so a warning escalates once to critical. A license found
+-- compliant again re-arms its alerts.
+-- Forgets what was recorded for a subject, so that its events can fire again.
+CREATE OR REPLACE FUNCTION itrelay.rearm_due(p_event_type text, p_subject_id uuid)
+RETURNS void
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    DELETE FROM itrelay.due_events WHERE event_type = p_event_type AND subject_id = p_subject_id;
+$$;
+
+CREATE OR REPLACE FUNCTION itrelay.scan_license_compliance(p_now timestamptz DEFAULT now())
+RETURNS integer
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    r record;
+    v_recorded integer := 0;
+BEGIN
+    FOR r IN
+        SELECT o.organization_id, c.license_id, c.software_name, c.license_count, c.usage_count,
+               c.compliance_status, c.variance, c.variance_percent,
+               itrelay.compliance_threshold(c.compliance_status, c.variance_percent) AS level
+        FROM (SELECT DISTINCT organization_id FROM it_licenses) o
+        CROSS JOIN LATERAL it_check_license_compliance(o.organization_id) c
+    LOOP
+        IF r.level IS NULL THEN
+            PERFORM itrelay.rearm_due('it_license_compliance_alert', r.license_id);
+        ELSIF itrelay.record_due('it_license_compliance_alert', r.license_id, r.compliance_status,
+            CASE r.level WHEN 'critical' THEN 0 ELSE 1 END, 'it_licenses',
+            jsonb_build_object(
+                'event_type', 'it_license_compliance_alert',
+                'license_id', r.license_id,
+                'software_name', r.software_name,
+                'compliance_status', r.compliance_status,
+                'license_count', r.license_count,
+                'usage_count', r.usage_count,
+                'variance', r.variance,
+                'variance_percent', r.variance_percent,
+                'threshold_breached', r.level,
+                'organization_id', r.organization_id,
+                'timestamp', p_now)) THEN
+            v_recorded := v_recorded + 1;
+        END IF;
+    END LOOP;
+    RETURN v_recorded;
+END;
+$$;
+
+-- Every scan above, as of p_now; how many events they recorded. From pg_cron:
+--   SELECT cron.schedule('itrelay-due-events', '* * * * *', 'SELECT itrelay.scan_due_events()');
+CREATE OR REPLACE FUNCTION itrelay.scan_due_events(p_now timestamptz DEFAULT now())
+RETURNS integer
+LANGUAGE sql
+AS $$
+    SELECT itrelay.scan_contracts_expiring(p_now)
+         + itrelay.scan_licenses_expiring(p_now)
+         + itrelay.scan_sla_breaches(p_now)
+         + itrelay.scan_patches_overdue(p_now)
+         + itrelay.scan_license_compliance(p_now);
+$$;
+
+-- ==== Privileges ====
+
+-- Only the owner, and the roles sql/role.sql grants, may call these functions directly
+-- (triggers call them as the owner).
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA itrelay FROM PUBLIC;
 
 -- ==== Version ====
 

@@ -5,14 +5,14 @@
 //! every value is checked here, before anything connects, with the key in the error.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::catalog;
-use crate::secret::SecretUrl;
+use crate::secret::{Secret, SecretUrl};
+use crate::tls::{self, TlsFiles};
 
 /// The compiled-in defaults, `config/default.toml`.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -44,6 +44,10 @@ pub struct Settings {
     pub amqp: AmqpSettings,
     pub relay: RelaySettings,
     pub log: LogSettings,
+    pub http: HttpSettings,
+    pub retention: RetentionSettings,
+    pub canary: CanarySettings,
+    pub scan: ScanSettings,
     /// Event type → subscriber modules.
     pub routes: BTreeMap<String, Vec<String>>,
 }
@@ -53,6 +57,25 @@ pub struct Settings {
 pub struct PostgresSettings {
     pub url: SecretUrl,
     pub channel: String,
+    /// A query unanswered this long means the connection is dead (e.g. a silent network).
+    pub query_timeout_secs: u64,
+    /// Replaces the URL's password; after loading, also holds `password_file`'s content.
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl PostgresSettings {
+    pub fn tls_files(&self) -> TlsFiles<'_> {
+        TlsFiles {
+            section: "postgres",
+            ca_file: self.ca_file.as_deref(),
+            client_cert_file: self.client_cert_file.as_deref(),
+            client_key_file: self.client_key_file.as_deref(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +88,23 @@ pub struct AmqpSettings {
     pub confirm_timeout_secs: u64,
     /// Module → exchange name, overriding the prefixed default (module matched ignoring case).
     pub exchanges: HashMap<String, String>,
+    /// Replaces the URL's password; after loading, also holds `password_file`'s content.
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl AmqpSettings {
+    pub fn tls_files(&self) -> TlsFiles<'_> {
+        TlsFiles {
+            section: "amqp",
+            ca_file: self.ca_file.as_deref(),
+            client_cert_file: self.client_cert_file.as_deref(),
+            client_key_file: self.client_key_file.as_deref(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,8 +126,55 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct CanarySettings {
+    pub enabled: bool,
+    pub interval_secs: u64,
+    pub stall_after_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    pub enabled: bool,
+    pub delivered_max_age_hours: u32,
+    pub batch_size: u32,
+    pub interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub enabled: bool,
+    /// `host:port` of /healthz, /readyz and /metrics.
+    pub listen: String,
+}
+
+impl HttpSettings {
+    /// The listen address; checked at load time.
+    pub fn address(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            ConfigError::invalid(
+                "http.listen",
+                format!("{:?} is not a host:port address", self.listen),
+            )
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
+}
+
+/// The due-event scheduler ([`crate::scan`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanSettings {
+    /// Run `itrelay.scan_due_events()` from the daemon; off when pg_cron runs it instead.
+    pub enabled: bool,
+    /// Seconds between two scans.
+    pub interval_secs: u64,
 }
 
 impl Settings {
@@ -106,6 +193,8 @@ impl Settings {
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
+        let mut env = env.unwrap_or_else(process_env);
+        let passwords = take_passwords(&mut env);
         // Route lists come from the environment as comma-separated module names.
         let environment = catalog::EVENTS.iter().fold(
             config::Environment::with_prefix(ENV_PREFIX)
@@ -113,29 +202,65 @@ impl Settings {
                 .separator("__")
                 .try_parsing(true)
                 .list_separator(",")
-                .source(env),
+                .source(Some(env)),
             |environment, spec| {
                 environment.with_list_parse_key(&format!("routes.{}", spec.event_type))
             },
         );
-        let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
+        let mut builder = builder.add_source(environment);
+        for (key, value) in passwords {
+            builder = builder.set_override(key, value)?;
+        }
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.read_password_files()?;
         settings.validate()?;
         Ok(settings)
     }
 
+    /// Reads each `<section>.password_file` into `<section>.password`, once, at start.
+    fn read_password_files(&mut self) -> Result<(), ConfigError> {
+        for (section, password, file) in [
+            (
+                "postgres",
+                &mut self.postgres.password,
+                &self.postgres.password_file,
+            ),
+            ("amqp", &mut self.amqp.password, &self.amqp.password_file),
+        ] {
+            let Some(path) = file else { continue };
+            let key = format!("{section}.password_file");
+            if password.is_some() {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "set either `{section}.password` or `{section}.password_file`, not both"
+                    ),
+                ));
+            }
+            *password =
+                Some(Secret::from_file(path).map_err(|reason| ConfigError::invalid(key, reason))?);
+        }
+        Ok(())
+    }
+
     /// Checks every value that the types alone do not.
     fn validate(&self) -> Result<(), ConfigError> {
-        tokio_postgres::Config::from_str(self.postgres.url.expose())
-            .map_err(|e| ConfigError::invalid("postgres.url", unparsable_url(&e)))?;
+        // Builds what connecting needs, reading the TLS files, so a bad one stops the start.
+        tls::postgres(&self.postgres).map_err(|e| ConfigError::invalid(e.key, e.reason))?;
         check_channel(&self.postgres.channel)
             .map_err(|reason| ConfigError::invalid("postgres.channel", reason))?;
-        lapin::uri::AMQPUri::from_str(self.amqp.url.expose())
-            .map_err(|_| ConfigError::invalid("amqp.url", "not an amqp:// or amqps:// URL"))?;
+        tls::amqp(&self.amqp).map_err(|e| ConfigError::invalid(e.key, e.reason))?;
         check_exchange_name(&format!("{}{}", self.amqp.exchange_prefix, "x"))
             .map_err(|reason| ConfigError::invalid("amqp.exchange_prefix", reason))?;
         check_exchange_name(&self.dead_letter_exchange())
             .map_err(|reason| ConfigError::invalid("amqp.dead_letter", reason))?;
         check_not_empty(&self.amqp.app_id).map_err(|r| ConfigError::invalid("amqp.app_id", r))?;
+        if self.postgres.query_timeout_secs == 0 {
+            return Err(ConfigError::invalid(
+                "postgres.query_timeout_secs",
+                "must be at least 1",
+            ));
+        }
         if self.amqp.confirm_timeout_secs == 0 {
             return Err(ConfigError::invalid(
                 "amqp.confirm_timeout_secs",
@@ -147,7 +272,34 @@ impl Settings {
                 ConfigError::invalid(format!("amqp.exchanges.{module}"), reason)
             })?;
         }
+        self.http.address()?;
+        if !(1..=100_000).contains(&self.retention.batch_size) {
+            return Err(ConfigError::invalid(
+                "retention.batch_size",
+                "must be between 1 and 100000",
+            ));
+        }
+        for (key, value) in [
+            ("canary.interval_secs", self.canary.interval_secs),
+            ("canary.stall_after_secs", self.canary.stall_after_secs),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        if self.retention.interval_secs == 0 {
+            return Err(ConfigError::invalid(
+                "retention.interval_secs",
+                "must be at least 1",
+            ));
+        }
         self.validate_relay()?;
+        if !(1..=86_400).contains(&self.scan.interval_secs) {
+            return Err(ConfigError::invalid(
+                "scan.interval_secs",
+                "must be between 1 and 86400 (a day)",
+            ));
+        }
         self.validate_routes()
     }
 
@@ -224,19 +376,50 @@ impl Settings {
         format!("{}{}", self.amqp.exchange_prefix, self.amqp.dead_letter)
     }
 
+    pub fn query_timeout(&self) -> Duration {
+        Duration::from_secs(self.postgres.query_timeout_secs)
+    }
+
     pub fn confirm_timeout(&self) -> Duration {
         Duration::from_secs(self.amqp.confirm_timeout_secs)
+    }
+
+    pub fn scan_interval(&self) -> Duration {
+        Duration::from_secs(self.scan.interval_secs)
     }
 }
 
 /// The driver's own parse error can quote the input, password included: say less.
-fn unparsable_url(error: &tokio_postgres::Error) -> String {
+pub(crate) fn unparsable_url(error: &tokio_postgres::Error) -> String {
     let reason = error.to_string();
     if reason.contains("password") {
         "not a valid connection URL".to_owned()
     } else {
         format!("not a valid connection URL ({reason})")
     }
+}
+
+/// The process environment, leaving out variables that are not UTF-8.
+fn process_env() -> HashMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .collect()
+}
+
+/// Takes the password variables out of `env`, to be used exactly as given: the
+/// environment source would read a password such as `007` as the number 7.
+fn take_passwords(env: &mut HashMap<String, String>) -> Vec<(&'static str, String)> {
+    ["postgres.password", "amqp.password"]
+        .into_iter()
+        .filter_map(|key| {
+            let variable = format!("{ENV_PREFIX}__{}", key.replace('.', "__"));
+            let name = env
+                .keys()
+                .find(|name| name.eq_ignore_ascii_case(&variable))?
+                .clone();
+            env.remove(&name).map(|value| (key, value))
+        })
+        .collect()
 }
 
 fn check_not_empty(value: &str) -> Result<(), String> {
@@ -367,6 +550,11 @@ mod tests {
             ),
             (&[("ITRELAY__RELAY__BATCH_SIZE", "0")], "relay.batch_size"),
             (
+                &[("ITRELAY__SCAN__INTERVAL_SECS", "0")],
+                "scan.interval_secs",
+            ),
+            (&[("ITRELAY__HTTP__LISTEN", "localhost")], "http.listen"),
+            (
                 &[("ITRELAY__RELAY__RECONNECT_MAX_MS", "1")],
                 "relay.reconnect_max_ms",
             ),
@@ -381,6 +569,34 @@ mod tests {
     fn errors_never_show_the_password() {
         let message = error_of(&[("ITRELAY__POSTGRES__URL", "postgres://u:hunter2@host:x/db")]);
         assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn passwords_from_the_environment_are_taken_as_given() {
+        let settings = load(&[
+            ("ITRELAY__POSTGRES__PASSWORD", "007"),
+            ("itrelay__amqp__password", "1e5"),
+        ])
+        .unwrap();
+        assert_eq!(settings.postgres.password.unwrap().expose(), "007");
+        assert_eq!(settings.amqp.password.unwrap().expose(), "1e5");
+    }
+
+    #[test]
+    fn password_files_are_read_at_start() {
+        let path = std::env::temp_dir().join(format!("itrelay-pw-{}", std::process::id()));
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let file = path.display().to_string();
+        let settings = load(&[("ITRELAY__AMQP__PASSWORD_FILE", &file)]).unwrap();
+        assert_eq!(settings.amqp.password.unwrap().expose(), "s3cret");
+        let both = error_of(&[
+            ("ITRELAY__POSTGRES__PASSWORD_FILE", &file),
+            ("ITRELAY__POSTGRES__PASSWORD", "other"),
+        ]);
+        assert!(both.contains("postgres.password_file"), "{both}");
+        std::fs::remove_file(&path).unwrap();
+        let missing = error_of(&[("ITRELAY__POSTGRES__PASSWORD_FILE", &file)]);
+        assert!(missing.contains("`postgres.password_file`"), "{missing}");
     }
 
     #[test]

@@ -8,10 +8,10 @@ use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -96,7 +96,7 @@ const STORY: &[(&str, &str, usize)] = &[
 pub async fn run(settings: Settings, keep: bool) -> anyhow::Result<()> {
     let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let database = format!("itrelay_demo_{suffix}");
-    let admin = PgSession::connect(&settings.postgres.url)
+    let admin = PgSession::connect(&settings.postgres)
         .await
         .with_context(|| format!("connecting to {}", settings.postgres.url))?;
     admin
@@ -126,7 +126,7 @@ pub async fn run(settings: Settings, keep: bool) -> anyhow::Result<()> {
 }
 
 async fn story(settings: &Settings) -> anyhow::Result<()> {
-    let pg = PgSession::connect(&settings.postgres.url).await?;
+    let pg = PgSession::connect(&settings.postgres).await?;
     pg.client.batch_execute(sql::REFERENCE_SCHEMA).await?;
     sql::install(&pg.client).await?;
     pg.client
@@ -188,10 +188,7 @@ async fn story(settings: &Settings) -> anyhow::Result<()> {
 }
 
 async fn consumer(settings: &Settings) -> anyhow::Result<(Connection, Channel)> {
-    let properties = ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
-    let connection = Connection::connect(settings.amqp.url.expose(), properties)
+    let connection = crate::publish::open_connection(&settings.amqp, "itrelay-demo")
         .await
         .with_context(|| format!("connecting to {}", settings.amqp.url))?;
     let channel = connection.create_channel().await?;
@@ -202,21 +199,11 @@ async fn consumer(settings: &Settings) -> anyhow::Result<(Connection, Channel)> 
 async fn subscribe(channel: &Channel, settings: &Settings) -> anyhow::Result<lapin::Consumer> {
     let router = Router::from_settings(settings);
     // Declares the exchanges exactly as the relay will.
-    Publisher::connect(&settings.amqp.url, &router, settings.confirm_timeout())
+    Publisher::connect(&settings.amqp, &router, settings.confirm_timeout())
         .await?
         .close()
         .await;
-    let queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let queue = crate::publish::private_queue(channel).await?;
     for exchange in router.exchanges() {
         channel
             .queue_bind(

@@ -7,7 +7,7 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::event::{DeadLetter, Event};
+use crate::event::{DeadLetter, Event, OutboxRow};
 
 /// A message ready to publish to one or more exchanges.
 #[derive(Debug, Clone)]
@@ -105,6 +105,21 @@ pub fn dead_letter(dead: &DeadLetter, app_id: &str, now: OffsetDateTime) -> Mess
             .with_headers(table),
         routing_key,
         body,
+    }
+}
+
+/// The message for a canary row: its payload as is, to the relay's canary exchange.
+pub fn canary(row: &OutboxRow, app_id: &str) -> Message {
+    Message {
+        routing_key: row.event_type.clone(),
+        // Cannot fail: a JSON value always serializes.
+        body: serde_json::to_vec(&row.payload).unwrap_or_default(),
+        properties: properties(
+            row.event_id.to_string(),
+            &row.event_type,
+            row.created_at,
+            app_id,
+        ),
     }
 }
 

@@ -23,24 +23,36 @@
 //! Redaction runs first so that no later stage, log line or error can see a secret;
 //! validation runs after enrichment so that it checks exactly the body consumers get.
 //! [`catalog`] describes every event type, [`config`] the settings, [`sql`] the
-//! embedded SQL that DBAs apply.
+//! embedded SQL that DBAs apply, [`tls`] how both connections are secured.
+//! [`scan`] runs the SQL scans that record time-based events (expirations, SLA breaches).
+//! [`describe`] and [`asyncapi`] render the catalog for people and for tools.
 
+pub mod asyncapi;
 pub mod backoff;
+pub mod batch;
+pub mod canary;
 pub mod catalog;
 pub mod config;
 pub mod decode;
 pub mod demo;
+pub mod describe;
 pub mod enrich;
 pub mod envelope;
 pub mod event;
+pub mod http;
 pub mod listen;
 pub mod logging;
+pub mod metrics;
+pub mod ops;
 pub mod outbox;
 pub mod publish;
 pub mod redact;
 pub mod relay;
+pub mod retention;
 pub mod route;
+pub mod scan;
 pub mod secret;
 pub mod shutdown;
 pub mod sql;
+pub mod tls;
 pub mod validate;

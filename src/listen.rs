@@ -5,15 +5,16 @@
 //! hands each notification over as a [`Notice`]; when the connection ends, so does the
 //! stream of notices.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use futures_util::{stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 use tracing::{debug, warn};
 
-use crate::secret::SecretUrl;
+use crate::config::PostgresSettings;
+use crate::tls::{self, SettingError};
 
 /// Notices buffered between the connection and the relay; past this, wake-ups are
 /// redundant and whole-event notifications are dropped (they are best effort).
@@ -39,15 +40,44 @@ impl Notice {
     }
 }
 
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A TLS file became unreadable since the start.
+    #[error(transparent)]
+    Setting(#[from] SettingError),
+    /// The driver's message with its causes: its own `Display` leaves out why (the
+    /// certificate rejected, the authentication refused).
+    #[error("{}", with_causes(.0))]
+    Postgres(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for ConnectError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Self::Postgres(error)
+    }
+}
+
+fn with_causes(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(error) = cause {
+        text = format!("{text}: {error}");
+        cause = error.source();
+    }
+    text
+}
+
 pub struct PgSession {
     pub client: Client,
     notices: mpsc::Receiver<Notice>,
 }
 
 impl PgSession {
-    /// Connects with keepalives, so a dead peer is noticed in seconds, not hours.
-    pub async fn connect(url: &SecretUrl) -> Result<Self, tokio_postgres::Error> {
-        let mut config = tokio_postgres::Config::from_str(url.expose())?;
+    /// Connects as the settings say (TLS per `sslmode`, the password over the URL's),
+    /// with keepalives, so a dead peer is noticed in seconds, not hours.
+    pub async fn connect(settings: &PostgresSettings) -> Result<Self, ConnectError> {
+        let (mut config, tls) = tls::postgres(settings)?;
         config
             .application_name("itrelay")
             .connect_timeout(Duration::from_secs(10))
@@ -55,31 +85,16 @@ impl PgSession {
             .keepalives_idle(Duration::from_secs(10))
             .keepalives_interval(Duration::from_secs(5))
             .keepalives_retries(3);
-        let (client, mut connection) = config.connect(NoTls).await?;
-        let (sender, notices) = mpsc::channel(NOTICE_BUFFER);
-        tokio::spawn(async move {
-            let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(AsyncMessage::Notification(notification)) => {
-                        let notice = Notice::from_payload(notification.payload());
-                        if let Err(mpsc::error::TrySendError::Full(Notice::Event(_))) =
-                            sender.try_send(notice)
-                        {
-                            warn!(
-                                "notification buffer full: a whole-event notification was dropped"
-                            );
-                        }
-                    }
-                    Ok(AsyncMessage::Notice(notice)) => debug!(%notice, "postgres notice"),
-                    Ok(_) => {}
-                    Err(error) => {
-                        warn!(%error, "postgres connection lost");
-                        break;
-                    }
-                }
+        let (client, notices) = match tls {
+            Some(tls) => {
+                let (client, connection) = config.connect(tls).await?;
+                (client, drive(connection))
             }
-        });
+            None => {
+                let (client, connection) = config.connect(NoTls).await?;
+                (client, drive(connection))
+            }
+        };
         Ok(Self { client, notices })
     }
 
@@ -113,6 +128,38 @@ impl PgSession {
     pub fn try_next_notice(&mut self) -> Option<Notice> {
         self.notices.try_recv().ok()
     }
+}
+
+/// Drives `connection` in a task, handing each notification over; the notices end
+/// when the connection does.
+fn drive<S, T>(mut connection: Connection<S, T>) -> mpsc::Receiver<Notice>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, notices) = mpsc::channel(NOTICE_BUFFER);
+    tokio::spawn(async move {
+        let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(notification)) => {
+                    let notice = Notice::from_payload(notification.payload());
+                    if let Err(mpsc::error::TrySendError::Full(Notice::Event(_))) =
+                        sender.try_send(notice)
+                    {
+                        warn!("notification buffer full: a whole-event notification was dropped");
+                    }
+                }
+                Ok(AsyncMessage::Notice(notice)) => debug!(%notice, "postgres notice"),
+                Ok(_) => {}
+                Err(error) => {
+                    warn!(%error, "postgres connection lost");
+                    break;
+                }
+            }
+        }
+    });
+    notices
 }
 
 /// The advisory lock that makes one relay per channel the leader.

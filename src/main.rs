@@ -1,5 +1,6 @@
 //! The `itrelay` command line.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,7 +11,9 @@ use itrelay::listen::PgSession;
 use itrelay::publish::Publisher;
 use itrelay::relay::Relay;
 use itrelay::route::Router;
-use itrelay::{demo, logging, shutdown, sql};
+use itrelay::{
+    asyncapi, canary, demo, describe, http, logging, ops, retention, scan, shutdown, sql,
+};
 
 /// Relays IT-module events from Postgres to RabbitMQ: validated, enriched, confirmed.
 #[derive(Debug, Parser)]
@@ -34,8 +37,10 @@ enum LogFormatArg {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Relay events until SIGTERM or SIGINT.
+    /// Relay events until SIGTERM or SIGINT, serving /healthz, /readyz and /metrics.
     Run,
+    /// Exit 0 if a relay answers on /healthz at `http.listen` (for container health checks).
+    Healthcheck,
     /// Apply sql/install.sql: the itrelay schema, the outbox and the triggers.
     Install,
     /// Apply sql/uninstall.sql: remove everything `install` created.
@@ -51,6 +56,48 @@ enum Command {
     },
     /// Check the configuration, both services, and that the SQL is installed.
     Check,
+    /// List every event type: schema, status, source, subscribers and their exchanges.
+    Catalog {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the AsyncAPI 3.0 document (JSON) of the exchanges, messages and schemas.
+    Asyncapi,
+    /// Backlog size and oldest age, dead-lettered count, leader, last delivered event.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List dead-lettered (failed) events with their reasons, oldest first.
+    DeadLetters {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send events again (same message id, so consumers de-duplicate). Failed events
+    /// only, unless --include-delivered; every given criterion must match.
+    Replay {
+        /// An event id (repeatable).
+        #[arg(long = "event-id", value_name = "UUID")]
+        event_ids: Vec<uuid::Uuid>,
+        /// Only events of this type.
+        #[arg(long = "type", value_name = "EVENT_TYPE")]
+        event_type: Option<String>,
+        /// Only events written at or after this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<time::OffsetDateTime>,
+        /// Only events written before this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<time::OffsetDateTime>,
+        /// Also replay events already delivered.
+        #[arg(long)]
+        include_delivered: bool,
+    },
     /// Try it out: a scratch database, the relay in-process, a short story of business
     /// writes, and every event printed as it reaches each module's exchange.
     Demo {
@@ -102,7 +149,40 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
     match command {
         Command::Run => {
             let shutdown = shutdown::on_signals().context("installing signal handlers")?;
-            Relay::new(settings)?.run(shutdown).await;
+            let server = if settings.http.enabled {
+                let address = settings.http.address()?;
+                let server = http::bind(address, shutdown.clone())
+                    .await
+                    .with_context(|| format!("http.listen: cannot listen on {address}"))?;
+                Some(tokio::spawn(server))
+            } else {
+                None
+            };
+            let relay = Relay::new(settings.clone())?;
+            let retention = tokio::spawn(retention::run(settings.clone(), shutdown.clone()));
+            let canary = tokio::spawn(canary::run(settings.clone(), shutdown.clone()));
+            let scans = tokio::spawn(scan::run(settings, shutdown.clone()));
+            relay.run(shutdown).await;
+            scans.await.context("due-event scans")?;
+            retention.await.context("retention")?;
+            canary.await.context("canary")?;
+            if let Some(server) = server {
+                server.await?.context("serving http")?;
+            }
+        }
+        Command::Healthcheck => {
+            let address = settings.http.address()?;
+            return Ok(match http::probe(address, "/healthz").await {
+                Ok(200) => ExitCode::SUCCESS,
+                Ok(status) => {
+                    eprintln!("itrelay: http://{address}/healthz answered {status}");
+                    ExitCode::FAILURE
+                }
+                Err(error) => {
+                    eprintln!("itrelay: http://{address}/healthz: {error}");
+                    ExitCode::FAILURE
+                }
+            });
         }
         Command::Install => {
             let pg = connect_postgres(&settings).await?;
@@ -127,13 +207,82 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             }
         ),
         Command::Check => return Ok(check(&settings).await),
+        Command::Catalog { json } => {
+            let events = describe::describe(&settings);
+            if json {
+                emit(&(serde_json::to_string_pretty(&events)? + "\n"))?;
+            } else {
+                emit(&describe::table(&events))?;
+            }
+        }
+        Command::Asyncapi => {
+            emit(&(serde_json::to_string_pretty(&asyncapi::document(&settings))? + "\n"))?;
+        }
+        Command::Status { json } => {
+            let pg = connect_postgres(&settings).await?;
+            let status = ops::status(&pg.client, &settings.postgres.channel)
+                .await
+                .context("reading the outbox")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+        }
+        Command::DeadLetters { limit, json } => {
+            let pg = connect_postgres(&settings).await?;
+            let events = ops::dead_letters(&pg.client, limit)
+                .await
+                .context("reading the outbox")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&events)?);
+            } else {
+                print!("{}", ops::render_dead_letters(&events));
+            }
+        }
+        Command::Replay {
+            event_ids,
+            event_type,
+            since,
+            until,
+            include_delivered,
+        } => {
+            let selection = ops::ReplaySelection {
+                event_ids,
+                event_type,
+                since,
+                until,
+                include_delivered,
+            };
+            if selection.is_empty() {
+                anyhow::bail!("replay needs --event-id, --type, --since or --until");
+            }
+            let pg = connect_postgres(&settings).await?;
+            let count = ops::replay(&pg.client, &settings.postgres.channel, &selection)
+                .await
+                .context("marking events for replay")?;
+            println!("{count} events queued for replay");
+        }
         Command::Demo { keep } => demo::run(settings, keep).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
+fn parse_time(value: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("not an RFC 3339 time (e.g. 2026-03-01T12:00:00Z): {e}"))
+}
+
+/// Writes to stdout; a reader that went away (`| head`) ends the output quietly.
+fn emit(text: &str) -> anyhow::Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result.context("writing to stdout"),
+    }
+}
+
 async fn connect_postgres(settings: &Settings) -> anyhow::Result<PgSession> {
-    PgSession::connect(&settings.postgres.url)
+    PgSession::connect(&settings.postgres)
         .await
         .with_context(|| format!("connecting to {}", settings.postgres.url))
 }
@@ -170,11 +319,25 @@ async fn check(settings: &Settings) -> ExitCode {
                     Err(error) => Err(error.into()),
                 },
             );
+            if let Ok((present, missing)) = sql::trigger_status(&pg.client).await {
+                // A missing trigger is a table the database does not have: reported, not failed.
+                let detail = if missing.is_empty() {
+                    format!("all {} installed", present.len())
+                } else {
+                    format!(
+                        "{} of {} installed; not installed (no such table at install): {}",
+                        present.len(),
+                        present.len() + missing.len(),
+                        missing.join(", ")
+                    )
+                };
+                report("triggers", Ok(detail));
+            }
         }
         Err(error) => report("postgres", Err(error)),
     }
     let router = Router::from_settings(settings);
-    let amqp = Publisher::connect(&settings.amqp.url, &router, settings.confirm_timeout()).await;
+    let amqp = Publisher::connect(&settings.amqp, &router, settings.confirm_timeout()).await;
     report(
         "rabbitmq",
         match amqp {

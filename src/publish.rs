@@ -11,11 +11,17 @@ use lapin::options::{
 use lapin::publisher_confirm::Confirmation as LapinConfirmation;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use tokio::time::Instant;
+use std::sync::Arc;
 
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::config::AmqpSettings;
 use crate::envelope::Message;
+use crate::metrics::METRICS;
 use crate::route::Router;
-use crate::secret::SecretUrl;
+use crate::tls::{self, SettingError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -23,6 +29,9 @@ pub enum PublishError {
     Amqp(#[from] lapin::Error),
     #[error("the broker confirmed nothing within {0:?}")]
     ConfirmTimeout(Duration),
+    /// A TLS file became unreadable since the start.
+    #[error(transparent)]
+    Setting(#[from] SettingError),
 }
 
 /// The broker's answer to one publish.
@@ -37,6 +46,43 @@ pub enum Confirmation {
     Nacked,
 }
 
+/// Heartbeat interval asked of the broker when the URL does not say (`?heartbeat=N`).
+const HEARTBEAT_SECS: u16 = 5;
+
+/// Opens a connection as the settings say: the password over the URL's, and for
+/// `amqps://` TLS with `amqp.ca_file` and the client certificate, if any.
+/// `name` is the connection's name in the broker's management UI.
+pub async fn open_connection(
+    settings: &AmqpSettings,
+    name: &str,
+) -> Result<Connection, PublishError> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(name.into())
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    let (mut uri, tls) = tls::amqp(settings)?;
+    // Heartbeats unless the URL sets them: a silent broker is noticed in 2 × this.
+    uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
+    Ok(match tls {
+        None => Connection::connect_uri(uri, properties).await?,
+        Some(connector) => {
+            Connection::connector(uri, tls::amqps_connect(connector), properties).await?
+        }
+    })
+}
+
+/// A server-named queue that lives as long as this connection: for watching exchanges.
+pub async fn private_queue(channel: &Channel) -> Result<lapin::Queue, lapin::Error> {
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare("", options, FieldTable::default())
+        .await
+}
+
 pub struct Publisher {
     connection: Connection,
     channel: Channel,
@@ -47,15 +93,11 @@ impl Publisher {
     /// Connects, turns on publisher confirms and declares every exchange of `router`,
     /// plus the dead-letter exchange and its queue.
     pub async fn connect(
-        url: &SecretUrl,
+        settings: &AmqpSettings,
         router: &Router,
         confirm_timeout: Duration,
     ) -> Result<Self, PublishError> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name("itrelay".into())
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio);
-        let connection = Connection::connect(url.expose(), properties).await?;
+        let connection = open_connection(settings, "itrelay").await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -75,14 +117,11 @@ impl Publisher {
                 .await?;
         }
         let dead_letter = router.dead_letter();
-        channel
-            .exchange_declare(
-                dead_letter,
-                ExchangeKind::Topic,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
+        for own in [dead_letter, router.canary()] {
+            channel
+                .exchange_declare(own, ExchangeKind::Topic, durable, FieldTable::default())
+                .await?;
+        }
         let queue = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
@@ -116,6 +155,7 @@ impl Publisher {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
+        let started = Instant::now();
         let mut pending = Vec::with_capacity(sends.len());
         for (exchange, message) in sends {
             let confirm = self
@@ -130,12 +170,25 @@ impl Publisher {
                 .await?;
             pending.push(confirm);
         }
-        let deadline = Instant::now() + self.confirm_timeout;
+        let published = Instant::now();
+        METRICS
+            .publish_seconds
+            .observe(published.duration_since(started).as_secs_f64());
+        let mut deadline = published + self.confirm_timeout;
         let mut confirmations = Vec::with_capacity(pending.len());
-        for confirm in pending {
-            let confirmation = tokio::time::timeout_at(deadline, confirm)
-                .await
-                .map_err(|_| PublishError::ConfirmTimeout(self.confirm_timeout))??;
+        for mut confirm in pending {
+            let confirmation = loop {
+                match tokio::time::timeout_at(deadline, &mut confirm).await {
+                    Ok(confirmation) => break confirmation?,
+                    // A broker under a resource alarm blocks publishers on purpose:
+                    // wait for it (the batch stays in Postgres) rather than reconnect.
+                    Err(_) if self.connection.status().blocked() => {
+                        warn!("the broker blocks publishing (resource alarm); waiting");
+                        deadline = Instant::now() + self.confirm_timeout;
+                    }
+                    Err(_) => return Err(PublishError::ConfirmTimeout(self.confirm_timeout)),
+                }
+            };
             confirmations.push(match confirmation {
                 LapinConfirmation::Ack(None) | LapinConfirmation::NotRequested => {
                     Confirmation::Acked
@@ -147,7 +200,21 @@ impl Publisher {
                 LapinConfirmation::Nack(_) => Confirmation::Nacked,
             });
         }
+        METRICS
+            .confirm_seconds
+            .observe(published.elapsed().as_secs_f64());
         Ok(confirmations)
+    }
+
+    /// A signal fired when the broker connection fails, even while nothing is published.
+    pub fn failure_signal(&self) -> Arc<Notify> {
+        let failed = Arc::new(Notify::new());
+        let signal = failed.clone();
+        self.connection.on_error(move |error| {
+            warn!(%error, "rabbitmq connection lost");
+            signal.notify_one();
+        });
+        failed
     }
 
     pub async fn close(self) {

@@ -1,26 +1,22 @@
-//! The relay loop: connect, become the leader, LISTEN, then drain the outbox through the
-//! pipeline (redact → decode → enrich → validate → route → publish → record) whenever
-//! woken or polled; on losing either service, back off and start over. Nothing is held
-//! only in memory: a row is marked delivered after the broker confirmed it.
+//! The relay loop: connect, become the leader, LISTEN, then drain the outbox a batch at a
+//! time ([`crate::batch`]) whenever woken or polled; on losing either service, back off
+//! and start over. Nothing is held only in memory: a row is marked delivered after the
+//! broker confirmed it.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::Settings;
-use crate::decode::decode;
-use crate::enrich::{self, enrich};
-use crate::envelope::{self, envelope, Message};
-use crate::event::{DeadLetter, Event, Rejection, Stage};
 use crate::listen::{Notice, PgSession};
-use crate::outbox::{fetch_references, Outbox, Outcome};
-use crate::publish::{Confirmation, PublishError, Publisher};
-use crate::redact::redact;
+use crate::metrics::{Service, METRICS};
+use crate::outbox::Outbox;
+use crate::publish::{PublishError, Publisher};
 use crate::route::Router;
 use crate::validate::Validators;
 
@@ -28,31 +24,43 @@ use crate::validate::Validators;
 /// the relay goes idle and waits for NOTIFY.
 const BUSY_POLL_FIRST: Duration = Duration::from_millis(1);
 const BUSY_POLL_LAST: Duration = Duration::from_millis(64);
+/// How often the leader measures the backlog for `/metrics`.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Why a session with the services ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("postgres: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("postgres: {0}")]
+    PostgresConnect(#[from] crate::listen::ConnectError),
     #[error("rabbitmq: {0}")]
     Amqp(#[from] PublishError),
     #[error("postgres connection closed")]
     PostgresClosed,
+    #[error("postgres: no answer within {0:?}")]
+    PostgresTimeout(Duration),
+    #[error("rabbitmq connection closed")]
+    AmqpClosed,
 }
 
-/// What one batch came to.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BatchReport {
-    pub claimed: usize,
-    pub delivered: usize,
-    pub dead_lettered: usize,
-    pub retried: usize,
+impl SessionError {
+    /// The service whose loss ended the session.
+    pub fn service(&self) -> Service {
+        match self {
+            SessionError::Amqp(_) | SessionError::AmqpClosed => Service::Rabbitmq,
+            SessionError::Postgres(_)
+            | SessionError::PostgresConnect(_)
+            | SessionError::PostgresClosed
+            | SessionError::PostgresTimeout(_) => Service::Postgres,
+        }
+    }
 }
 
 pub struct Relay {
-    settings: Settings,
-    router: Router,
-    validators: Validators,
+    pub(crate) settings: Settings,
+    pub(crate) router: Router,
+    pub(crate) validators: Validators,
 }
 
 impl Relay {
@@ -75,6 +83,10 @@ impl Relay {
             match self.session(&shutdown, &mut backoff).await {
                 Ok(()) => return,
                 Err(error) => {
+                    METRICS
+                        .reconnects
+                        .get_or_create(&error.service().into())
+                        .inc();
                     let delay = backoff.next_delay();
                     warn!(%error, retry_in_ms = delay.as_millis() as u64, "relay interrupted; reconnecting");
                     tokio::select! {
@@ -92,22 +104,43 @@ impl Relay {
         backoff: &mut Backoff,
     ) -> Result<(), SessionError> {
         let publisher = Publisher::connect(
-            &self.settings.amqp.url,
+            &self.settings.amqp,
             &self.router,
             self.settings.confirm_timeout(),
         )
         .await?;
+        METRICS.set_connected(Service::Rabbitmq, true);
+        let amqp_failed = publisher.failure_signal();
         let outcome = async {
-            let mut pg = PgSession::connect(&self.settings.postgres.url).await?;
+            let mut pg = self
+                .bounded(PgSession::connect(&self.settings.postgres))
+                .await?;
+            METRICS.set_connected(Service::Postgres, true);
             if !self.await_leadership(&pg, shutdown).await? {
                 return Ok(());
             }
             backoff.reset();
-            self.lead(&mut pg, &publisher, shutdown).await
+            self.lead(&mut pg, &publisher, &amqp_failed, shutdown).await
         }
         .await;
+        METRICS.leader.set(0);
+        METRICS.standby.set(0);
+        METRICS.set_connected(Service::Postgres, false);
+        METRICS.set_connected(Service::Rabbitmq, false);
         publisher.close().await;
         outcome
+    }
+
+    /// Bounds a Postgres call by `postgres.query_timeout_secs`.
+    pub(crate) async fn bounded<T, E: Into<SessionError>>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, SessionError> {
+        let limit = self.settings.query_timeout();
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => Err(SessionError::PostgresTimeout(limit)),
+        }
     }
 
     /// Waits until this relay holds the leader lock; `false` if shut down first.
@@ -119,9 +152,10 @@ impl Relay {
         let channel = &self.settings.postgres.channel;
         let retry = Duration::from_millis(self.settings.relay.standby_retry_ms);
         let mut announced = false;
-        while !pg.try_lead(channel).await? {
+        while !self.bounded(pg.try_lead(channel)).await? {
             if !announced {
                 info!(%channel, "another relay leads this channel; standing by");
+                METRICS.standby.set(1);
                 announced = true;
             }
             tokio::select! {
@@ -129,6 +163,8 @@ impl Relay {
                 _ = tokio::time::sleep(retry) => {}
             }
         }
+        METRICS.standby.set(0);
+        METRICS.leader.set(1);
         Ok(true)
     }
 
@@ -139,18 +175,24 @@ impl Relay {
         &self,
         pg: &mut PgSession,
         publisher: &Publisher,
+        amqp_failed: &Notify,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionError> {
         let channel = &self.settings.postgres.channel;
-        pg.listen(channel).await?;
-        let outbox = Outbox::prepare(&pg.client).await?;
-        outbox.set_idle(&pg.client, false).await?;
+        self.bounded(pg.listen(channel)).await?;
+        let outbox = self.bounded(Outbox::prepare(&pg.client)).await?;
+        self.bounded(outbox.set_idle(&pg.client, false)).await?;
         info!(%channel, "leading: relaying events");
         let fallback_poll = Duration::from_millis(self.settings.relay.poll_interval_ms);
         let pause_after_nack = Duration::from_millis(self.settings.relay.reconnect_min_ms);
         let mut notified = Vec::new();
         let mut quiet_poll = BUSY_POLL_FIRST;
+        let mut backlog_measured = Instant::now() - BACKLOG_EVERY;
         loop {
+            if backlog_measured.elapsed() >= BACKLOG_EVERY {
+                self.measure_backlog(&pg.client).await?;
+                backlog_measured = Instant::now();
+            }
             self.take_in_notified(pg, &outbox, &mut notified).await?;
             let report = self.relay_batch(&pg.client, &outbox, publisher).await?;
             if shutdown.is_cancelled() {
@@ -171,21 +213,37 @@ impl Relay {
             } else {
                 // Quiet: from now on a committed event wakes the relay by NOTIFY. Events
                 // committed while the flag flips are caught by one more look right after.
-                outbox.set_idle(&pg.client, true).await?;
+                self.bounded(outbox.set_idle(&pg.client, true)).await?;
                 let caught = self.relay_batch(&pg.client, &outbox, publisher).await?;
                 if caught.claimed == 0 {
-                    self.wait_for_notice(pg, shutdown, fallback_poll, &mut notified)
+                    let wait = fallback_poll.min(BACKLOG_EVERY);
+                    self.wait_for_notice(pg, amqp_failed, shutdown, wait, &mut notified)
                         .await?;
                 }
-                outbox.set_idle(&pg.client, false).await?;
+                self.bounded(outbox.set_idle(&pg.client, false)).await?;
                 quiet_poll = BUSY_POLL_FIRST;
                 continue;
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = amqp_failed.notified() => return Err(SessionError::AmqpClosed),
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Updates the backlog gauges: pending rows and the age of the oldest.
+    async fn measure_backlog(&self, client: &Client) -> Result<(), SessionError> {
+        let row = self
+            .bounded(client.query_one(
+                "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+                 FROM itrelay.outbox WHERE state = 'pending'",
+                &[],
+            ))
+            .await?;
+        METRICS.backlog_rows.set(row.try_get(0)?);
+        METRICS.backlog_oldest_age_seconds.set(row.try_get(1)?);
+        Ok(())
     }
 
     /// Waits for a notification, the fallback poll or shutdown; whole-event
@@ -193,12 +251,14 @@ impl Relay {
     async fn wait_for_notice(
         &self,
         pg: &mut PgSession,
+        amqp_failed: &Notify,
         shutdown: &CancellationToken,
         fallback_poll: Duration,
         notified: &mut Vec<String>,
     ) -> Result<(), SessionError> {
         tokio::select! {
             _ = shutdown.cancelled() => {}
+            _ = amqp_failed.notified() => return Err(SessionError::AmqpClosed),
             notice = pg.next_notice() => match notice {
                 None => return Err(SessionError::PostgresClosed),
                 Some(Notice::Event(text)) => notified.push(text),
@@ -222,164 +282,12 @@ impl Relay {
             }
         }
         if !notified.is_empty() {
-            let stored = outbox.insert_notified(&pg.client, notified).await?;
+            let stored = self
+                .bounded(outbox.insert_notified(&pg.client, notified))
+                .await?;
+            METRICS.notified_events.inc_by(stored);
             info!(events = stored, "took in whole-event notifications");
             notified.clear();
-        }
-        Ok(())
-    }
-
-    /// Claims one batch, relays it, and records each row's outcome.
-    pub async fn relay_batch(
-        &self,
-        client: &Client,
-        outbox: &Outbox,
-        publisher: &Publisher,
-    ) -> Result<BatchReport, SessionError> {
-        let rows = outbox.claim(client, self.settings.relay.batch_size).await?;
-        if rows.is_empty() {
-            return Ok(BatchReport::default());
-        }
-        let claimed = rows.len();
-        let mut events = Vec::with_capacity(claimed);
-        let mut dead = Vec::new();
-        for mut row in rows {
-            redact(&mut row.payload);
-            match decode(row) {
-                Ok(event) => events.push(event),
-                Err(dead_letter) => dead.push(*dead_letter),
-            }
-        }
-        let wanted: BTreeSet<_> = events.iter().flat_map(enrich::wanted).collect();
-        let references = fetch_references(client, &wanted).await?;
-        let mut ready = Vec::with_capacity(events.len());
-        for mut event in events {
-            let checked =
-                enrich(&mut event, &references).and_then(|()| self.validators.validate(&mut event));
-            match checked {
-                Ok(()) => ready.push(event),
-                Err(rejection) => dead.push(event.into_dead_letter(rejection)),
-            }
-        }
-        let mut outcomes = Vec::with_capacity(claimed);
-        dead.extend(self.publish_events(publisher, ready, &mut outcomes).await?);
-        self.publish_dead_letters(publisher, dead, &mut outcomes)
-            .await?;
-        outbox.record(client, &outcomes).await?;
-        let mut report = BatchReport {
-            claimed,
-            ..BatchReport::default()
-        };
-        for (_, outcome) in &outcomes {
-            match outcome {
-                Outcome::Delivered => report.delivered += 1,
-                Outcome::Failed(_) => report.dead_lettered += 1,
-                Outcome::Retry(_) => report.retried += 1,
-            }
-        }
-        Ok(report)
-    }
-
-    /// Publishes each event to all its subscribers. Fully confirmed events are recorded
-    /// delivered; returned ones come back as dead letters. From the first nacked event on,
-    /// nothing is recorded delivered, so the rest are sent again, in order.
-    async fn publish_events(
-        &self,
-        publisher: &Publisher,
-        events: Vec<Event>,
-        outcomes: &mut Vec<(i64, Outcome)>,
-    ) -> Result<Vec<DeadLetter>, PublishError> {
-        let app_id = &self.settings.amqp.app_id;
-        let messages: Vec<Message> = events.iter().map(|e| envelope(e, app_id)).collect();
-        let mut sends = Vec::new();
-        let mut senders = Vec::new();
-        for (index, (event, message)) in events.iter().zip(&messages).enumerate() {
-            for destination in self.router.destinations(event.spec) {
-                sends.push((destination.exchange.as_str(), message));
-                senders.push(index);
-            }
-        }
-        let confirmations = publisher.publish(&sends).await?;
-        let mut nacked = vec![false; events.len()];
-        let mut returned: Vec<Option<String>> = vec![None; events.len()];
-        for ((index, confirmation), (exchange, _)) in
-            senders.into_iter().zip(confirmations).zip(&sends)
-        {
-            match confirmation {
-                Confirmation::Acked => {}
-                Confirmation::Nacked => nacked[index] = true,
-                Confirmation::Returned {
-                    reply_code,
-                    reply_text,
-                } => {
-                    returned[index] = Some(format!(
-                        "returned by exchange {exchange} ({reply_code} {reply_text}): no queue is bound for this event type"
-                    ));
-                }
-            }
-        }
-        let first_nacked = nacked.iter().position(|n| *n).unwrap_or(events.len());
-        let mut unroutable = Vec::new();
-        for (index, (event, returned)) in events.into_iter().zip(returned).enumerate() {
-            if index == first_nacked {
-                warn!(event_id = %event.event_id, event_type = event.spec.event_type,
-                      "broker nacked the event; it stays pending and is sent again");
-                outcomes.push((
-                    event.outbox_id,
-                    Outcome::Retry("nacked by the broker".into()),
-                ));
-            } else if index > first_nacked {
-                // Left pending, untouched: re-sent after the nacked event to keep order.
-            } else if let Some(reason) = returned {
-                unroutable.push(event.into_dead_letter(Rejection::new(Stage::Unroutable, reason)));
-            } else {
-                debug!(event_id = %event.event_id, event_type = event.spec.event_type, "event delivered");
-                outcomes.push((event.outbox_id, Outcome::Delivered));
-            }
-        }
-        Ok(unroutable)
-    }
-
-    /// Sends rejected events to the dead-letter exchange; once confirmed, their rows are
-    /// recorded failed with the reason (and kept for replay).
-    async fn publish_dead_letters(
-        &self,
-        publisher: &Publisher,
-        dead: Vec<DeadLetter>,
-        outcomes: &mut Vec<(i64, Outcome)>,
-    ) -> Result<(), PublishError> {
-        if dead.is_empty() {
-            return Ok(());
-        }
-        let now = OffsetDateTime::now_utc();
-        let app_id = &self.settings.amqp.app_id;
-        let messages: Vec<Message> = dead
-            .iter()
-            .map(|d| envelope::dead_letter(d, app_id, now))
-            .collect();
-        let exchange = self.router.dead_letter();
-        let sends: Vec<_> = messages.iter().map(|m| (exchange, m)).collect();
-        let confirmations = publisher.publish(&sends).await?;
-        for (dead_letter, confirmation) in dead.into_iter().zip(confirmations) {
-            let DeadLetter {
-                outbox_id,
-                event_id,
-                event_type,
-                rejection,
-                ..
-            } = dead_letter;
-            if confirmation == Confirmation::Nacked {
-                outcomes.push((
-                    outbox_id,
-                    Outcome::Retry("dead letter nacked by the broker".into()),
-                ));
-                continue;
-            }
-            if matches!(confirmation, Confirmation::Returned { .. }) {
-                warn!(%event_id, %exchange, "no queue is bound to the dead-letter exchange; the event is kept as failed in the outbox only");
-            }
-            warn!(%event_id, %event_type, stage = rejection.stage.as_str(), reason = %rejection.reason, "event dead-lettered");
-            outcomes.push((outbox_id, Outcome::Failed(rejection.to_string())));
         }
         Ok(())
     }

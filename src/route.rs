@@ -17,6 +17,7 @@ pub struct Destination {
 pub struct Router {
     routes: HashMap<&'static str, Vec<Destination>>,
     dead_letter: String,
+    canary: String,
 }
 
 impl Router {
@@ -43,6 +44,7 @@ impl Router {
         Self {
             routes,
             dead_letter: settings.dead_letter_exchange(),
+            canary: format!("{}canary", settings.amqp.exchange_prefix),
         }
     }
 
@@ -64,6 +66,11 @@ impl Router {
 
     pub fn dead_letter(&self) -> &str {
         &self.dead_letter
+    }
+
+    /// The relay's own exchange for canary events; no subscriber is bound to it.
+    pub fn canary(&self) -> &str {
+        &self.canary
     }
 }
 
@@ -102,7 +109,10 @@ mod tests {
         let router = router();
         assert_eq!(
             router.exchanges().into_iter().collect::<Vec<_>>(),
-            ["it.fa", "it.gr", "it.hr", "it.pf-10"]
+            [
+                "it.audit", "it.fa", "it.fa-04", "it.fm", "it.fw-34", "it.gr", "it.hr", "it.hr-03",
+                "it.it-01", "it.it-02", "it.it-07", "it.pf-10", "it.pf-11"
+            ]
         );
         assert_eq!(router.dead_letter(), "it.dead-letter");
     }

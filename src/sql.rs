@@ -30,6 +30,32 @@ pub async fn uninstall(client: &Client, force: bool) -> Result<(), tokio_postgre
     result
 }
 
+/// The names of the triggers `INSTALL` creates (where their tables exist).
+pub fn trigger_names() -> impl Iterator<Item = &'static str> {
+    INSTALL.lines().filter_map(|line| {
+        line.trim_start()
+            .strip_prefix("CREATE OR REPLACE TRIGGER ")
+            .map(str::trim)
+    })
+}
+
+/// Which of `INSTALL`'s triggers exist in the database, and which do not.
+pub async fn trigger_status(
+    client: &Client,
+) -> Result<(Vec<&'static str>, Vec<&'static str>), tokio_postgres::Error> {
+    let present: Vec<String> = client
+        .query(
+            "SELECT tgname::text FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+             WHERE p.pronamespace = 'itrelay'::regnamespace AND NOT t.tgisinternal",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(trigger_names().partition(|name| present.iter().any(|p| p == name)))
+}
+
 /// The installed schema version, or `None` when itrelay is not installed.
 pub async fn installed_version(client: &Client) -> Result<Option<i32>, tokio_postgres::Error> {
     let exists: bool = client
@@ -60,10 +86,7 @@ mod tests {
 
     #[test]
     fn uninstall_drops_every_trigger_install_creates() {
-        let created: Vec<&str> = INSTALL
-            .lines()
-            .filter_map(|line| line.strip_prefix("CREATE OR REPLACE TRIGGER "))
-            .collect();
+        let created: Vec<&str> = trigger_names().collect();
         assert!(!created.is_empty());
         for trigger in created {
             assert!(

@@ -208,3 +208,21 @@ async fn every_command_has_help() {
         assert!(stdout(&output).contains("Usage: itrelay"), "{command}");
     }
 }
+
+#[tokio::test]
+async fn install_skips_triggers_of_missing_tables_and_check_names_them() {
+    let env = TestEnv::new().await;
+    env.execute("DROP TABLE it_changes CASCADE").await;
+    let reinstalled = itrelay(&env, &["install"]).await;
+    assert!(reinstalled.status.success(), "{reinstalled:?}");
+    let check = itrelay(&env, &["check"]).await;
+    assert!(check.status.success(), "{check:?}");
+    let report = stdout(&check);
+    let line = report
+        .lines()
+        .find(|line| line.contains("triggers"))
+        .unwrap_or_else(|| panic!("no triggers line in {report}"));
+    assert!(line.contains("not installed"), "{line}");
+    assert!(line.contains("it_change"), "{line}");
+    assert!(!line.contains("it_asset_disposed_trigger"), "{line}");
+}

@@ -18,7 +18,10 @@ async fn relay_idle(env: &TestEnv) -> Option<bool> {
 async fn wait_for_idle(env: &TestEnv, idle: bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while relay_idle(env).await != Some(idle) {
-        assert!(tokio::time::Instant::now() < deadline, "relay never became idle={idle}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relay never became idle={idle}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -52,7 +55,8 @@ async fn no_relay_means_no_notify_flag_and_events_wait_in_the_outbox() {
     ))
     .await;
     assert_eq!(
-        env.count("SELECT count(*) FROM itrelay.outbox WHERE state = 'pending'").await,
+        env.count("SELECT count(*) FROM itrelay.outbox WHERE state = 'pending'")
+            .await,
         1
     );
 }

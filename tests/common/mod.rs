@@ -3,15 +3,18 @@
 
 #![allow(dead_code)] // Each test binary uses its own part of the harness.
 
-use std::collections::HashMap;
+pub mod proxy;
+
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use itrelay::config::Settings;
 use itrelay::relay::Relay;
 use itrelay::route::Router;
 use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicCancelOptions, BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -58,6 +61,22 @@ impl Received {
             AMQPValue::LongLongInt(n) => Some(n.to_string()),
             other => Some(format!("{other:?}")),
         }
+    }
+}
+
+/// Committed events against consumed ones: the promise is lost = 0 and unexpected = 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciliation {
+    pub committed: usize,
+    pub lost: usize,
+    pub unexpected: usize,
+    pub duplicates: usize,
+}
+
+impl Reconciliation {
+    pub fn assert_nothing_lost(&self) {
+        assert_eq!(self.lost, 0, "events lost: {self:?}");
+        assert_eq!(self.unexpected, 0, "unexpected events: {self:?}");
     }
 }
 
@@ -143,6 +162,11 @@ impl TestEnv {
             ("ITRELAY__RELAY__POLL_INTERVAL_MS", "200"),
             ("ITRELAY__RELAY__RECONNECT_MAX_MS", "500"),
             ("ITRELAY__RELAY__STANDBY_RETRY_MS", "200"),
+            // Tests that need the HTTP endpoint give it a port of its own; tests of the
+            // canary and the scans turn them on (their rows would count as events here).
+            ("ITRELAY__HTTP__ENABLED", "false"),
+            ("ITRELAY__CANARY__ENABLED", "false"),
+            ("ITRELAY__SCAN__ENABLED", "false"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -245,7 +269,12 @@ impl TestEnv {
 
     /// Polls until the outbox holds `total` rows and none is pending.
     pub async fn wait_until_settled(&self, total: i64) {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        self.wait_until_settled_within(total, WAIT).await;
+    }
+
+    /// As [`TestEnv::wait_until_settled`], with a limit of its own for large volumes.
+    pub async fn wait_until_settled_within(&self, total: i64, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             let states = self.outbox_states().await;
             let all: i64 = states.values().sum();
@@ -263,23 +292,54 @@ impl TestEnv {
     /// Takes every message now in the queue bound to `exchange`.
     pub async fn drain(&self, exchange: &str) -> Vec<Received> {
         let queue = &self.queues[exchange];
-        let mut received = Vec::new();
-        while let Some(message) = self
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let waiting = self
             .channel
-            .basic_get(queue, BasicGetOptions { no_ack: true })
+            .queue_declare(queue, passive, FieldTable::default())
             .await
-            .expect("basic_get")
-        {
-            let delivery = message.delivery;
-            received.push(Received {
-                exchange: exchange.to_owned(),
-                routing_key: delivery.routing_key.to_string(),
-                body: serde_json::from_slice(&delivery.data).unwrap_or(Value::Null),
-                raw_body: delivery.data.clone(),
-                properties: delivery.properties.clone(),
-            });
+            .expect("queue depth")
+            .message_count() as usize;
+        if waiting == 0 {
+            return Vec::new();
         }
-        received
+        let consumer = self
+            .channel
+            .basic_consume(
+                queue,
+                &format!("drain-{}", uuid::Uuid::new_v4().simple()),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let tag = consumer.tag();
+        let deliveries: Vec<_> =
+            tokio::time::timeout(WAIT, consumer.take(waiting).collect::<Vec<_>>())
+                .await
+                .expect("queue drained in time");
+        self.channel
+            .basic_cancel(tag.as_str(), BasicCancelOptions::default())
+            .await
+            .expect("cancel consumer");
+        deliveries
+            .into_iter()
+            .map(|delivery| {
+                let delivery = delivery.expect("delivery");
+                Received {
+                    exchange: exchange.to_owned(),
+                    routing_key: delivery.routing_key.to_string(),
+                    body: serde_json::from_slice(&delivery.data).unwrap_or(Value::Null),
+                    raw_body: delivery.data.clone(),
+                    properties: delivery.properties.clone(),
+                }
+            })
+            .collect()
     }
 
     /// Takes every message from every test queue, by exchange.
@@ -291,6 +351,35 @@ impl TestEnv {
             all.insert(exchange, messages);
         }
         all
+    }
+
+    /// Compares the event ids committed to the outbox with the message ids consumed from
+    /// `module`'s test queue, once every row is settled.
+    pub async fn reconcile(&self, module: &str, total: i64) -> Reconciliation {
+        // Generous: a debug build on a busy machine relays a few thousand events a second.
+        let limit = WAIT.max(Duration::from_millis(total as u64 * 3));
+        self.wait_until_settled_within(total, limit).await;
+        let committed: HashSet<String> = self
+            .client
+            .query("SELECT event_id::text FROM itrelay.outbox", &[])
+            .await
+            .expect("committed event ids")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let consumed: Vec<String> = self
+            .drain(&self.exchange(module))
+            .await
+            .iter()
+            .map(Received::message_id)
+            .collect();
+        let unique: HashSet<String> = consumed.iter().cloned().collect();
+        Reconciliation {
+            committed: committed.len(),
+            lost: committed.difference(&unique).count(),
+            unexpected: unique.difference(&committed).count(),
+            duplicates: consumed.len() - unique.len(),
+        }
     }
 
     /// Seeds a vendor, an employee, an actor and an asset of [`ORG`].
@@ -353,6 +442,56 @@ impl Drop for TestEnv {
         });
         let _ = cleanup.join();
     }
+}
+
+/// Commits `count` single-row ticket transactions (one event each for PF-10), numbered
+/// from `from`, pausing between them.
+pub async fn write_tickets(db_url: String, from: usize, count: usize, pause: Duration) {
+    let client = connect(&db_url).await;
+    for n in from..from + count {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)
+                     VALUES ('{ORG}', 'TCK-{n}', 'software', 'low', 'S', 'D', '{EMPLOYEE}')"
+            ))
+            .await
+            .expect("insert ticket");
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// Asserts each module's exchange received exactly `expected` messages (by event type, in
+/// order) and every other test queue nothing; returns the messages.
+pub async fn assert_routed(env: &TestEnv, expected: &[(&str, &[&str])]) -> Vec<Received> {
+    let all = env.drain_all().await;
+    let mut found = Vec::new();
+    for (exchange, messages) in &all {
+        let module = expected
+            .iter()
+            .find(|(module, _)| env.exchange(module) == *exchange);
+        let want: Vec<&str> = module.map(|(_, types)| types.to_vec()).unwrap_or_default();
+        let got: Vec<&str> = messages.iter().map(|m| m.routing_key.as_str()).collect();
+        assert_eq!(got, want, "messages on {exchange}");
+        found.extend(messages.iter().cloned());
+    }
+    found
+}
+
+/// The body without its `timestamp`, which must be an RFC 3339 time.
+pub fn without_timestamp(body: &Value) -> Value {
+    let mut body = body.clone();
+    let stamp = body
+        .as_object_mut()
+        .and_then(|o| o.remove("timestamp"))
+        .expect("timestamp");
+    time::OffsetDateTime::parse(
+        stamp.as_str().expect("timestamp is a string"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("RFC 3339 timestamp");
+    body
 }
 
 pub async fn connect(url: &str) -> Client {

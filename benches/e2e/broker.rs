@@ -1,0 +1,170 @@
+//! The broker's ceiling: how fast one channel can publish the relay's typical message,
+//! persistent and `mandatory`, to a durable queue behind a topic exchange, with confirms
+//! pipelined per batch as the relay does, and without confirms for reference.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::FieldTable;
+use lapin::Connection;
+use serde::Serialize;
+
+use crate::env::{amqp_properties, BenchEnv, AMQP_URL};
+use crate::stats::Percentiles;
+use itrelay::envelope::Message;
+
+#[derive(Debug, Serialize)]
+pub struct Ceiling {
+    pub messages: usize,
+    /// Body bytes of the message (headers and properties come on top).
+    pub body_bytes: usize,
+    pub confirm_batch: usize,
+    /// Confirmed publishes per second, `confirm_batch` in flight then wait for all.
+    pub confirmed_per_s: f64,
+    /// Publishes per second without confirms, until all are in the queue.
+    pub unconfirmed_per_s: f64,
+    /// One message at a time: publish until confirmed (milliseconds).
+    pub confirm_rtt_ms: Percentiles,
+}
+
+pub async fn measure(
+    env: &BenchEnv,
+    message: &Message,
+    messages: usize,
+    batch: usize,
+    round_trips: usize,
+) -> Result<Ceiling> {
+    let exchange = format!("{}ceiling", env.prefix);
+    env.durable_queue(&exchange, &exchange).await?;
+    let amqp = Connection::connect(AMQP_URL, amqp_properties()).await?;
+    let confirmed = confirmed_rate(&amqp, &exchange, message, messages, batch).await?;
+    env.purge(&exchange).await?;
+    let unconfirmed = unconfirmed_rate(env, &amqp, &exchange, message, messages).await?;
+    env.purge(&exchange).await?;
+    let confirm_rtt_ms = round_trip(&amqp, &exchange, message, round_trips).await?;
+    env.purge(&exchange).await?;
+    let _ = amqp.close(200, "ceiling measured").await;
+    Ok(Ceiling {
+        messages,
+        body_bytes: message.body.len(),
+        confirm_batch: batch,
+        confirmed_per_s: confirmed,
+        unconfirmed_per_s: unconfirmed,
+        confirm_rtt_ms,
+    })
+}
+
+const MANDATORY: BasicPublishOptions = BasicPublishOptions {
+    mandatory: true,
+    immediate: false,
+};
+
+async fn confirm_channel(amqp: &Connection) -> Result<lapin::Channel> {
+    let channel = amqp.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+async fn round_trip(
+    amqp: &Connection,
+    exchange: &str,
+    message: &Message,
+    count: usize,
+) -> Result<Percentiles> {
+    let channel = confirm_channel(amqp).await?;
+    let mut millis = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = Instant::now();
+        expect_ack(publish(&channel, exchange, message).await?.await?)?;
+        millis.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(Percentiles::of(millis))
+}
+
+fn expect_ack(confirmation: Confirmation) -> Result<()> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        other => bail!("ceiling publish not acked cleanly: {other:?}"),
+    }
+}
+
+async fn confirmed_rate(
+    amqp: &Connection,
+    exchange: &str,
+    message: &Message,
+    messages: usize,
+    batch: usize,
+) -> Result<f64> {
+    let channel = confirm_channel(amqp).await?;
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < messages {
+        let n = batch.min(messages - sent);
+        let mut pending = Vec::with_capacity(n);
+        for _ in 0..n {
+            pending.push(publish(&channel, exchange, message).await?);
+        }
+        for confirm in pending {
+            expect_ack(confirm.await?)?;
+        }
+        sent += n;
+    }
+    Ok(messages as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn unconfirmed_rate(
+    env: &BenchEnv,
+    amqp: &Connection,
+    exchange: &str,
+    message: &Message,
+    messages: usize,
+) -> Result<f64> {
+    let channel = amqp.create_channel().await?;
+    let start = Instant::now();
+    for _ in 0..messages {
+        publish(&channel, exchange, message).await?;
+    }
+    let passive = QueueDeclareOptions {
+        passive: true,
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let deadline = start + Duration::from_secs(300);
+    loop {
+        let queue = env
+            .channel
+            .queue_declare(exchange, passive, FieldTable::default())
+            .await
+            .context("ceiling queue depth")?;
+        if queue.message_count() as usize >= messages {
+            return Ok(messages as f64 / start.elapsed().as_secs_f64());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {messages} unconfirmed messages arrived",
+                queue.message_count()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn publish(
+    channel: &lapin::Channel,
+    exchange: &str,
+    message: &Message,
+) -> Result<lapin::publisher_confirm::PublisherConfirm> {
+    Ok(channel
+        .basic_publish(
+            exchange,
+            &message.routing_key,
+            MANDATORY,
+            &message.body,
+            message.properties.clone(),
+        )
+        .await?)
+}

@@ -1,0 +1,253 @@
+//! The benchmark's own world: a scratch database with the reference schema and a seeded
+//! requester, an exchange prefix, the consumer queue, the itrelay CLI, and cleanup.
+
+use std::process::Stdio;
+
+use anyhow::{bail, Context, Result};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions, QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::process::Command;
+use tokio_postgres::{Client, NoTls};
+
+use crate::sample;
+
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const AMQP_ADDR: &str = "127.0.0.1:5672";
+/// The subscriber of `it_ticket_created`.
+const TICKET_MODULE: &str = "pf-10";
+
+pub struct BenchEnv {
+    pub database: String,
+    pub db_url: String,
+    pub prefix: String,
+    /// Control connection: seeding, truncating, sampling the outbox.
+    pub client: Client,
+    pub channel: Channel,
+    _amqp: Connection,
+}
+
+impl BenchEnv {
+    /// Names for a new run; nothing is created yet.
+    pub fn names() -> (String, String) {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+        (format!("itrelay_bench_{id}"), format!("bench{id}."))
+    }
+
+    /// Creates the database (reference schema, seeded requester, no itrelay yet) and
+    /// the consumer queue bound to the ticket subscriber's exchange.
+    pub async fn create(database: &str, prefix: &str) -> Result<Self> {
+        let admin = connect(PG_ADMIN_URL).await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .await
+            .context("create the bench database")?;
+        let db_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+        let client = connect(&db_url).await?;
+        client
+            .batch_execute(itrelay::sql::REFERENCE_SCHEMA)
+            .await
+            .context("apply sql/reference_schema.sql")?;
+        client
+            .execute(
+                "INSERT INTO employees (employee_id, organization_id, employee_name, email)
+                 VALUES ($1::text::uuid, $2::text::uuid, $3, $4)",
+                &[
+                    &sample::REQUESTER,
+                    &sample::ORG,
+                    &sample::REQUESTER_NAME,
+                    &sample::REQUESTER_EMAIL,
+                ],
+            )
+            .await
+            .context("seed the requester")?;
+        let amqp = Connection::connect(AMQP_URL, amqp_properties())
+            .await
+            .context("connect to RabbitMQ")?;
+        let channel = amqp.create_channel().await?;
+        let env = Self {
+            database: database.to_owned(),
+            db_url,
+            prefix: prefix.to_owned(),
+            client,
+            channel,
+            _amqp: amqp,
+        };
+        let exchange = env.ticket_exchange();
+        env.durable_queue(&exchange, &env.consumer_queue()).await?;
+        Ok(env)
+    }
+
+    /// The exchange the relay publishes tickets to.
+    pub fn ticket_exchange(&self) -> String {
+        format!("{}{TICKET_MODULE}", self.prefix)
+    }
+
+    /// The durable queue a consumer module would bind to the ticket exchange.
+    pub fn consumer_queue(&self) -> String {
+        format!("{}{TICKET_MODULE}.bench", self.prefix)
+    }
+
+    /// Declares a durable topic exchange as the relay does and a durable queue bound to
+    /// it with `#`.
+    pub async fn durable_queue(&self, exchange: &str, queue: &str) -> Result<()> {
+        let durable_exchange = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        self.channel
+            .exchange_declare(
+                exchange,
+                ExchangeKind::Topic,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+        let durable_queue = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.channel
+            .queue_declare(queue, durable_queue, FieldTable::default())
+            .await?;
+        self.channel
+            .queue_bind(
+                queue,
+                exchange,
+                "#",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn purge(&self, queue: &str) -> Result<()> {
+        self.channel
+            .queue_purge(queue, QueuePurgeOptions::default())
+            .await?;
+        Ok(())
+    }
+
+    /// The `ITRELAY__*` variables pointing a relay at this run, through `amqp_url`.
+    pub fn relay_env(&self, amqp_url: &str) -> Vec<(String, String)> {
+        [
+            ("ITRELAY__POSTGRES__URL", self.db_url.as_str()),
+            ("ITRELAY__AMQP__URL", amqp_url),
+            ("ITRELAY__AMQP__EXCHANGE_PREFIX", self.prefix.as_str()),
+            // Recovery after the outage is measured, not the default 10 s backoff cap.
+            ("ITRELAY__RELAY__RECONNECT_MAX_MS", "1000"),
+            ("RUST_LOG", "warn"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    /// Runs the itrelay CLI against this database (`install`, `uninstall --force`).
+    pub async fn cli(&self, args: &[&str]) -> Result<()> {
+        let output = Command::new(env!("CARGO_BIN_EXE_itrelay"))
+            .args(args)
+            .envs(self.relay_env(AMQP_URL))
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("run itrelay {}", args.join(" ")))?;
+        if !output.status.success() {
+            bail!(
+                "itrelay {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Empties the tickets and, when installed, the outbox: each phase starts alike.
+    pub async fn reset_tables(&self) -> Result<()> {
+        let installed: bool = self
+            .client
+            .query_one("SELECT to_regclass('itrelay.outbox') IS NOT NULL", &[])
+            .await?
+            .get(0);
+        let sql = if installed {
+            "TRUNCATE it_tickets, itrelay.outbox"
+        } else {
+            "TRUNCATE it_tickets"
+        };
+        self.client.batch_execute(sql).await?;
+        self.client.batch_execute("VACUUM ANALYZE").await?;
+        Ok(())
+    }
+}
+
+/// Removes the database and every exchange and queue under `prefix`. Best effort: runs
+/// after failures too, and reports what it could not remove.
+pub async fn cleanup(database: &str, prefix: &str) {
+    match connect(PG_ADMIN_URL).await {
+        Ok(admin) => {
+            let drop = format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)");
+            if let Err(error) = admin.batch_execute(&drop).await {
+                eprintln!("cleanup: could not drop {database}: {error}");
+            }
+        }
+        Err(error) => eprintln!("cleanup: {error:#}"),
+    }
+    let queues = rabbit_names("list_queues", prefix).await;
+    let exchanges = rabbit_names("list_exchanges", prefix).await;
+    let Ok(amqp) = Connection::connect(AMQP_URL, amqp_properties()).await else {
+        eprintln!("cleanup: RabbitMQ unreachable; left queues {queues:?}, exchanges {exchanges:?}");
+        return;
+    };
+    if let Ok(channel) = amqp.create_channel().await {
+        for queue in &queues {
+            let _ = channel
+                .queue_delete(queue, QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in &exchanges {
+            let _ = channel
+                .exchange_delete(exchange, ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
+    let _ = amqp.close(200, "bench done").await;
+}
+
+/// Names of queues or exchanges under `prefix`, from `rabbitmqctl`.
+async fn rabbit_names(list: &str, prefix: &str) -> Vec<String> {
+    let output = Command::new("rabbitmqctl")
+        .args([list, "-q", "--no-table-headers", "name"])
+        .output()
+        .await;
+    match output {
+        Ok(output) if output.status.success() => String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|name| name.starts_with(prefix))
+            .map(str::to_owned)
+            .collect(),
+        _ => {
+            eprintln!("cleanup: rabbitmqctl {list} failed; remove {prefix}* by hand");
+            Vec::new()
+        }
+    }
+}
+
+pub async fn connect(url: &str) -> Result<Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .with_context(|| format!("connect to {url}"))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+pub fn amqp_properties() -> ConnectionProperties {
+    ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+}

@@ -1,0 +1,134 @@
+//! What itrelay costs the business writes: pgbench inserting single-ticket transactions
+//! from several clients, without itrelay's triggers, with them and the relay stopped, and
+//! with them and the relay running.
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tokio::process::Command;
+
+use crate::env::{BenchEnv, AMQP_URL};
+use crate::load;
+use crate::sample;
+use crate::watch::Watched;
+use crate::Sizes;
+
+#[derive(Debug, Default, Serialize)]
+pub struct DbCost {
+    pub clients: u32,
+    pub jobs: u32,
+    pub seconds: u32,
+    /// Transactions per second of each round, per configuration.
+    pub no_triggers_tps: Vec<f64>,
+    pub triggers_relay_stopped_tps: Vec<f64>,
+    pub triggers_relay_running_tps: Vec<f64>,
+    /// After each round with the relay running: until it had delivered everything.
+    pub relay_catch_up_seconds: Vec<Option<f64>>,
+}
+
+impl DbCost {
+    pub fn ratio(&self) -> f64 {
+        mean(&self.triggers_relay_running_tps) / mean(&self.no_triggers_tps)
+    }
+}
+
+pub fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+/// Rounds of the three configurations, interleaved so drift hits each alike.
+pub async fn measure(env: &BenchEnv, sizes: &Sizes) -> Result<DbCost> {
+    let script = std::env::temp_dir().join(format!("{}.pgbench.sql", env.database));
+    std::fs::write(&script, script_text()).context("write the pgbench script")?;
+    let run = |label: &'static str| run_pgbench(env, sizes, &script, label);
+    let mut cost = DbCost {
+        clients: sizes.pgbench_clients,
+        jobs: 2,
+        seconds: sizes.pgbench_seconds,
+        ..DbCost::default()
+    };
+    for _ in 0..sizes.pgbench_rounds {
+        set_triggers(env, false).await?;
+        cost.no_triggers_tps.push(run("no triggers").await?);
+        set_triggers(env, true).await?;
+        cost.triggers_relay_stopped_tps
+            .push(run("triggers, relay stopped").await?);
+        let mut watched = Watched::start(&env.relay_env(AMQP_URL), "itrelay-bench-pgbench")?;
+        let writer = load::TicketWriter::connect(&env.db_url).await?;
+        watched.wait_ready(&env.client, &writer).await?;
+        cost.triggers_relay_running_tps
+            .push(run("triggers, relay running").await?);
+        let caught_up = watched
+            .wait_drained(&env.client, sizes.catch_up_limit)
+            .await;
+        cost.relay_catch_up_seconds
+            .push(caught_up.ok().map(|waited| waited.as_secs_f64()));
+        watched.stop().await?;
+        env.purge(&env.consumer_queue()).await?;
+    }
+    let _ = std::fs::remove_file(&script);
+    Ok(cost)
+}
+
+/// `DISABLE TRIGGER USER` leaves the business table as if itrelay were not installed
+/// (its foreign keys still checked).
+async fn set_triggers(env: &BenchEnv, enabled: bool) -> Result<()> {
+    let verb = if enabled { "ENABLE" } else { "DISABLE" };
+    env.client
+        .batch_execute(&format!("ALTER TABLE it_tickets {verb} TRIGGER USER"))
+        .await?;
+    Ok(())
+}
+
+/// One ticket per transaction, the same columns the other phases write.
+fn script_text() -> String {
+    let quote = |text: &str| format!("'{}'", text.replace('\'', "''"));
+    format!(
+        "\\set n random(1, 1000000000)\n\
+         INSERT INTO it_tickets (organization_id, ticket_number, category, subcategory, priority, \
+         subject, description, requester_id, site_id) VALUES ({}, 'PGB-' || :n, {}, {}, {}, {}, {}, {}, {});\n",
+        quote(sample::ORG),
+        quote(sample::CATEGORY),
+        quote(sample::SUBCATEGORY),
+        quote(sample::PRIORITY),
+        quote(sample::SUBJECT),
+        quote(sample::DESCRIPTION),
+        quote(sample::REQUESTER),
+        quote(sample::SITE),
+    )
+}
+
+async fn run_pgbench(
+    env: &BenchEnv,
+    sizes: &Sizes,
+    script: &std::path::Path,
+    label: &str,
+) -> Result<f64> {
+    env.reset_tables().await?;
+    // Every run starts from a clean checkpoint, so none pays for another's WAL.
+    env.client.batch_execute("CHECKPOINT").await?;
+    let output = Command::new("pgbench")
+        .args(["-n", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres"])
+        .args(["-c", &sizes.pgbench_clients.to_string(), "-j", "2"])
+        .args(["-T", &sizes.pgbench_seconds.to_string()])
+        .arg("-f")
+        .arg(script)
+        .arg(&env.database)
+        .output()
+        .await
+        .context("run pgbench (is it installed?)")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "pgbench ({label}) failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let tps = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|tps| tps.parse().ok())
+        .with_context(|| format!("no tps in pgbench output:\n{stdout}"))?;
+    eprintln!("  pgbench {label}: {tps:.0} tx/s");
+    Ok(tps)
+}

@@ -1,0 +1,398 @@
+//! The results of a run: the machine, every figure, each target met or its gap with the
+//! reason; written as JSON and as a Markdown table.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::broker::Ceiling;
+use crate::pgbench::{mean, DbCost};
+use crate::phases::{Drain, KeepUp, Latency, Outage};
+use crate::watch::Usage;
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub memory_mib: u64,
+    pub postgres: String,
+    pub rabbitmq: String,
+}
+
+impl Machine {
+    pub async fn describe(client: &Client) -> Result<Self> {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let postgres: String = client.query_one("SHOW server_version", &[]).await?.get(0);
+        let rabbitmq = tokio::process::Command::new("rabbitmqctl")
+            .args(["version"])
+            .output()
+            .await
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            .unwrap_or_else(|_| "unknown".to_owned());
+        Ok(Self {
+            nproc: std::thread::available_parallelism().map_or(1, usize::from),
+            cpu_model: field(&cpuinfo, "model name")
+                .unwrap_or("unknown")
+                .to_owned(),
+            memory_mib: field(&meminfo, "MemTotal")
+                .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map_or(0, |kib| kib / 1024),
+            postgres,
+            rabbitmq,
+        })
+    }
+}
+
+fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines()
+        .find(|line| line.starts_with(name))
+        .and_then(|line| line.split_once(':'))
+        .map(|(_, value)| value.trim())
+}
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub date: String,
+    pub mode: &'static str,
+    pub command: String,
+    /// The whole run, setup and cleanup aside.
+    pub run_seconds: f64,
+    pub machine: Machine,
+    pub ceiling: Ceiling,
+    pub drain: Drain,
+    pub keep_up_1_row: KeepUp,
+    pub keep_up_100_rows: KeepUp,
+    pub latency: Latency,
+    pub db_cost: DbCost,
+    pub outage: Outage,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Target {
+    pub name: &'static str,
+    pub goal: &'static str,
+    pub measured: String,
+    /// None: reported only, no threshold.
+    pub met: Option<bool>,
+    /// Why it was missed (or what to know), from this run's figures.
+    pub note: String,
+}
+
+const MIB: f64 = 1024.0;
+/// Resident memory that still counts as flat while the broker is away.
+const FLAT_KIB: u64 = 1024;
+
+fn us_per_event(usage: &Usage, events: f64) -> f64 {
+    usage.relay_cpu_seconds * 1e6 / events.max(1.0)
+}
+
+impl Results {
+    /// Judges each target of the issue against this run's figures.
+    pub fn judge(&mut self) {
+        let c = &self.ceiling;
+        let d = &self.drain;
+        let busy = |u: &Usage| format!("{:.0}%", u.machine_busy * 100.0);
+        let drain_ratio = d.events_per_s / c.confirmed_per_s;
+        let drain_note = if drain_ratio >= 0.9 {
+            String::new()
+        } else {
+            format!(
+                "each batch of {} is claimed (SELECT), published and confirmed, then recorded \
+                 (UPDATE) in series, so the broker waits while the relay talks to Postgres and \
+                 Postgres waits during confirms; the machine's {} cores were {} busy \
+                 (relay {:.0} µs CPU/event)",
+                c.confirm_batch,
+                self.machine.nproc,
+                busy(&d.usage),
+                us_per_event(&d.usage, d.delivered as f64),
+            )
+        };
+        let mut targets = vec![Target {
+            name: "1. drain",
+            goal: "≥ 0.90 × broker ceiling (confirmed, same channel count)",
+            measured: format!(
+                "{:.0} ev/s = {:.2} × {:.0} msg/s",
+                d.events_per_s, drain_ratio, c.confirmed_per_s
+            ),
+            met: Some(drain_ratio >= 0.9),
+            note: drain_note,
+        }];
+        let keep = [&self.keep_up_1_row, &self.keep_up_100_rows];
+        let keep_met = keep.iter().all(|k| k.backlog_age.max < 1.0);
+        let keep_note = keep
+            .iter()
+            .filter(|k| k.backlog_age.max >= 1.0)
+            .map(|k| {
+                format!(
+                    "{}-row: producers committed {:.0} ev/s, the relay delivered {:.0} ev/s \
+                     (ceiling {:.0}), so the backlog grew to {} events",
+                    k.produced.rows_per_tx,
+                    k.produced.events_per_s,
+                    k.delivered_per_s,
+                    c.confirmed_per_s,
+                    k.pending_at_end
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        targets.push(Target {
+            name: "2. keep up",
+            goal: "oldest pending event < 1 s at the producers' top rate",
+            measured: keep
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{}-row: max {:.2} s (p99 {:.2} s)",
+                        k.produced.rows_per_tx, k.backlog_age.max, k.backlog_age.p99
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            met: Some(keep_met),
+            note: keep_note,
+        });
+        let l = &self.latency.millis;
+        let latency_met = l.p50 <= 2.0 && l.p99 <= 5.0 && self.latency.missing == 0;
+        targets.push(Target {
+            name: "3. latency",
+            goal: "at 1,000 ev/s: p50 ≤ 2 ms, p99 ≤ 5 ms",
+            measured: format!("p50 {:.2} ms, p99 {:.2} ms", l.p50, l.p99),
+            met: Some(latency_met),
+            note: if latency_met {
+                String::new()
+            } else {
+                format!(
+                    "the broker alone confirms one persistent message in p50 {:.2} / p99 {:.2} ms \
+                     (sequential publishes); on top come the wake-up, the claim and record \
+                     statements and the delivery to the consumer; {} events missing",
+                    c.confirm_rtt_ms.p50, c.confirm_rtt_ms.p99, self.latency.missing
+                )
+            },
+        });
+        let db = &self.db_cost;
+        let db_ratio = db.ratio();
+        let stopped_ratio = mean(&db.triggers_relay_stopped_tps) / mean(&db.no_triggers_tps);
+        targets.push(Target {
+            name: "4. light on the database",
+            goal: "with triggers + relay ≥ 0.85 × no trigger",
+            measured: format!(
+                "{:.0} vs {:.0} tx/s = {:.2} ×",
+                mean(&db.triggers_relay_running_tps),
+                mean(&db.no_triggers_tps),
+                db_ratio
+            ),
+            met: Some(db_ratio >= 0.85),
+            note: if db_ratio >= 0.85 {
+                String::new()
+            } else {
+                format!(
+                    "with the triggers and the relay stopped: {stopped_ratio:.2} × (the trigger's \
+                     outbox insert and NOTIFY in each business transaction); the rest is the \
+                     relay and RabbitMQ sharing the {} cores with Postgres",
+                    self.machine.nproc
+                )
+            },
+        });
+        let full_hwm = [&d.usage, &keep[0].usage, &keep[1].usage]
+            .iter()
+            .map(|u| u.hwm_kib)
+            .max()
+            .unwrap_or(0);
+        let o = &self.outage;
+        let growth = o.usage.rss_max_kib.saturating_sub(o.rss_before_kib);
+        let small_met = (full_hwm as f64) <= 30.0 * MIB && growth <= FLAT_KIB;
+        targets.push(Target {
+            name: "5. small",
+            goal: "RSS ≤ 30 MB at full speed, flat while the broker is away",
+            measured: format!(
+                "peak {:.1} MiB; outage {:.1} → max {:.1} MiB over {:.0} s ({} events waiting)",
+                full_hwm as f64 / MIB,
+                o.rss_before_kib as f64 / MIB,
+                o.usage.rss_max_kib as f64 / MIB,
+                o.seconds,
+                o.events_written
+            ),
+            met: Some(small_met),
+            note: if small_met {
+                String::new()
+            } else {
+                format!(
+                    "peak {:.1} MiB (limit 30), growth while cut {growth} KiB (flat: ≤ {FLAT_KIB})",
+                    full_hwm as f64 / MIB
+                )
+            },
+        });
+        targets.push(Target {
+            name: "5. CPU per event",
+            goal: "reported",
+            measured: format!(
+                "drain {:.0} µs; keep-up 1-row {:.0} µs, 100-row {:.0} µs",
+                us_per_event(&d.usage, d.delivered as f64),
+                us_per_event(&keep[0].usage, keep[0].produced.events as f64),
+                us_per_event(&keep[1].usage, keep[1].produced.events as f64),
+            ),
+            met: None,
+            note: String::new(),
+        });
+        self.targets = targets;
+    }
+
+    pub fn write(&self, dir: &Path, stem: &str) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let json = serde_json::to_string_pretty(self)?;
+        std::fs::write(dir.join(format!("{stem}.json")), json + "\n")?;
+        std::fs::write(dir.join(format!("{stem}.md")), self.markdown())?;
+        Ok(())
+    }
+
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Run {} ({} mode, `{}`, {:.0} s) on {} × {}, {} MiB RAM, PostgreSQL {}, \
+             RabbitMQ {}; relay defaults (`relay.batch_size` 500, one channel, confirms per \
+             batch).\n",
+            self.date,
+            self.mode,
+            self.command,
+            self.run_seconds,
+            m.nproc,
+            m.cpu_model,
+            m.memory_mib,
+            m.postgres,
+            m.rabbitmq
+        );
+        out.push_str("| target | goal | measured | status |\n|---|---|---|---|\n");
+        for t in &self.targets {
+            let status = match t.met {
+                Some(true) => "met".to_owned(),
+                Some(false) => format!("**gap**: {}", t.note),
+                None => "reported".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                t.name, t.goal, t.measured, status
+            );
+        }
+        out.push_str("\n| figure | value |\n|---|---|\n");
+        for (name, value) in self.figures() {
+            let _ = writeln!(out, "| {name} | {value} |");
+        }
+        out
+    }
+
+    fn figures(&self) -> Vec<(String, String)> {
+        let c = &self.ceiling;
+        let d = &self.drain;
+        let l = &self.latency;
+        let db = &self.db_cost;
+        let o = &self.outage;
+        let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / MIB);
+        let tps = |v: &[f64]| {
+            let each: Vec<String> = v.iter().map(|t| format!("{t:.0}")).collect();
+            format!("{:.0} tx/s (rounds: {})", mean(v), each.join(", "))
+        };
+        let mut rows = vec![
+            (
+                "broker ceiling, confirmed".to_owned(),
+                format!(
+                    "{:.0} msg/s ({} msgs, {} B body, {} in flight per batch)",
+                    c.confirmed_per_s, c.messages, c.body_bytes, c.confirm_batch
+                ),
+            ),
+            (
+                "broker ceiling, no confirms".to_owned(),
+                format!("{:.0} msg/s", c.unconfirmed_per_s),
+            ),
+            (
+                "broker confirm round trip, one message".to_owned(),
+                format!(
+                    "p50 {:.2} ms, p99 {:.2} ms",
+                    c.confirm_rtt_ms.p50, c.confirm_rtt_ms.p99
+                ),
+            ),
+            (
+                "drain".to_owned(),
+                format!(
+                    "{} events: {:.0} ev/s steady, {:.1} s from start to empty ({} failed), relay CPU {:.0} µs/event, peak RSS {}, machine {:.0}% busy",
+                    d.events,
+                    d.events_per_s,
+                    d.wall_seconds,
+                    d.failed,
+                    us_per_event(&d.usage, d.delivered as f64),
+                    mib(d.usage.hwm_kib),
+                    d.usage.machine_busy * 100.0
+                ),
+            ),
+        ];
+        for k in [&self.keep_up_1_row, &self.keep_up_100_rows] {
+            rows.push((
+                format!("keep up, {}-row transactions", k.produced.rows_per_tx),
+                format!(
+                    "{} clients committed {:.0} ev/s for {:.0} s; relay delivered {:.0} ev/s; oldest pending p50 {:.3} s, p99 {:.3} s, max {:.3} s; {} pending at the end, caught up in {}; relay CPU {:.0} µs/event, peak RSS {}, machine {:.0}% busy",
+                    k.produced.clients,
+                    k.produced.events_per_s,
+                    k.produced.seconds,
+                    k.delivered_per_s,
+                    k.backlog_age.p50,
+                    k.backlog_age.p99,
+                    k.backlog_age.max,
+                    k.pending_at_end,
+                    k.catch_up_seconds.map_or("(not within the limit)".to_owned(), |s| format!("{s:.1} s")),
+                    us_per_event(&k.usage, k.produced.events as f64),
+                    mib(k.usage.hwm_kib),
+                    k.usage.machine_busy * 100.0
+                ),
+            ));
+        }
+        rows.extend([
+            (
+                format!("latency at {:.0} ev/s", l.target_per_s),
+                format!(
+                    "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} measured after warm-up, {} missing, {:.0} ev/s achieved)",
+                    l.millis.p50, l.millis.p90, l.millis.p99, l.millis.p999, l.millis.max,
+                    l.measured, l.missing, l.achieved_per_s
+                ),
+            ),
+            (
+                "pgbench, no trigger".to_owned(),
+                tps(&db.no_triggers_tps),
+            ),
+            (
+                "pgbench, itrelay triggers, relay stopped".to_owned(),
+                tps(&db.triggers_relay_stopped_tps),
+            ),
+            (
+                "pgbench, itrelay triggers, relay running".to_owned(),
+                format!(
+                    "{} ({} clients, {} s per round)",
+                    tps(&db.triggers_relay_running_tps),
+                    db.clients,
+                    db.seconds
+                ),
+            ),
+            (
+                "broker unreachable".to_owned(),
+                format!(
+                    "RSS {} before, {} → {} (min {}, max {}) over {:.0} s while {} events were written; delivered {} after the broker came back",
+                    mib(o.rss_before_kib),
+                    mib(o.usage.rss_first_kib),
+                    mib(o.usage.rss_last_kib),
+                    mib(o.usage.rss_min_kib),
+                    mib(o.usage.rss_max_kib),
+                    o.seconds,
+                    o.events_written,
+                    o.recovery_seconds.map_or("(not within the limit)".to_owned(), |s| format!("{s:.1} s")),
+                ),
+            ),
+        ]);
+        rows
+    }
+}

@@ -1,0 +1,109 @@
+//! A relay under watch: started as a child process, with its CPU time, resident memory
+//! and the machine's busy share measured over a window the phase chooses.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::load::{self, TicketWriter};
+use crate::process::{cpu_seconds, memory, sample_rss, MachineCpu, RelayProcess};
+
+/// What the relay and the machine used over a window.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Usage {
+    pub seconds: f64,
+    pub relay_cpu_seconds: f64,
+    /// Resident memory sampled every 100 ms: first, lowest, highest, last (KiB).
+    pub rss_first_kib: u64,
+    pub rss_min_kib: u64,
+    pub rss_max_kib: u64,
+    pub rss_last_kib: u64,
+    /// Peak resident memory of the process so far (`VmHWM`).
+    pub hwm_kib: u64,
+    /// Share of both cores busy (all processes), 0..1.
+    pub machine_busy: f64,
+}
+
+pub struct Watched {
+    pub relay: RelayProcess,
+}
+
+/// The start of a measured window.
+pub struct Window {
+    cpu: f64,
+    machine: MachineCpu,
+    started: Instant,
+    stop: CancellationToken,
+    rss: JoinHandle<Vec<u64>>,
+}
+
+impl Watched {
+    pub fn start(env: &[(String, String)], name: &str) -> Result<Self> {
+        Ok(Self {
+            relay: RelayProcess::spawn(env, name)?,
+        })
+    }
+
+    pub fn open(&self) -> Result<Window> {
+        let stop = CancellationToken::new();
+        Ok(Window {
+            cpu: cpu_seconds(self.relay.pid())?,
+            machine: MachineCpu::now()?,
+            started: Instant::now(),
+            rss: sample_rss(self.relay.pid(), Duration::from_millis(100), stop.clone()),
+            stop,
+        })
+    }
+
+    pub async fn close(&mut self, window: Window) -> Result<Usage> {
+        self.relay.ensure_running()?;
+        let pid = self.relay.pid();
+        let relay_cpu_seconds = cpu_seconds(pid)? - window.cpu;
+        let machine_busy = MachineCpu::now()?.busy_since(&window.machine);
+        let hwm_kib = memory(pid)?.hwm_kib;
+        window.stop.cancel();
+        let samples = window.rss.await?;
+        Ok(Usage {
+            seconds: window.started.elapsed().as_secs_f64(),
+            relay_cpu_seconds,
+            rss_first_kib: samples.first().copied().unwrap_or(0),
+            rss_min_kib: samples.iter().copied().min().unwrap_or(0),
+            rss_max_kib: samples.iter().copied().max().unwrap_or(0),
+            rss_last_kib: samples.last().copied().unwrap_or(0),
+            hwm_kib,
+            machine_busy,
+        })
+    }
+
+    /// Waits until no event is pending, failing if the relay exits or `limit` passes;
+    /// how long that took.
+    pub async fn wait_drained(&mut self, client: &Client, limit: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            self.relay.ensure_running()?;
+            if load::oldest_pending_age(client).await? == 0.0 {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > limit {
+                let (pending, _, _) = load::outbox_states(client).await?;
+                bail!("{pending} events still pending after {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Writes one ticket and waits until the relay has delivered everything: it is up.
+    pub async fn wait_ready(&mut self, client: &Client, writer: &TicketWriter) -> Result<()> {
+        writer.write("READY", 1).await?;
+        self.wait_drained(client, Duration::from_secs(60)).await?;
+        Ok(())
+    }
+
+    pub async fn stop(self) -> Result<()> {
+        self.relay.stop().await
+    }
+}

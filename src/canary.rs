@@ -1,0 +1,147 @@
+//! The canary: while leading, the relay writes a synthetic event now and then through
+//! the triggers' own path (`itrelay.enqueue`: outbox row and wake-up) and consumes it back
+//! from its canary exchange. The round trip is exported (`itrelay_canary_seconds`), and
+//! readiness fails while a canary is overdue, whatever the reason: a LISTEN silently
+//! broken, a stuck query, a broker that accepts and never confirms.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions};
+use lapin::types::FieldTable;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::backoff::Backoff;
+use crate::config::Settings;
+use crate::listen::PgSession;
+use crate::metrics::METRICS;
+use crate::publish::{open_connection, private_queue};
+use crate::route::Router;
+
+/// Outbox event type of canaries; the relay sends them to its canary exchange only.
+pub const EVENT_TYPE: &str = "itrelay_canary";
+/// Their `source_table`.
+const SOURCE: &str = "itrelay";
+/// How often overdue canaries are looked for.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Writes one canary; reports a failure on `failed`.
+async fn write(pg: Arc<PgSession>, id: Uuid, limit: Duration, failed: mpsc::Sender<anyhow::Error>) {
+    let written = tokio::time::timeout(
+        limit,
+        pg.client.execute(
+            "SELECT itrelay.enqueue($1, $2, jsonb_build_object('canary_id', $3::text))",
+            &[&EVENT_TYPE, &SOURCE, &id.to_string()],
+        ),
+    )
+    .await;
+    let error = match written {
+        Ok(Ok(_)) => return,
+        Ok(Err(error)) => anyhow::Error::new(error).context("writing a canary"),
+        Err(_) => anyhow::anyhow!("writing a canary: no answer within {limit:?}"),
+    };
+    // The watcher may be gone already; then nobody needs to know.
+    let _ = failed.send(error).await;
+}
+
+/// Runs the canary until `shutdown`, if `canary.enabled`.
+pub async fn run(settings: Settings, shutdown: CancellationToken) {
+    if !settings.canary.enabled {
+        return;
+    }
+    let mut backoff = Backoff::new(
+        Duration::from_millis(settings.relay.reconnect_min_ms),
+        Duration::from_millis(settings.relay.reconnect_max_ms),
+    );
+    loop {
+        match watch(&settings, &shutdown).await {
+            Ok(()) => return,
+            Err(error) => {
+                let delay = backoff.next_delay();
+                warn!(error = %format!("{error:#}"), "canary interrupted; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn watch(settings: &Settings, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let canary = &settings.canary;
+    let router = Router::from_settings(settings);
+    let connection = open_connection(&settings.amqp, "itrelay-canary").await?;
+    let channel = connection.create_channel().await?;
+    let queue = private_queue(&channel).await?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.name().as_str(),
+            "itrelay-canary",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let pg = Arc::new(PgSession::connect(&settings.postgres).await?);
+    // Writes run on their own, so that a write that hangs is noticed as a stall.
+    let (write_failed, mut write_failures) = mpsc::channel::<anyhow::Error>(1);
+    let mut bound = false;
+    let mut in_flight: HashMap<Uuid, Instant> = HashMap::new();
+    let mut send = tokio::time::interval(Duration::from_secs(canary.interval_secs));
+    let mut check = tokio::time::interval(CHECK_EVERY);
+    let stall_after = Duration::from_secs(canary.stall_after_secs);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = send.tick() => {
+                if METRICS.leader.get() != 1 {
+                    // Only the leader's path is watched.
+                    in_flight.clear();
+                    continue;
+                }
+                if !bound {
+                    // The relay declares the canary exchange when it starts leading.
+                    channel
+                        .queue_bind(queue.name().as_str(), router.canary(), "#", QueueBindOptions::default(), FieldTable::default())
+                        .await?;
+                    bound = true;
+                }
+                let id = Uuid::new_v4();
+                // Counted from before the write: a write that hangs is a stall too.
+                in_flight.insert(id, Instant::now());
+                tokio::spawn(write(pg.clone(), id, settings.query_timeout(), write_failed.clone()));
+            }
+            Some(error) = write_failures.recv() => return Err(error),
+            delivery = deliveries.next() => {
+                let delivery = delivery.context("canary consumer cancelled")??;
+                let id = serde_json::from_slice::<serde_json::Value>(&delivery.data)
+                    .ok()
+                    .and_then(|body| body.get("canary_id")?.as_str().and_then(|id| Uuid::parse_str(id).ok()));
+                if let Some(sent) = id.and_then(|id| in_flight.remove(&id)) {
+                    let round_trip = sent.elapsed();
+                    debug!(round_trip_ms = round_trip.as_millis() as u64, "canary back");
+                    METRICS.canary_seconds.observe(round_trip.as_secs_f64());
+                }
+            }
+            _ = check.tick() => {}
+        }
+        let stalled = in_flight.values().any(|sent| sent.elapsed() > stall_after);
+        if stalled && METRICS.canary_stalled.get() == 0 {
+            warn!(
+                stall_after_secs = canary.stall_after_secs,
+                "canary overdue: not ready"
+            );
+        }
+        METRICS.canary_stalled.set(i64::from(stalled));
+    }
+}

@@ -1,0 +1,256 @@
+//! Operator tools over the outbox: `status` (backlog, failures, leader, last delivery),
+//! `dead-letters` (failed events and why), `replay` (send events again, same message id).
+
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::listen::leader_lock_name;
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub pending: i64,
+    pub oldest_pending_age_seconds: Option<f64>,
+    pub failed: i64,
+    pub delivered: i64,
+    pub last_delivered: Option<LastDelivered>,
+    /// The session holding the leader lock, if any relay leads.
+    pub leader: Option<Leader>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LastDelivered {
+    pub event_id: Uuid,
+    pub event_type: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub delivered_at: OffsetDateTime,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Leader {
+    pub pid: i32,
+    pub client_address: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub connected_since: OffsetDateTime,
+}
+
+pub async fn status(client: &Client, channel: &str) -> Result<Status, tokio_postgres::Error> {
+    let counts = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE state = 'pending'),
+                    extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending'))::float8,
+                    count(*) FILTER (WHERE state = 'failed'),
+                    count(*) FILTER (WHERE state = 'delivered')
+             FROM itrelay.outbox",
+            &[],
+        )
+        .await?;
+    let last_delivered = client
+        .query_opt(
+            "SELECT event_id, event_type, delivered_at FROM itrelay.outbox
+             WHERE state = 'delivered' AND event_type <> $1
+             ORDER BY delivered_at DESC LIMIT 1",
+            &[&crate::canary::EVENT_TYPE],
+        )
+        .await?
+        .map(|row| -> Result<_, tokio_postgres::Error> {
+            Ok(LastDelivered {
+                event_id: row.try_get(0)?,
+                event_type: row.try_get(1)?,
+                delivered_at: row.try_get(2)?,
+            })
+        })
+        .transpose()?;
+    // A bigint advisory lock is held as classid (high 32 bits) and objid (low 32 bits).
+    let leader = client
+        .query_opt(
+            "SELECT a.pid, host(a.client_addr), a.backend_start
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended($1, 0)",
+            &[&leader_lock_name(channel)],
+        )
+        .await?
+        .map(|row| -> Result<_, tokio_postgres::Error> {
+            Ok(Leader {
+                pid: row.try_get(0)?,
+                client_address: row.try_get(1)?,
+                connected_since: row.try_get(2)?,
+            })
+        })
+        .transpose()?;
+    Ok(Status {
+        pending: counts.try_get(0)?,
+        oldest_pending_age_seconds: counts.try_get(1)?,
+        failed: counts.try_get(2)?,
+        delivered: counts.try_get(3)?,
+        last_delivered,
+        leader,
+    })
+}
+
+impl Status {
+    pub fn render(&self) -> String {
+        let oldest = self
+            .oldest_pending_age_seconds
+            .map_or(String::new(), |age| format!(" (oldest {age:.1} s)"));
+        let last = self
+            .last_delivered
+            .as_ref()
+            .map_or("none".to_owned(), |last| {
+                format!(
+                    "{} {} at {}",
+                    last.event_type,
+                    last.event_id,
+                    rfc3339(last.delivered_at)
+                )
+            });
+        let leader = self.leader.as_ref().map_or(
+            "none: no relay holds the leader lock".to_owned(),
+            |leader| {
+                format!(
+                    "backend pid {} from {} since {}",
+                    leader.pid,
+                    leader.client_address.as_deref().unwrap_or("local socket"),
+                    rfc3339(leader.connected_since)
+                )
+            },
+        );
+        format!(
+            "backlog         {} pending{oldest}\n\
+             dead-lettered   {} failed\n\
+             delivered       {}\n\
+             last delivered  {last}\n\
+             leader          {leader}\n",
+            self.pending, self.failed, self.delivered
+        )
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct FailedEvent {
+    pub outbox_id: i64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub source_table: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub attempts: i32,
+    pub reason: Option<String>,
+}
+
+/// Failed (dead-lettered) events, oldest first.
+pub async fn dead_letters(
+    client: &Client,
+    limit: i64,
+) -> Result<Vec<FailedEvent>, tokio_postgres::Error> {
+    client
+        .query(
+            "SELECT id, event_id, event_type, source_table, created_at, attempts, last_error
+             FROM itrelay.outbox WHERE state = 'failed' ORDER BY id LIMIT $1",
+            &[&limit],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(FailedEvent {
+                outbox_id: row.try_get(0)?,
+                event_id: row.try_get(1)?,
+                event_type: row.try_get(2)?,
+                source_table: row.try_get(3)?,
+                created_at: row.try_get(4)?,
+                attempts: row.try_get(5)?,
+                reason: row.try_get(6)?,
+            })
+        })
+        .collect()
+}
+
+pub fn render_dead_letters(events: &[FailedEvent]) -> String {
+    if events.is_empty() {
+        return "no dead-lettered events\n".to_owned();
+    }
+    events
+        .iter()
+        .map(|event| {
+            format!(
+                "{}  {}  {:<30} {}  attempts {}\n    {}\n",
+                event.outbox_id,
+                event.event_id,
+                if event.event_type.is_empty() {
+                    "(none)"
+                } else {
+                    &event.event_type
+                },
+                rfc3339(event.created_at),
+                event.attempts,
+                event.reason.as_deref().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// Which events to send again. Every given criterion must match.
+#[derive(Debug, Default, Clone)]
+pub struct ReplaySelection {
+    pub event_ids: Vec<Uuid>,
+    pub event_type: Option<String>,
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+    /// Also delivered events, not only failed ones.
+    pub include_delivered: bool,
+}
+
+impl ReplaySelection {
+    pub fn is_empty(&self) -> bool {
+        self.event_ids.is_empty()
+            && self.event_type.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+    }
+}
+
+/// Puts the selected events back to pending, so the relay sends them again with the same
+/// message id, and wakes it. Returns how many were selected.
+pub async fn replay(
+    client: &Client,
+    channel: &str,
+    selection: &ReplaySelection,
+) -> Result<u64, tokio_postgres::Error> {
+    let ids = (!selection.event_ids.is_empty()).then_some(&selection.event_ids);
+    let states: &[&str] = if selection.include_delivered {
+        &["failed", "delivered"]
+    } else {
+        &["failed"]
+    };
+    let replayed = client
+        .execute(
+            "UPDATE itrelay.outbox
+             SET state = 'pending', last_error = NULL, delivered_at = NULL
+             WHERE state = ANY($5)
+               AND ($1::uuid[] IS NULL OR event_id = ANY($1))
+               AND ($2::text IS NULL OR event_type = $2)
+               AND ($3::timestamptz IS NULL OR created_at >= $3)
+               AND ($4::timestamptz IS NULL OR created_at < $4)",
+            &[
+                &ids,
+                &selection.event_type,
+                &selection.since,
+                &selection.until,
+                &states,
+            ],
+        )
+        .await?;
+    client
+        .execute("SELECT pg_notify($1, '')", &[&channel])
+        .await?;
+    Ok(replayed)
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    // Cannot fail: every OffsetDateTime within Postgres's range formats as RFC 3339.
+    at.format(&Rfc3339).unwrap_or_default()
+}
