@@ -80,7 +80,7 @@ impl Sizes {
             latency_warmup: Duration::from_secs(1),
             pgbench_clients: 4,
             pgbench_seconds: 10,
-            pgbench_rounds: 2,
+            pgbench_rounds: 3,
             outage: Duration::from_secs(15),
             catch_up_limit: Duration::from_secs(180),
         }

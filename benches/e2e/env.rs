@@ -2,6 +2,7 @@
 //! requester, an exchange prefix, the consumer queue, the itrelay CLI, and cleanup.
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use lapin::options::{
@@ -180,8 +181,15 @@ impl BenchEnv {
             "TRUNCATE it_tickets"
         };
         self.client.batch_execute(sql).await?;
+        self.quiesce().await
+    }
+
+    /// Vacuums, checkpoints and waits for a quiet machine, so that a measurement does
+    /// not pay for the WAL or background work of what came before.
+    pub async fn quiesce(&self) -> Result<()> {
         self.client.batch_execute("VACUUM ANALYZE").await?;
-        Ok(())
+        self.client.batch_execute("CHECKPOINT").await?;
+        crate::process::settle(Duration::from_secs(10)).await
     }
 }
 

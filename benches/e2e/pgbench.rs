@@ -21,18 +21,28 @@ pub struct DbCost {
     pub no_triggers_tps: Vec<f64>,
     pub triggers_relay_stopped_tps: Vec<f64>,
     pub triggers_relay_running_tps: Vec<f64>,
+    /// Share of one core the relay used while pgbench ran, per round.
+    pub relay_core_share: Vec<f64>,
     /// After each round with the relay running: until it had delivered everything.
     pub relay_catch_up_seconds: Vec<Option<f64>>,
 }
 
 impl DbCost {
     pub fn ratio(&self) -> f64 {
-        mean(&self.triggers_relay_running_tps) / mean(&self.no_triggers_tps)
+        median(&self.triggers_relay_running_tps) / median(&self.no_triggers_tps)
     }
 }
 
-pub fn mean(values: &[f64]) -> f64 {
-    values.iter().sum::<f64>() / values.len().max(1) as f64
+/// The middle round (the mean of the middle two for an even count): one disturbed round
+/// does not move it.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 /// Rounds of the three configurations, interleaved so drift hits each alike.
@@ -55,8 +65,12 @@ pub async fn measure(env: &BenchEnv, sizes: &Sizes) -> Result<DbCost> {
         let mut watched = Watched::start(&env.relay_env(AMQP_URL), "itrelay-bench-pgbench")?;
         let writer = load::TicketWriter::connect(&env.db_url).await?;
         watched.wait_ready(&env.client, &writer).await?;
+        let window = watched.open()?;
         cost.triggers_relay_running_tps
             .push(run("triggers, relay running").await?);
+        let usage = watched.close(window).await?;
+        cost.relay_core_share
+            .push(usage.relay_cpu_seconds / f64::from(sizes.pgbench_seconds));
         let caught_up = watched
             .wait_drained(&env.client, sizes.catch_up_limit)
             .await;
@@ -104,8 +118,6 @@ async fn run_pgbench(
     label: &str,
 ) -> Result<f64> {
     env.reset_tables().await?;
-    // Every run starts from a clean checkpoint, so none pays for another's WAL.
-    env.client.batch_execute("CHECKPOINT").await?;
     let output = Command::new("pgbench")
         .args(["-n", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres"])
         .args(["-c", &sizes.pgbench_clients.to_string(), "-j", "2"])

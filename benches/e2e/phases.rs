@@ -37,6 +37,7 @@ pub struct Drain {
 pub async fn drain(env: &BenchEnv, sizes: &Sizes) -> Result<Drain> {
     env.reset_tables().await?;
     load::pre_write(&env.db_url, sizes.drain_events).await?;
+    env.quiesce().await?;
     let mut watched = Watched::start(&env.relay_env(AMQP_URL), "itrelay-bench-drain")?;
     let window = watched.open()?;
     let wall_seconds = watched
@@ -136,6 +137,9 @@ pub struct Latency {
     pub missing: usize,
     /// Commit returned to the producer → consumer received the message (milliseconds).
     pub millis: Percentiles,
+    /// Server clock, same events: the business transaction began (`created_at`) → the
+    /// relay recorded the event delivered, after the broker's confirm (`delivered_at`).
+    pub outbox_millis: Percentiles,
     pub usage: Usage,
 }
 
@@ -172,6 +176,19 @@ pub async fn latency(env: &BenchEnv, sizes: &Sizes) -> Result<Latency> {
             None => missing += 1,
         }
     }
+    let outbox_millis = env
+        .client
+        .query(
+            "SELECT EXTRACT(EPOCH FROM delivered_at - created_at)::float8 * 1e3
+             FROM itrelay.outbox
+             WHERE state = 'delivered' AND payload->>'ticket_number' LIKE 'LAT%'
+             ORDER BY id OFFSET $1",
+            &[&(warmup as i64)],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
     env.purge(&env.consumer_queue()).await?;
     Ok(Latency {
         target_per_s: sizes.latency_rate,
@@ -180,6 +197,7 @@ pub async fn latency(env: &BenchEnv, sizes: &Sizes) -> Result<Latency> {
         measured: millis.len(),
         missing,
         millis: Percentiles::of(millis),
+        outbox_millis: Percentiles::of(outbox_millis),
         usage,
     })
 }

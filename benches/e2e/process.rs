@@ -161,6 +161,28 @@ impl MachineCpu {
     }
 }
 
+/// Waits until the machine is nearly idle (under 15% busy over half a second) or `limit`
+/// passed, so that leftovers of one phase (RabbitMQ's disk work, checkpoints, autovacuum)
+/// are not measured in the next. Says so when the machine stayed busy.
+pub async fn settle(limit: Duration) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let before = MachineCpu::now()?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let busy = MachineCpu::now()?.busy_since(&before);
+        if busy < 0.15 {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            eprintln!(
+                "  machine still {:.0}% busy after {limit:?}: figures may be noisy",
+                busy * 100.0
+            );
+            return Ok(());
+        }
+    }
+}
+
 /// Samples a process's RSS every `every` until `stop` is cancelled; returns the samples
 /// in KiB.
 pub fn sample_rss(
