@@ -3,7 +3,7 @@
 //! consumed (lost = 0, unexpected = 0); duplicates are allowed and reported.
 //!
 //! Each scenario prints a row of the reliability table in the README:
-//! `cargo test --test faults -- --nocapture --test-threads 1 2>/dev/null | grep '^|'`
+//! `cargo test --test faults -- --nocapture --test-threads 1 2>/dev/null | grep -o '| [A-Za-z].* |$'`
 
 mod common;
 
