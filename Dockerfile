@@ -10,7 +10,7 @@
 # command). Passwords belong in files (Docker secrets), not in the URL.
 # docker-compose.yml runs it with Postgres and RabbitMQ for a local try-out.
 
-FROM rust:1.88-bookworm AS build
+FROM rust:1.89-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
