@@ -179,6 +179,11 @@ impl Relay {
         shutdown: &CancellationToken,
     ) -> Result<(), SessionError> {
         let channel = &self.settings.postgres.channel;
+        // The relay's own writes (delivered marks, the idle flag) need not wait for the
+        // WAL flush: a mark lost in a Postgres crash only means the event is sent again,
+        // which at-least-once allows. Business transactions are not affected.
+        self.bounded(pg.client.batch_execute("SET synchronous_commit = off"))
+            .await?;
         self.bounded(pg.listen(channel)).await?;
         let outbox = self.bounded(Outbox::prepare(&pg.client)).await?;
         self.bounded(outbox.set_idle(&pg.client, false)).await?;
