@@ -92,6 +92,8 @@ pub struct TestEnv {
     /// Module exchange → the test queue bound to it.
     pub queues: HashMap<String, String>,
     relay: Option<(CancellationToken, JoinHandle<()>)>,
+    /// Exchanges a relay of this test may declare beyond those in `queues`, removed on drop.
+    relay_exchanges: Vec<String>,
 }
 
 impl TestEnv {
@@ -118,6 +120,7 @@ impl TestEnv {
             .expect("reference schema");
         itrelay::sql::install(&client).await.expect("install");
         let prefix = format!("t{id}.");
+        let relay_exchanges = vec![format!("{prefix}canary")];
         let amqp = Connection::connect(AMQP_URL, amqp_properties())
             .await
             .expect("connect to RabbitMQ");
@@ -132,6 +135,7 @@ impl TestEnv {
             _amqp: amqp,
             queues: HashMap::new(),
             relay: None,
+            relay_exchanges,
         };
         let settings = env.settings(extra);
         let router = Router::from_settings(&settings);
@@ -220,7 +224,11 @@ impl TestEnv {
 
     /// Starts the relay in-process with this test's settings.
     pub fn start_relay(&mut self, extra: &[(&str, &str)]) {
-        let relay = Relay::new(self.settings(extra)).expect("relay");
+        let settings = self.settings(extra);
+        let router = Router::from_settings(&settings);
+        self.relay_exchanges
+            .extend(router.exchanges().into_iter().map(str::to_owned));
+        let relay = Relay::new(settings).expect("relay");
         let token = CancellationToken::new();
         let stop = token.clone();
         let handle = tokio::spawn(async move { relay.run(stop).await });
@@ -410,6 +418,7 @@ impl Drop for TestEnv {
             .map(|(e, q)| (e.clone(), q.clone()))
             .collect();
         let dead_letter_queue = self.dead_letter_exchange();
+        let relay_exchanges = std::mem::take(&mut self.relay_exchanges);
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -431,6 +440,11 @@ impl Drop for TestEnv {
                         let _ = channel
                             .queue_delete(&dead_letter_queue, QueueDeleteOptions::default())
                             .await;
+                        for exchange in &relay_exchanges {
+                            let _ = channel
+                                .exchange_delete(exchange, ExchangeDeleteOptions::default())
+                                .await;
+                        }
                     }
                     let _ = amqp.close(200, "test done").await;
                 }
