@@ -1,6 +1,11 @@
-//! One batch through the pipeline: claim the oldest pending rows, redact → decode →
-//! enrich → validate each, route and publish them with confirms, dead-letter what cannot
-//! be relayed, and record every row's outcome in one statement.
+//! One batch through the pipeline, in three steps that the relay loop overlaps with the
+//! batches before and after it:
+//! - [`Relay::prepare`] claims the oldest pending rows and takes each through redact →
+//!   decode → enrich → validate;
+//! - [`Relay::send`] publishes them (events to their subscribers, rejected ones to the
+//!   dead-letter exchange, canaries to the canary exchange) without waiting;
+//! - [`Relay::settle`] waits for the confirms and works out each row's outcome, which the
+//!   loop records in one statement.
 
 use std::collections::BTreeSet;
 
@@ -15,8 +20,8 @@ use crate::enrich::{self, enrich};
 use crate::envelope::{self, envelope, Message};
 use crate::event::{DeadLetter, Event, OutboxRow, Rejection, Stage};
 use crate::metrics::{DeadLetterLabels, RelayedLabels, METRICS};
-use crate::outbox::{fetch_references, Outbox, Outcome};
-use crate::publish::{Confirmation, PublishError, Publisher};
+use crate::outbox::{IdRange, Outbox, Outcome};
+use crate::publish::{Confirmation, PublishError, Publisher, Unconfirmed};
 use crate::redact::redact;
 use crate::relay::{Relay, SessionError};
 
@@ -29,21 +34,70 @@ pub struct BatchReport {
     pub retried: usize,
 }
 
+/// A claimed batch, through the pipeline and ready to publish.
+pub struct Prepared {
+    ids: Option<IdRange>,
+    claimed: usize,
+    events: Vec<Event>,
+    dead: Vec<DeadLetter>,
+    canaries: Vec<OutboxRow>,
+}
+
+impl Prepared {
+    pub fn claimed(&self) -> usize {
+        self.claimed
+    }
+}
+
+/// A batch published, its confirms on their way.
+pub struct InFlight<'r> {
+    ids: Option<IdRange>,
+    claimed: usize,
+    events: Vec<Event>,
+    /// Per message published for an event: the event's index and the exchange.
+    event_sends: Vec<(usize, &'r str)>,
+    dead: Vec<DeadLetter>,
+    canary_ids: Vec<i64>,
+    /// Confirms of the event messages, then the dead letters, then the canaries.
+    unconfirmed: Unconfirmed,
+}
+
+impl InFlight<'_> {
+    /// The claimed rows' id range: the next claim skips it.
+    pub fn ids(&self) -> Option<IdRange> {
+        self.ids
+    }
+
+    /// Waits for the confirms and records nothing: the rows stay pending and are sent
+    /// again, after an earlier batch's nacked event.
+    pub async fn abandon(self, publisher: &Publisher) -> Result<(), PublishError> {
+        publisher.confirm(self.unconfirmed).await.map(drop)
+    }
+}
+
+/// A batch confirmed: each row's outcome, to record.
+pub struct Settled {
+    pub outcomes: Vec<(i64, Outcome)>,
+    pub report: BatchReport,
+}
+
 impl Relay {
-    /// Claims one batch, relays it, and records each row's outcome.
-    pub async fn relay_batch(
+    /// Claims the oldest pending rows outside `skip` (the batch in flight) and takes them
+    /// through the pipeline; what cannot be relayed becomes a dead letter.
+    pub async fn prepare(
         &self,
         client: &Client,
         outbox: &Outbox,
-        publisher: &Publisher,
-    ) -> Result<BatchReport, SessionError> {
+        skip: Option<IdRange>,
+    ) -> Result<Prepared, SessionError> {
         let rows = self
-            .bounded(outbox.claim(client, self.settings.relay.batch_size))
+            .bounded(outbox.claim(client, self.settings.relay.batch_size, skip))
             .await?;
-        if rows.is_empty() {
-            return Ok(BatchReport::default());
-        }
         let claimed = rows.len();
+        let ids = rows.first().zip(rows.last()).map(|(first, last)| IdRange {
+            first: first.id,
+            last: last.id,
+        });
         let mut events = Vec::with_capacity(claimed);
         let mut dead = Vec::new();
         let mut canaries = Vec::new();
@@ -59,7 +113,12 @@ impl Relay {
             }
         }
         let wanted: BTreeSet<_> = events.iter().flat_map(enrich::wanted).collect();
-        let references = self.bounded(fetch_references(client, &wanted)).await?;
+        let references = if wanted.is_empty() {
+            Default::default()
+        } else {
+            self.bounded(outbox.fetch_references(client, &wanted))
+                .await?
+        };
         let mut ready = Vec::with_capacity(events.len());
         for mut event in events {
             let checked =
@@ -69,13 +128,98 @@ impl Relay {
                 Err(rejection) => dead.push(event.into_dead_letter(rejection)),
             }
         }
+        Ok(Prepared {
+            ids,
+            claimed,
+            events: ready,
+            dead,
+            canaries,
+        })
+    }
+
+    /// Publishes a prepared batch without waiting for the confirms.
+    pub async fn send<'r>(
+        &'r self,
+        publisher: &Publisher,
+        prepared: Prepared,
+    ) -> Result<InFlight<'r>, PublishError> {
+        let Prepared {
+            ids,
+            claimed,
+            events,
+            dead,
+            canaries,
+        } = prepared;
+        let app_id = &self.settings.amqp.app_id;
+        let event_messages: Vec<Message> = events.iter().map(|e| envelope(e, app_id)).collect();
+        let dead_messages = self.dead_letter_messages(&dead);
+        let canary_messages: Vec<Message> = canaries
+            .iter()
+            .map(|row| envelope::canary(row, app_id))
+            .collect();
+        let mut event_sends = Vec::with_capacity(events.len());
+        let mut sends = Vec::with_capacity(events.len() + dead.len() + canaries.len());
+        for (index, (event, message)) in events.iter().zip(&event_messages).enumerate() {
+            for destination in self.router.destinations(event.spec) {
+                let exchange = destination.exchange.as_str();
+                event_sends.push((index, exchange));
+                sends.push((exchange, message));
+            }
+        }
+        sends.extend(dead_messages.iter().map(|m| (self.router.dead_letter(), m)));
+        sends.extend(canary_messages.iter().map(|m| (self.router.canary(), m)));
+        let unconfirmed = publisher.send(&sends).await?;
+        Ok(InFlight {
+            ids,
+            claimed,
+            events,
+            event_sends,
+            dead,
+            canary_ids: canaries.iter().map(|row| row.id).collect(),
+            unconfirmed,
+        })
+    }
+
+    /// Waits for a batch's confirms and works out each row's outcome. Returned events
+    /// are dead-lettered here (published and confirmed before this returns).
+    pub async fn settle(
+        &self,
+        publisher: &Publisher,
+        in_flight: InFlight<'_>,
+    ) -> Result<Settled, PublishError> {
+        let InFlight {
+            claimed,
+            events,
+            event_sends,
+            dead,
+            canary_ids,
+            unconfirmed,
+            ..
+        } = in_flight;
+        let mut confirmations = publisher.confirm(unconfirmed).await?;
+        let canary_confirmations = confirmations.split_off(event_sends.len() + dead.len());
+        let dead_confirmations = confirmations.split_off(event_sends.len());
         let mut outcomes = Vec::with_capacity(claimed);
-        dead.extend(self.publish_events(publisher, ready, &mut outcomes).await?);
-        self.publish_dead_letters(publisher, dead, &mut outcomes)
-            .await?;
-        self.publish_canaries(publisher, canaries, &mut outcomes)
-            .await?;
-        self.bounded(outbox.record(client, &outcomes)).await?;
+        let unroutable = self.event_outcomes(events, &event_sends, confirmations, &mut outcomes);
+        dead_letter_outcomes(dead, dead_confirmations, &mut outcomes);
+        if !unroutable.is_empty() {
+            let messages = self.dead_letter_messages(&unroutable);
+            let sends: Vec<_> = messages
+                .iter()
+                .map(|m| (self.router.dead_letter(), m))
+                .collect();
+            let confirmations = publisher.publish(&sends).await?;
+            dead_letter_outcomes(unroutable, confirmations, &mut outcomes);
+        }
+        for (id, confirmation) in canary_ids.into_iter().zip(canary_confirmations) {
+            let outcome = if confirmation == Confirmation::Nacked {
+                Outcome::Retry("canary nacked by the broker".into())
+            } else {
+                // Whether a canary watcher is bound or not, an acked canary is done.
+                Outcome::Delivered
+            };
+            outcomes.push((id, outcome));
+        }
         let mut report = BatchReport {
             claimed,
             ..BatchReport::default()
@@ -87,34 +231,29 @@ impl Relay {
                 Outcome::Retry(_) => report.retried += 1,
             }
         }
-        Ok(report)
+        Ok(Settled { outcomes, report })
     }
 
-    /// Publishes each event to all its subscribers. Fully confirmed events are recorded
-    /// delivered; returned ones come back as dead letters. From the first nacked event on,
-    /// nothing is recorded delivered, so the rest are sent again, in order.
-    async fn publish_events(
+    fn dead_letter_messages(&self, dead: &[DeadLetter]) -> Vec<Message> {
+        let now = OffsetDateTime::now_utc();
+        dead.iter()
+            .map(|d| envelope::dead_letter(d, &self.settings.amqp.app_id, now))
+            .collect()
+    }
+
+    /// Events fully confirmed are delivered; returned ones come back as dead letters.
+    /// From the first nacked event on, nothing is recorded delivered, so the rest are
+    /// sent again, in order.
+    fn event_outcomes(
         &self,
-        publisher: &Publisher,
         events: Vec<Event>,
+        event_sends: &[(usize, &str)],
+        confirmations: Vec<Confirmation>,
         outcomes: &mut Vec<(i64, Outcome)>,
-    ) -> Result<Vec<DeadLetter>, PublishError> {
-        let app_id = &self.settings.amqp.app_id;
-        let messages: Vec<Message> = events.iter().map(|e| envelope(e, app_id)).collect();
-        let mut sends = Vec::new();
-        let mut senders = Vec::new();
-        for (index, (event, message)) in events.iter().zip(&messages).enumerate() {
-            for destination in self.router.destinations(event.spec) {
-                sends.push((destination.exchange.as_str(), message));
-                senders.push(index);
-            }
-        }
-        let confirmations = publisher.publish(&sends).await?;
+    ) -> Vec<DeadLetter> {
         let mut nacked = vec![false; events.len()];
         let mut returned: Vec<Option<String>> = vec![None; events.len()];
-        for ((index, confirmation), (exchange, _)) in
-            senders.into_iter().zip(confirmations).zip(&sends)
-        {
+        for (&(index, exchange), confirmation) in event_sends.iter().zip(confirmations) {
             match confirmation {
                 Confirmation::Acked => {}
                 Confirmation::Nacked => nacked[index] = true,
@@ -156,87 +295,44 @@ impl Relay {
                 outcomes.push((event.outbox_id, Outcome::Delivered));
             }
         }
-        Ok(unroutable)
+        unroutable
     }
+}
 
-    /// Sends canary rows to the relay's canary exchange, never to a subscriber. Whether
-    /// a canary watcher is bound or not, an acked canary is done.
-    async fn publish_canaries(
-        &self,
-        publisher: &Publisher,
-        canaries: Vec<OutboxRow>,
-        outcomes: &mut Vec<(i64, Outcome)>,
-    ) -> Result<(), PublishError> {
-        if canaries.is_empty() {
-            return Ok(());
-        }
-        let app_id = &self.settings.amqp.app_id;
-        let messages: Vec<Message> = canaries
-            .iter()
-            .map(|row| envelope::canary(row, app_id))
-            .collect();
-        let sends: Vec<_> = messages.iter().map(|m| (self.router.canary(), m)).collect();
-        let confirmations = publisher.publish(&sends).await?;
-        for (row, confirmation) in canaries.iter().zip(confirmations) {
-            let outcome = if confirmation == Confirmation::Nacked {
-                Outcome::Retry("canary nacked by the broker".into())
-            } else {
-                Outcome::Delivered
-            };
-            outcomes.push((row.id, outcome));
-        }
-        Ok(())
-    }
-
-    /// Sends rejected events to the dead-letter exchange; once confirmed, their rows are
-    /// recorded failed with the reason (and kept for replay).
-    async fn publish_dead_letters(
-        &self,
-        publisher: &Publisher,
-        dead: Vec<DeadLetter>,
-        outcomes: &mut Vec<(i64, Outcome)>,
-    ) -> Result<(), PublishError> {
-        if dead.is_empty() {
-            return Ok(());
-        }
-        let now = OffsetDateTime::now_utc();
-        let app_id = &self.settings.amqp.app_id;
-        let messages: Vec<Message> = dead
-            .iter()
-            .map(|d| envelope::dead_letter(d, app_id, now))
-            .collect();
-        let exchange = self.router.dead_letter();
-        let sends: Vec<_> = messages.iter().map(|m| (exchange, m)).collect();
-        let confirmations = publisher.publish(&sends).await?;
-        for (dead_letter, confirmation) in dead.into_iter().zip(confirmations) {
-            let DeadLetter {
+/// Dead letters confirmed are recorded failed with the reason (and kept for replay);
+/// nacked ones stay pending.
+fn dead_letter_outcomes(
+    dead: Vec<DeadLetter>,
+    confirmations: Vec<Confirmation>,
+    outcomes: &mut Vec<(i64, Outcome)>,
+) {
+    for (dead_letter, confirmation) in dead.into_iter().zip(confirmations) {
+        let DeadLetter {
+            outbox_id,
+            event_id,
+            event_type,
+            rejection,
+            ..
+        } = dead_letter;
+        if confirmation == Confirmation::Nacked {
+            outcomes.push((
                 outbox_id,
-                event_id,
-                event_type,
-                rejection,
-                ..
-            } = dead_letter;
-            if confirmation == Confirmation::Nacked {
-                outcomes.push((
-                    outbox_id,
-                    Outcome::Retry("dead letter nacked by the broker".into()),
-                ));
-                continue;
-            }
-            if matches!(confirmation, Confirmation::Returned { .. }) {
-                warn!(%event_id, %exchange, "no queue is bound to the dead-letter exchange; the event is kept as failed in the outbox only");
-            }
-            warn!(%event_id, %event_type, stage = rejection.stage.as_str(), reason = %rejection.reason, "event dead-lettered");
-            let known_type = catalog::find(&event_type).map_or("unknown", |spec| spec.event_type);
-            METRICS
-                .dead_lettered
-                .get_or_create(&DeadLetterLabels {
-                    event_type: known_type.to_owned(),
-                    stage: rejection.stage.as_str(),
-                })
-                .inc();
-            outcomes.push((outbox_id, Outcome::Failed(rejection.to_string())));
+                Outcome::Retry("dead letter nacked by the broker".into()),
+            ));
+            continue;
         }
-        Ok(())
+        if matches!(confirmation, Confirmation::Returned { .. }) {
+            warn!(%event_id, "no queue is bound to the dead-letter exchange; the event is kept as failed in the outbox only");
+        }
+        warn!(%event_id, %event_type, stage = rejection.stage.as_str(), reason = %rejection.reason, "event dead-lettered");
+        let known_type = catalog::find(&event_type).map_or("unknown", |spec| spec.event_type);
+        METRICS
+            .dead_lettered
+            .get_or_create(&DeadLetterLabels {
+                event_type: known_type.to_owned(),
+                stage: rejection.stage.as_str(),
+            })
+            .inc();
+        outcomes.push((outbox_id, Outcome::Failed(rejection.to_string())));
     }
 }

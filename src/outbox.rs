@@ -4,8 +4,11 @@
 
 use std::collections::BTreeSet;
 
+use futures_util::future::try_join_all;
 use serde_json::{Map, Value};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement};
+use tracing::warn;
 use uuid::Uuid;
 
 use crate::catalog::Reference;
@@ -27,22 +30,37 @@ pub enum Outcome {
     Retry(String),
 }
 
+/// The first and last outbox id of a claimed batch. While the batch waits for its
+/// confirms, the next claim skips this range; a row in it that was not claimed (its
+/// transaction committed late) is claimed once the range is no longer skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub first: i64,
+    pub last: i64,
+}
+
 /// The outbox statements, prepared once per connection.
 pub struct Outbox {
     claim: Statement,
     set_idle: Statement,
     record: Statement,
     insert_notified: Statement,
+    /// Per reference table that exists: its rows with ids in $1.
+    lookups: Vec<(Reference, Statement)>,
 }
 
 impl Outbox {
     pub async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
+            // Two index range scans around the skipped range, each in id order.
             claim: client
                 .prepare(
                     "SELECT id, event_id, event_type, payload, source_table, created_at
-                     FROM itrelay.outbox
-                     WHERE state = 'pending'
+                     FROM ((SELECT * FROM itrelay.outbox
+                            WHERE state = 'pending' AND id < $2 ORDER BY id LIMIT $1)
+                           UNION ALL
+                           (SELECT * FROM itrelay.outbox
+                            WHERE state = 'pending' AND id > $3 ORDER BY id LIMIT $1)) AS pending
                      ORDER BY id
                      LIMIT $1",
                 )
@@ -71,16 +89,26 @@ impl Outbox {
                      FROM unnest($1::text[], $2::jsonb[]) AS n(event_type, payload)",
                 )
                 .await?,
+            lookups: prepare_lookups(client).await?,
         })
     }
 
-    /// The oldest pending rows, at most `limit`, in the order they were written.
+    /// The oldest pending rows outside `skip`, at most `limit`, in the order they were
+    /// written.
     pub async fn claim(
         &self,
         client: &Client,
         limit: u32,
+        skip: Option<IdRange>,
     ) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
-        let rows = client.query(&self.claim, &[&i64::from(limit)]).await?;
+        // Nothing to skip: every id is below i64::MAX.
+        let IdRange { first, last } = skip.unwrap_or(IdRange {
+            first: i64::MAX,
+            last: i64::MAX,
+        });
+        let rows = client
+            .query(&self.claim, &[&i64::from(limit), &first, &last])
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(OutboxRow {
@@ -95,6 +123,45 @@ impl Outbox {
             .collect()
     }
 
+    /// Fetches the reference rows enrichment asked for: one query per table, sent
+    /// together.
+    pub async fn fetch_references(
+        &self,
+        client: &Client,
+        wanted: &BTreeSet<(Reference, Uuid)>,
+    ) -> Result<ReferenceData, tokio_postgres::Error> {
+        let lookups = self.lookups.iter().filter_map(|(reference, statement)| {
+            let ids: Vec<Uuid> = wanted
+                .iter()
+                .filter(|(kind, _)| kind == reference)
+                .map(|(_, id)| *id)
+                .collect();
+            (!ids.is_empty()).then_some(async move {
+                let rows = client.query(statement, &[&ids]).await?;
+                Ok::<_, tokio_postgres::Error>((*reference, rows))
+            })
+        });
+        let mut data = ReferenceData::new();
+        for (reference, rows) in try_join_all(lookups).await? {
+            for row in rows {
+                let id: Uuid = row.try_get(0)?;
+                let columns: Value = row.try_get(2)?;
+                let columns = match columns {
+                    Value::Object(columns) => columns,
+                    _ => Map::new(),
+                };
+                data.insert(
+                    (reference, id),
+                    ReferenceRow {
+                        organization_id: row.try_get(1)?,
+                        columns,
+                    },
+                );
+            }
+        }
+        Ok(data)
+    }
+
     /// Tells the triggers whether to NOTIFY: only while the relay is idle.
     pub async fn set_idle(&self, client: &Client, idle: bool) -> Result<(), tokio_postgres::Error> {
         client.execute(&self.set_idle, &[&idle]).await.map(drop)
@@ -106,6 +173,9 @@ impl Outbox {
         client: &Client,
         outcomes: &[(i64, Outcome)],
     ) -> Result<u64, tokio_postgres::Error> {
+        if outcomes.is_empty() {
+            return Ok(0);
+        }
         let ids: Vec<i64> = outcomes.iter().map(|(id, _)| *id).collect();
         let (states, errors): (Vec<&str>, Vec<Option<&str>>) = outcomes
             .iter()
@@ -151,38 +221,22 @@ impl Outbox {
     }
 }
 
-/// Fetches the reference rows enrichment asked for, one query per table.
-pub async fn fetch_references(
+/// Prepares the lookup of each reference table. A table that does not exist is left
+/// out, with a warning: events that need a row of it are dead-lettered at enrichment.
+async fn prepare_lookups(
     client: &Client,
-    wanted: &BTreeSet<(Reference, Uuid)>,
-) -> Result<ReferenceData, tokio_postgres::Error> {
-    let mut data = ReferenceData::new();
+) -> Result<Vec<(Reference, Statement)>, tokio_postgres::Error> {
+    let mut lookups = Vec::new();
     for reference in [Reference::Vendor, Reference::Employee, Reference::Asset] {
-        let ids: Vec<Uuid> = wanted
-            .iter()
-            .filter(|(kind, _)| *kind == reference)
-            .map(|(_, id)| *id)
-            .collect();
-        if ids.is_empty() {
-            continue;
-        }
-        for row in client.query(lookup_sql(reference), &[&ids]).await? {
-            let id: Uuid = row.try_get(0)?;
-            let columns: Value = row.try_get(2)?;
-            let columns = match columns {
-                Value::Object(columns) => columns,
-                _ => Map::new(),
-            };
-            data.insert(
-                (reference, id),
-                ReferenceRow {
-                    organization_id: row.try_get(1)?,
-                    columns,
-                },
-            );
+        match client.prepare(lookup_sql(reference)).await {
+            Ok(statement) => lookups.push((reference, statement)),
+            Err(error) if error.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+                warn!(table = reference.table(), "reference table not found; events that need a row of it are dead-lettered at enrichment");
+            }
+            Err(error) => return Err(error),
         }
     }
-    Ok(data)
+    Ok(lookups)
 }
 
 /// id, organization_id and the columns enrichment copies, for the rows with ids in $1.

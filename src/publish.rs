@@ -8,7 +8,7 @@ use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
-use lapin::publisher_confirm::Confirmation as LapinConfirmation;
+use lapin::publisher_confirm::{Confirmation as LapinConfirmation, PublisherConfirm};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::sync::Arc;
@@ -83,6 +83,12 @@ pub async fn private_queue(channel: &Channel) -> Result<lapin::Queue, lapin::Err
         .await
 }
 
+/// Messages published and not yet confirmed, in send order.
+pub struct Unconfirmed {
+    confirms: Vec<PublisherConfirm>,
+    sent_at: Instant,
+}
+
 pub struct Publisher {
     connection: Connection,
     channel: Channel,
@@ -145,18 +151,15 @@ impl Publisher {
         })
     }
 
-    /// Publishes each `(exchange, message)` and waits for all their confirms; the
-    /// answers come back in the same order.
-    pub async fn publish(
-        &self,
-        sends: &[(&str, &Message)],
-    ) -> Result<Vec<Confirmation>, PublishError> {
+    /// Publishes each `(exchange, message)` without waiting for the broker: the relay
+    /// claims its next batch while these confirms are on their way.
+    pub async fn send(&self, sends: &[(&str, &Message)]) -> Result<Unconfirmed, PublishError> {
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
         let started = Instant::now();
-        let mut pending = Vec::with_capacity(sends.len());
+        let mut confirms = Vec::with_capacity(sends.len());
         for (exchange, message) in sends {
             let confirm = self
                 .channel
@@ -168,15 +171,24 @@ impl Publisher {
                     message.properties.clone(),
                 )
                 .await?;
-            pending.push(confirm);
+            confirms.push(confirm);
         }
-        let published = Instant::now();
+        let sent_at = Instant::now();
         METRICS
             .publish_seconds
-            .observe(published.duration_since(started).as_secs_f64());
-        let mut deadline = published + self.confirm_timeout;
-        let mut confirmations = Vec::with_capacity(pending.len());
-        for mut confirm in pending {
+            .observe(sent_at.duration_since(started).as_secs_f64());
+        Ok(Unconfirmed { confirms, sent_at })
+    }
+
+    /// Waits for every confirm of `unconfirmed`; the answers come back in send order.
+    pub async fn confirm(
+        &self,
+        unconfirmed: Unconfirmed,
+    ) -> Result<Vec<Confirmation>, PublishError> {
+        let Unconfirmed { confirms, sent_at } = unconfirmed;
+        let mut deadline = sent_at + self.confirm_timeout;
+        let mut confirmations = Vec::with_capacity(confirms.len());
+        for mut confirm in confirms {
             let confirmation = loop {
                 match tokio::time::timeout_at(deadline, &mut confirm).await {
                     Ok(confirmation) => break confirmation?,
@@ -202,8 +214,17 @@ impl Publisher {
         }
         METRICS
             .confirm_seconds
-            .observe(published.elapsed().as_secs_f64());
+            .observe(sent_at.elapsed().as_secs_f64());
         Ok(confirmations)
+    }
+
+    /// Publishes and waits for the confirms.
+    pub async fn publish(
+        &self,
+        sends: &[(&str, &Message)],
+    ) -> Result<Vec<Confirmation>, PublishError> {
+        let unconfirmed = self.send(sends).await?;
+        self.confirm(unconfirmed).await
     }
 
     /// A signal fired when the broker connection fails, even while nothing is published.

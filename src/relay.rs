@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
+use crate::batch::{InFlight, Prepared};
 use crate::config::Settings;
 use crate::listen::{Notice, PgSession};
 use crate::metrics::{Service, METRICS};
@@ -20,10 +21,10 @@ use crate::publish::{PublishError, Publisher};
 use crate::route::Router;
 use crate::validate::Validators;
 
-/// Polls while busy start this quick and double while they find nothing; past the last,
-/// the relay goes idle and waits for NOTIFY.
-const BUSY_POLL_FIRST: Duration = Duration::from_millis(1);
-const BUSY_POLL_LAST: Duration = Duration::from_millis(64);
+/// While busy the relay looks for new events this often; after `QUIET_POLLS` looks in
+/// a row find nothing, it goes idle and waits for NOTIFY.
+const BUSY_POLL: Duration = Duration::from_millis(1);
+const QUIET_POLLS: u32 = 32;
 /// How often the leader measures the backlog for `/metrics`.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -168,9 +169,11 @@ impl Relay {
         Ok(true)
     }
 
-    /// Drains the outbox while there is work, polling quickly; once a few quick polls in
-    /// a row find nothing, flags itself idle (so triggers NOTIFY again) and waits for a
-    /// notification or the fallback poll.
+    /// Drains the outbox in overlapping batches: while one batch's confirms are on their
+    /// way, the previous batch's outcomes are recorded and the next batch is claimed, in
+    /// one pipelined round trip. Once `QUIET_POLLS` polls in a row find nothing, flags
+    /// itself idle (so triggers NOTIFY again) and waits for a notification or the
+    /// fallback poll.
     async fn lead(
         &self,
         pg: &mut PgSession,
@@ -188,52 +191,127 @@ impl Relay {
         let outbox = self.bounded(Outbox::prepare(&pg.client)).await?;
         self.bounded(outbox.set_idle(&pg.client, false)).await?;
         info!(%channel, "leading: relaying events");
-        let fallback_poll = Duration::from_millis(self.settings.relay.poll_interval_ms);
         let pause_after_nack = Duration::from_millis(self.settings.relay.reconnect_min_ms);
         let mut notified = Vec::new();
-        let mut quiet_poll = BUSY_POLL_FIRST;
+        let mut quiet_polls = 0;
         let mut backlog_measured = Instant::now() - BACKLOG_EVERY;
+        // Claimed and through the pipeline, not yet published.
+        let mut prepared: Option<Prepared> = None;
+        // Published, confirms outstanding.
+        let mut in_flight: Option<InFlight> = None;
         loop {
+            if shutdown.is_cancelled() {
+                // The batch in flight is finished; one merely claimed stays pending.
+                if let Some(batch) = in_flight.take() {
+                    let settled = self.settle(publisher, batch).await?;
+                    self.bounded(outbox.record(&pg.client, &settled.outcomes))
+                        .await?;
+                }
+                return Ok(());
+            }
             if backlog_measured.elapsed() >= BACKLOG_EVERY {
                 self.measure_backlog(&pg.client).await?;
                 backlog_measured = Instant::now();
             }
             self.take_in_notified(pg, &outbox, &mut notified).await?;
-            let report = self.relay_batch(&pg.client, &outbox, publisher).await?;
-            if shutdown.is_cancelled() {
-                return Ok(());
-            }
-            let full = report.claimed == self.settings.relay.batch_size as usize;
-            let wait = if report.retried > 0 {
-                pause_after_nack
-            } else if full {
-                continue;
-            } else if report.claimed > 0 {
-                quiet_poll = BUSY_POLL_FIRST;
-                quiet_poll
-            } else if quiet_poll <= BUSY_POLL_LAST {
-                let wait = quiet_poll;
-                quiet_poll *= 2;
-                wait
-            } else {
-                // Quiet: from now on a committed event wakes the relay by NOTIFY. Events
-                // committed while the flag flips are caught by one more look right after.
-                self.bounded(outbox.set_idle(&pg.client, true)).await?;
-                let caught = self.relay_batch(&pg.client, &outbox, publisher).await?;
-                if caught.claimed == 0 {
-                    let wait = fallback_poll.min(BACKLOG_EVERY);
-                    self.wait_for_notice(pg, amqp_failed, shutdown, wait, &mut notified)
-                        .await?;
-                }
-                self.bounded(outbox.set_idle(&pg.client, false)).await?;
-                quiet_poll = BUSY_POLL_FIRST;
-                continue;
+            let sent = match prepared.take() {
+                Some(batch) => Some(self.send(publisher, batch).await?),
+                None => None,
             };
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = amqp_failed.notified() => return Err(SessionError::AmqpClosed),
-                _ = tokio::time::sleep(wait) => {}
+            let settled = match in_flight.take() {
+                Some(batch) => Some(self.settle(publisher, batch).await?),
+                None => None,
+            };
+            let outcomes = settled.as_ref().map_or(&[][..], |s| &s.outcomes[..]);
+            if settled.as_ref().is_some_and(|s| s.report.retried > 0) {
+                // A nacked event is sent again before anything after it: the batch
+                // published meanwhile stays pending too.
+                if let Some(batch) = sent {
+                    batch.abandon(publisher).await?;
+                }
+                self.bounded(outbox.record(&pg.client, outcomes)).await?;
+                self.pause(pause_after_nack, amqp_failed, shutdown).await?;
+                continue;
             }
+            in_flight = sent;
+            let skip = in_flight.as_ref().and_then(InFlight::ids);
+            let (_, next) = tokio::try_join!(
+                self.bounded(outbox.record(&pg.client, outcomes)),
+                self.prepare(&pg.client, &outbox, skip),
+            )?;
+            if next.claimed() > 0 {
+                prepared = Some(next);
+                quiet_polls = 0;
+            } else if in_flight.is_some() {
+                // Nothing new: settle the batch in flight, then look again.
+            } else if quiet_polls < QUIET_POLLS {
+                quiet_polls += 1;
+                self.pause(BUSY_POLL, amqp_failed, shutdown).await?;
+            } else {
+                prepared = self
+                    .idle(pg, &outbox, amqp_failed, shutdown, &mut notified)
+                    .await?;
+                quiet_polls = 0;
+            }
+        }
+    }
+
+    /// Flags the relay idle, so that triggers NOTIFY, and waits for work: a notification
+    /// or an event found by the fallback poll. Events committed while the flag flips are
+    /// caught by the look that goes with the flip. Returns the claimed batch, if any, with
+    /// the flag cleared again.
+    async fn idle(
+        &self,
+        pg: &mut PgSession,
+        outbox: &Outbox,
+        amqp_failed: &Notify,
+        shutdown: &CancellationToken,
+        notified: &mut Vec<String>,
+    ) -> Result<Option<Prepared>, SessionError> {
+        let fallback_poll = Duration::from_millis(self.settings.relay.poll_interval_ms);
+        let (_, mut next) = tokio::try_join!(
+            self.bounded(outbox.set_idle(&pg.client, true)),
+            self.prepare(&pg.client, outbox, None),
+        )?;
+        while next.claimed() == 0 {
+            let woken = self
+                .wait_for_notice(
+                    pg,
+                    amqp_failed,
+                    shutdown,
+                    fallback_poll.min(BACKLOG_EVERY),
+                    notified,
+                )
+                .await?;
+            if shutdown.is_cancelled() {
+                // No relay listens any more: triggers need not NOTIFY.
+                self.bounded(outbox.set_idle(&pg.client, false)).await?;
+                return Ok(None);
+            }
+            if woken {
+                let (_, claimed) = tokio::try_join!(
+                    self.bounded(outbox.set_idle(&pg.client, false)),
+                    self.prepare(&pg.client, outbox, None),
+                )?;
+                return Ok(Some(claimed).filter(|batch| batch.claimed() > 0));
+            }
+            next = self.prepare(&pg.client, outbox, None).await?;
+        }
+        self.bounded(outbox.set_idle(&pg.client, false)).await?;
+        Ok(Some(next))
+    }
+
+    /// Sleeps for `wait`, unless shut down or the broker connection fails first.
+    async fn pause(
+        &self,
+        wait: Duration,
+        amqp_failed: &Notify,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        tokio::select! {
+            _ = shutdown.cancelled() => Ok(()),
+            _ = amqp_failed.notified() => Err(SessionError::AmqpClosed),
+            _ = tokio::time::sleep(wait) => Ok(()),
         }
     }
 
@@ -252,7 +330,7 @@ impl Relay {
     }
 
     /// Waits for a notification, the fallback poll or shutdown; whole-event
-    /// notifications are kept in `notified`.
+    /// notifications are kept in `notified`. True if a notification came.
     async fn wait_for_notice(
         &self,
         pg: &mut PgSession,
@@ -260,18 +338,20 @@ impl Relay {
         shutdown: &CancellationToken,
         fallback_poll: Duration,
         notified: &mut Vec<String>,
-    ) -> Result<(), SessionError> {
+    ) -> Result<bool, SessionError> {
         tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = amqp_failed.notified() => return Err(SessionError::AmqpClosed),
+            _ = shutdown.cancelled() => Ok(false),
+            _ = amqp_failed.notified() => Err(SessionError::AmqpClosed),
             notice = pg.next_notice() => match notice {
-                None => return Err(SessionError::PostgresClosed),
-                Some(Notice::Event(text)) => notified.push(text),
-                Some(Notice::Wake) => {}
+                None => Err(SessionError::PostgresClosed),
+                Some(Notice::Event(text)) => {
+                    notified.push(text);
+                    Ok(true)
+                }
+                Some(Notice::Wake) => Ok(true),
             },
-            _ = tokio::time::sleep(fallback_poll) => {}
+            _ = tokio::time::sleep(fallback_poll) => Ok(false),
         }
-        Ok(())
     }
 
     /// Stores the whole-event notifications received so far as outbox rows.

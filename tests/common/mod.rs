@@ -458,18 +458,24 @@ impl Drop for TestEnv {
     }
 }
 
-/// Commits `count` single-row ticket transactions (one event each for PF-10), numbered
-/// from `from`, pausing between them.
+/// Inserts ticket `number` (one `it_ticket_created` event for PF-10) on `client`: in its
+/// open transaction, if any.
+pub async fn insert_ticket(client: &Client, number: &str) {
+    client
+        .batch_execute(&format!(
+            "INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)
+                 VALUES ('{ORG}', '{number}', 'software', 'low', 'S', 'D', '{EMPLOYEE}')"
+        ))
+        .await
+        .expect("insert ticket");
+}
+
+/// Commits `count` single-row ticket transactions, numbered from `from`, pausing between
+/// them.
 pub async fn write_tickets(db_url: String, from: usize, count: usize, pause: Duration) {
     let client = connect(&db_url).await;
     for n in from..from + count {
-        client
-            .batch_execute(&format!(
-                "INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)
-                     VALUES ('{ORG}', 'TCK-{n}', 'software', 'low', 'S', 'D', '{EMPLOYEE}')"
-            ))
-            .await
-            .expect("insert ticket");
+        insert_ticket(&client, &format!("TCK-{n}")).await;
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
