@@ -7,14 +7,14 @@
 //! - [`Relay::settle`] waits for the confirms and works out each row's outcome, which the
 //!   loop records in one statement.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use time::OffsetDateTime;
 use tokio_postgres::Client;
 use tracing::{debug, warn};
 
 use crate::canary;
-use crate::catalog;
+use crate::catalog::{self, EventSpec};
 use crate::decode::decode;
 use crate::enrich::{self, enrich};
 use crate::envelope::{self, envelope, Message};
@@ -269,6 +269,8 @@ impl Relay {
         }
         let first_nacked = nacked.iter().position(|n| *n).unwrap_or(events.len());
         let mut unroutable = Vec::new();
+        // Delivered events per type, counted into the metrics once per batch.
+        let mut delivered: HashMap<&'static str, (&'static EventSpec, u64)> = HashMap::new();
         for (index, (event, returned)) in events.into_iter().zip(returned).enumerate() {
             if index == first_nacked {
                 warn!(event_id = %event.event_id, event_type = event.spec.event_type,
@@ -283,16 +285,22 @@ impl Relay {
                 unroutable.push(event.into_dead_letter(Rejection::new(Stage::Unroutable, reason)));
             } else {
                 debug!(event_id = %event.event_id, event_type = event.spec.event_type, "event delivered");
-                for destination in self.router.destinations(event.spec) {
-                    METRICS
-                        .relayed
-                        .get_or_create(&RelayedLabels {
-                            event_type: event.spec.event_type,
-                            module: destination.module.clone(),
-                        })
-                        .inc();
-                }
+                delivered
+                    .entry(event.spec.event_type)
+                    .or_insert((event.spec, 0))
+                    .1 += 1;
                 outcomes.push((event.outbox_id, Outcome::Delivered));
+            }
+        }
+        for (spec, count) in delivered.into_values() {
+            for destination in self.router.destinations(spec) {
+                METRICS
+                    .relayed
+                    .get_or_create(&RelayedLabels {
+                        event_type: spec.event_type,
+                        module: destination.module.clone(),
+                    })
+                    .inc_by(count);
             }
         }
         unroutable

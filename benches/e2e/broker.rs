@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use futures_util::future::try_join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::FieldTable;
@@ -43,7 +44,7 @@ pub async fn measure(
     let amqp = Connection::connect(AMQP_URL, amqp_properties()).await?;
     let confirmed = confirmed_rate(&amqp, &exchange, message, messages, batch).await?;
     env.purge(&exchange).await?;
-    let unconfirmed = unconfirmed_rate(env, &amqp, &exchange, message, messages).await?;
+    let unconfirmed = unconfirmed_rate(env, &amqp, &exchange, message, messages, batch).await?;
     env.purge(&exchange).await?;
     let confirm_rtt_ms = round_trip(&amqp, &exchange, message, round_trips).await?;
     env.purge(&exchange).await?;
@@ -81,7 +82,9 @@ async fn round_trip(
     let mut millis = Vec::with_capacity(count);
     for _ in 0..count {
         let start = Instant::now();
-        expect_ack(publish(&channel, exchange, message).await?.await?)?;
+        for confirm in publish_batch(&channel, exchange, message, 1).await? {
+            expect_ack(confirm.await?)?;
+        }
         millis.push(start.elapsed().as_secs_f64() * 1e3);
     }
     Ok(Percentiles::of(millis))
@@ -109,10 +112,7 @@ async fn confirmed_rate(
     let mut in_flight = Vec::new();
     while sent < messages {
         let n = batch.min(messages - sent);
-        let mut pending = Vec::with_capacity(n);
-        for _ in 0..n {
-            pending.push(publish(&channel, exchange, message).await?);
-        }
+        let pending = publish_batch(&channel, exchange, message, n).await?;
         for confirm in std::mem::replace(&mut in_flight, pending) {
             expect_ack(confirm.await?)?;
         }
@@ -130,11 +130,15 @@ async fn unconfirmed_rate(
     exchange: &str,
     message: &Message,
     messages: usize,
+    batch: usize,
 ) -> Result<f64> {
     let channel = amqp.create_channel().await?;
     let start = Instant::now();
-    for _ in 0..messages {
-        publish(&channel, exchange, message).await?;
+    let mut sent = 0;
+    while sent < messages {
+        let n = batch.min(messages - sent);
+        publish_batch(&channel, exchange, message, n).await?;
+        sent += n;
     }
     let passive = QueueDeclareOptions {
         passive: true,
@@ -161,18 +165,22 @@ async fn unconfirmed_rate(
     }
 }
 
-async fn publish(
+/// Publishes `count` copies of `message` as the relay publishes a batch: all queued
+/// before the connection writes them.
+async fn publish_batch(
     channel: &lapin::Channel,
     exchange: &str,
     message: &Message,
-) -> Result<lapin::publisher_confirm::PublisherConfirm> {
-    Ok(channel
-        .basic_publish(
+    count: usize,
+) -> Result<Vec<lapin::publisher_confirm::PublisherConfirm>> {
+    Ok(try_join_all((0..count).map(|_| {
+        channel.basic_publish(
             exchange,
             &message.routing_key,
             MANDATORY,
             &message.body,
             message.properties.clone(),
         )
-        .await?)
+    }))
+    .await?)
 }
