@@ -108,13 +108,11 @@ impl Results {
             let batch_ms = batch / d.events_per_s * 1e3;
             let broker_ms = batch / c.confirmed_per_s * 1e3;
             format!(
-                "a batch of {} took {batch_ms:.0} ms, of which publishing and confirming needs \
-                 {broker_ms:.0} ms at the ceiling; the other {:.0} ms are claim, reference \
-                 lookup and record statements to Postgres (in series with the publish, not \
-                 overlapped) and the relay's own work ({:.0} µs CPU/event); the machine's {} \
-                 cores were {} busy",
+                "a batch of {} took {batch_ms:.0} ms where the broker alone needs {broker_ms:.0} \
+                 ms; the claim, lookup and record statements overlap the broker's confirms, so \
+                 the difference is the relay's own work ({:.0} µs CPU/event) and Postgres \
+                 competing with RabbitMQ for the machine's {} cores ({} busy)",
                 c.confirm_batch,
-                batch_ms - broker_ms,
                 us_per_event(&d.usage, d.delivered as f64),
                 self.machine.nproc,
                 busy(&d.usage),
@@ -277,8 +275,8 @@ impl Results {
         let _ = writeln!(
             out,
             "Run {} ({} mode, `{}`, {:.0} s) on {} × {}, {} MiB RAM, PostgreSQL {}, \
-             RabbitMQ {}; relay defaults (`relay.batch_size` 500, one channel, confirms per \
-             batch).\n",
+             RabbitMQ {}; relay defaults (`relay.batch_size` 500, one channel, a batch's \
+             confirms awaited while the next is claimed and published).\n",
             self.date,
             self.mode,
             self.command,
@@ -328,7 +326,7 @@ impl Results {
             (
                 "broker ceiling, confirmed".to_owned(),
                 format!(
-                    "{:.0} msg/s ({} msgs, {} B body, {} in flight per batch)",
+                    "{:.0} msg/s ({} msgs, {} B body, batches of {}, two in flight)",
                     c.confirmed_per_s, c.messages, c.body_bytes, c.confirm_batch
                 ),
             ),
