@@ -49,6 +49,11 @@ pub enum Confirmation {
 
 /// Heartbeat interval asked of the broker when the URL does not say (`?heartbeat=N`).
 const HEARTBEAT_SECS: u16 = 5;
+/// Largest frame asked of the broker when the URL does not say (`?frame_max=N`). lapin
+/// keeps a send and a receive buffer of 32 frames per connection, zero-filled: at
+/// RabbitMQ's default of 128 KiB that is 8 MiB resident per connection; at 8 KiB,
+/// 512 KiB. A message body larger than a frame is sent in several.
+const FRAME_MAX: u32 = 8192;
 
 /// Opens a connection as the settings say: the password over the URL's, and for
 /// `amqps://` TLS with `amqp.ca_file` and the client certificate, if any.
@@ -64,6 +69,7 @@ pub async fn open_connection(
     let (mut uri, tls) = tls::amqp(settings)?;
     // Heartbeats unless the URL sets them: a silent broker is noticed in 2 × this.
     uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
     Ok(match tls {
         None => Connection::connect_uri(uri, properties).await?,
         Some(connector) => {
