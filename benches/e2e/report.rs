@@ -136,12 +136,16 @@ impl Results {
             .map(|k| {
                 format!(
                     "{}-row: producers committed {:.0} ev/s, the relay delivered {:.0} ev/s \
-                     (ceiling {:.0}), so the backlog grew to {} events",
+                     (ceiling {:.0}), so the backlog grew to {} events; producers, Postgres, \
+                     RabbitMQ and the relay ({:.0} µs CPU/event) shared the {} cores, {} busy",
                     k.produced.rows_per_tx,
                     k.produced.events_per_s,
                     k.delivered_per_s,
                     c.confirmed_per_s,
-                    k.pending_at_end
+                    k.pending_at_end,
+                    us_per_event(&k.usage, k.produced.events as f64),
+                    self.machine.nproc,
+                    busy(&k.usage),
                 )
             })
             .collect::<Vec<_>>()
