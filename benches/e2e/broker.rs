@@ -108,15 +108,12 @@ async fn confirmed_rate(
 ) -> Result<f64> {
     let channel = confirm_channel(amqp).await?;
     let start = Instant::now();
-    let mut sent = 0;
     let mut in_flight = Vec::new();
-    while sent < messages {
-        let n = batch.min(messages - sent);
+    for n in batch_sizes(messages, batch) {
         let pending = publish_batch(&channel, exchange, message, n).await?;
         for confirm in std::mem::replace(&mut in_flight, pending) {
             expect_ack(confirm.await?)?;
         }
-        sent += n;
     }
     for confirm in in_flight {
         expect_ack(confirm.await?)?;
@@ -134,11 +131,8 @@ async fn unconfirmed_rate(
 ) -> Result<f64> {
     let channel = amqp.create_channel().await?;
     let start = Instant::now();
-    let mut sent = 0;
-    while sent < messages {
-        let n = batch.min(messages - sent);
+    for n in batch_sizes(messages, batch) {
         publish_batch(&channel, exchange, message, n).await?;
-        sent += n;
     }
     let passive = QueueDeclareOptions {
         passive: true,
@@ -163,6 +157,13 @@ async fn unconfirmed_rate(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// `messages` cut into batches of at most `batch`.
+fn batch_sizes(messages: usize, batch: usize) -> impl Iterator<Item = usize> {
+    (0..messages)
+        .step_by(batch)
+        .map(move |sent| batch.min(messages - sent))
 }
 
 /// Publishes `count` copies of `message` as the relay publishes a batch: all queued
