@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions};
 use lapin::types::FieldTable;
@@ -20,9 +19,9 @@ use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::config::Settings;
-use crate::listen::PgSession;
+use crate::listen::{ConnectError, PgSession};
 use crate::metrics::METRICS;
-use crate::publish::{open_connection, private_queue};
+use crate::publish::{open_connection, private_queue, PublishError};
 use crate::route::Router;
 
 /// Outbox event type of canaries; the relay sends them to its canary exchange only.
@@ -32,8 +31,25 @@ const SOURCE: &str = "itrelay";
 /// How often overdue canaries are looked for.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// Why the canary watcher stopped and starts over.
+#[derive(Debug, thiserror::Error)]
+enum CanaryError {
+    #[error("rabbitmq: {0}")]
+    Connect(#[from] PublishError),
+    #[error("rabbitmq: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("rabbitmq: canary consumer cancelled")]
+    ConsumerCancelled,
+    #[error("postgres: {0}")]
+    Postgres(#[from] ConnectError),
+    #[error("writing a canary: {0}")]
+    Write(tokio_postgres::Error),
+    #[error("writing a canary: no answer within {0:?}")]
+    WriteTimeout(Duration),
+}
+
 /// Writes one canary; reports a failure on `failed`.
-async fn write(pg: Arc<PgSession>, id: Uuid, limit: Duration, failed: mpsc::Sender<anyhow::Error>) {
+async fn write(pg: Arc<PgSession>, id: Uuid, limit: Duration, failed: mpsc::Sender<CanaryError>) {
     let written = tokio::time::timeout(
         limit,
         pg.client.execute(
@@ -44,8 +60,8 @@ async fn write(pg: Arc<PgSession>, id: Uuid, limit: Duration, failed: mpsc::Send
     .await;
     let error = match written {
         Ok(Ok(_)) => return,
-        Ok(Err(error)) => anyhow::Error::new(error).context("writing a canary"),
-        Err(_) => anyhow::anyhow!("writing a canary: no answer within {limit:?}"),
+        Ok(Err(error)) => CanaryError::Write(error),
+        Err(_) => CanaryError::WriteTimeout(limit),
     };
     // The watcher may be gone already; then nobody needs to know.
     let _ = failed.send(error).await;
@@ -65,7 +81,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) {
             Ok(()) => return,
             Err(error) => {
                 let delay = backoff.next_delay();
-                warn!(error = %format!("{error:#}"), "canary interrupted; retrying");
+                warn!(%error, "canary interrupted; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
@@ -75,7 +91,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) {
     }
 }
 
-async fn watch(settings: &Settings, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn watch(settings: &Settings, shutdown: &CancellationToken) -> Result<(), CanaryError> {
     let canary = &settings.canary;
     let router = Router::from_settings(settings);
     let connection = open_connection(&settings.amqp, "itrelay-canary").await?;
@@ -94,7 +110,7 @@ async fn watch(settings: &Settings, shutdown: &CancellationToken) -> anyhow::Res
         .await?;
     let pg = Arc::new(PgSession::connect(&settings.postgres).await?);
     // Writes run on their own, so that a write that hangs is noticed as a stall.
-    let (write_failed, mut write_failures) = mpsc::channel::<anyhow::Error>(1);
+    let (write_failed, mut write_failures) = mpsc::channel::<CanaryError>(1);
     let mut bound = false;
     let mut in_flight: HashMap<Uuid, Instant> = HashMap::new();
     let mut send = tokio::time::interval(Duration::from_secs(canary.interval_secs));
@@ -102,7 +118,11 @@ async fn watch(settings: &Settings, shutdown: &CancellationToken) -> anyhow::Res
     let stall_after = Duration::from_secs(canary.stall_after_secs);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {
+                // Closed, not dropped: the connection's I/O thread ends before the runtime.
+                let _ = connection.close(200, "shutting down").await;
+                return Ok(());
+            }
             _ = send.tick() => {
                 if METRICS.leader.get() != 1 {
                     // Only the leader's path is watched.
@@ -123,7 +143,7 @@ async fn watch(settings: &Settings, shutdown: &CancellationToken) -> anyhow::Res
             }
             Some(error) = write_failures.recv() => return Err(error),
             delivery = deliveries.next() => {
-                let delivery = delivery.context("canary consumer cancelled")??;
+                let delivery = delivery.ok_or(CanaryError::ConsumerCancelled)??;
                 let id = serde_json::from_slice::<serde_json::Value>(&delivery.data)
                     .ok()
                     .and_then(|body| body.get("canary_id")?.as_str().and_then(|id| Uuid::parse_str(id).ok()));
