@@ -23,6 +23,10 @@ pub struct DbCost {
     pub triggers_relay_running_tps: Vec<f64>,
     /// Share of one core the relay used while pgbench ran, per round.
     pub relay_core_share: Vec<f64>,
+    /// Share of one core the Postgres sessions of the relay used, per round.
+    pub relay_postgres_core_share: Vec<f64>,
+    /// Share of one core RabbitMQ used, per round (empty: not on this machine).
+    pub broker_core_share: Vec<f64>,
     /// After each round with the relay running: until it had delivered everything.
     pub relay_catch_up_seconds: Vec<Option<f64>>,
 }
@@ -65,12 +69,17 @@ pub async fn measure(env: &BenchEnv, sizes: &Sizes) -> Result<DbCost> {
         let mut watched = Watched::start(&env.relay_env(AMQP_URL), "itrelay-bench-pgbench")?;
         let writer = load::TicketWriter::connect(&env.db_url).await?;
         watched.wait_ready(&env.client, &writer).await?;
-        let window = watched.open()?;
+        let window = watched.open(&env.client).await?;
         cost.triggers_relay_running_tps
             .push(run("triggers, relay running").await?);
-        let usage = watched.close(window).await?;
+        let usage = watched.close(window, &env.client).await?;
+        let seconds = f64::from(sizes.pgbench_seconds);
         cost.relay_core_share
-            .push(usage.relay_cpu_seconds / f64::from(sizes.pgbench_seconds));
+            .push(usage.relay_cpu_seconds / seconds);
+        cost.relay_postgres_core_share
+            .push(usage.relay_postgres_cpu_seconds / seconds);
+        cost.broker_core_share
+            .extend(usage.broker_cpu_seconds.map(|cpu| cpu / seconds));
         let caught_up = watched
             .wait_drained(&env.client, sizes.catch_up_limit)
             .await;

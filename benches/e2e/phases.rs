@@ -39,12 +39,12 @@ pub async fn drain(env: &BenchEnv, sizes: &Sizes) -> Result<Drain> {
     load::pre_write(&env.db_url, sizes.drain_events).await?;
     env.quiesce().await?;
     let mut watched = Watched::start(&env.relay_env(AMQP_URL), "itrelay-bench-drain")?;
-    let window = watched.open()?;
+    let window = watched.open(&env.client).await?;
     let wall_seconds = watched
         .wait_drained(&env.client, Duration::from_secs(900))
         .await?
         .as_secs_f64();
-    let usage = watched.close(window).await?;
+    let usage = watched.close(window, &env.client).await?;
     watched.stop().await?;
     let (_, delivered, failed) = load::outbox_states(&env.client).await?;
     let row = env
@@ -94,7 +94,7 @@ pub async fn keep_up(env: &BenchEnv, sizes: &Sizes, rows_per_tx: i32) -> Result<
     let writer = TicketWriter::connect(&env.db_url).await?;
     watched.wait_ready(&env.client, &writer).await?;
     let (_, delivered_before, _) = load::outbox_states(&env.client).await?;
-    let window = watched.open()?;
+    let window = watched.open(&env.client).await?;
     let stop = CancellationToken::new();
     let ages =
         load::sample_backlog_age(&env.db_url, Duration::from_millis(100), stop.clone()).await?;
@@ -114,7 +114,7 @@ pub async fn keep_up(env: &BenchEnv, sizes: &Sizes, rows_per_tx: i32) -> Result<
         .await
         .map(|waited| waited.as_secs_f64())
         .ok();
-    let usage = watched.close(window).await?;
+    let usage = watched.close(window, &env.client).await?;
     watched.stop().await?;
     env.purge(&env.consumer_queue()).await?;
     Ok(KeepUp {
@@ -152,13 +152,13 @@ pub async fn latency(env: &BenchEnv, sizes: &Sizes) -> Result<Latency> {
     watched.wait_ready(&env.client, &writer).await?;
     env.purge(&env.consumer_queue()).await?;
     let consumer = Consumer::start(&env.consumer_queue()).await?;
-    let window = watched.open()?;
+    let window = watched.open(&env.client).await?;
     let count = (sizes.latency_rate * sizes.latency.as_secs_f64()) as usize;
     let start = tokio::time::Instant::now();
     let committed = paced_commits(&env.db_url, sizes, count, start).await?;
     let achieved_per_s = count as f64 / start.elapsed().as_secs_f64();
     let arrived = consumer.wait_for(count, Duration::from_secs(30)).await;
-    let usage = watched.close(window).await?;
+    let usage = watched.close(window, &env.client).await?;
     watched.stop().await?;
     let warmup = (sizes.latency_rate * sizes.latency_warmup.as_secs_f64()) as usize;
     let mut millis = Vec::with_capacity(count);
@@ -322,9 +322,9 @@ pub async fn outage(env: &BenchEnv, sizes: &Sizes) -> Result<Outage> {
     watched.wait_ready(&env.client, &writer).await?;
     let rss_before_kib = crate::process::memory(watched.relay.pid())?.rss_kib;
     proxy.set(Mode::Refuse);
-    let window = watched.open()?;
+    let window = watched.open(&env.client).await?;
     let produced = load::produce(&env.db_url, sizes.producers, 1, sizes.outage, "OUT").await?;
-    let usage = watched.close(window).await?;
+    let usage = watched.close(window, &env.client).await?;
     proxy.set(Mode::Forward);
     let recovery_seconds = watched
         .wait_drained(&env.client, sizes.catch_up_limit)

@@ -116,6 +116,20 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) as f64 / clock_ticks() as f64)
 }
 
+/// The RabbitMQ server on this machine: of the Erlang VMs (`beam.smp`; `rabbitmqctl` runs
+/// short-lived ones too), the one that has worked longest.
+pub fn broker_pid() -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim_end() == "beam.smp").then_some((pid, cpu_seconds(pid).ok()?))
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(pid, _)| pid)
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`), 100 when it cannot be asked.
 fn clock_ticks() -> u64 {
     std::process::Command::new("getconf")

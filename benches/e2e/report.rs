@@ -94,6 +94,33 @@ fn us_per_event(usage: &Usage, events: f64) -> f64 {
     usage.relay_cpu_seconds * 1e6 / events.max(1.0)
 }
 
+/// CPU per event of the relay, of its Postgres sessions and of RabbitMQ.
+fn cpu_split(usage: &Usage, events: f64) -> String {
+    let per_event = |seconds: f64| seconds * 1e6 / events.max(1.0);
+    let broker = usage.broker_cpu_seconds.map_or(String::new(), |cpu| {
+        format!(", RabbitMQ {:.0} µs", per_event(cpu))
+    });
+    format!(
+        "relay {:.0} µs, its Postgres sessions {:.0} µs{broker}",
+        us_per_event(usage, events),
+        per_event(usage.relay_postgres_cpu_seconds)
+    )
+}
+
+/// What the running relay took from the machine during the pgbench rounds (medians).
+fn relay_shares(db: &DbCost) -> String {
+    let broker = if db.broker_core_share.is_empty() {
+        String::new()
+    } else {
+        format!(", RabbitMQ {:.0}%", median(&db.broker_core_share) * 100.0)
+    };
+    format!(
+        "of a core, the relay used {:.0}%, its Postgres sessions {:.0}%{broker}",
+        median(&db.relay_core_share) * 100.0,
+        median(&db.relay_postgres_core_share) * 100.0
+    )
+}
+
 impl Results {
     /// Judges each target of the issue against this run's figures.
     pub fn judge(&mut self) {
@@ -110,12 +137,12 @@ impl Results {
             format!(
                 "a batch of {} took {batch_ms:.0} ms where the broker alone needs {broker_ms:.0} \
                  ms; the claim, lookup and record statements overlap the broker's confirms, so \
-                 the difference is the relay's own work ({:.0} µs CPU/event) and Postgres \
-                 competing with RabbitMQ for the machine's {} cores ({} busy)",
+                 the difference is the relay's own work and Postgres competing with RabbitMQ \
+                 for the machine's {} cores ({} busy; CPU per event: {})",
                 c.confirm_batch,
-                us_per_event(&d.usage, d.delivered as f64),
                 self.machine.nproc,
                 busy(&d.usage),
+                cpu_split(&d.usage, d.delivered as f64),
             )
         };
         let mut targets = vec![Target {
@@ -137,15 +164,15 @@ impl Results {
                 format!(
                     "{}-row: producers committed {:.0} ev/s, the relay delivered {:.0} ev/s \
                      (ceiling {:.0}), so the backlog grew to {} events; producers, Postgres, \
-                     RabbitMQ and the relay ({:.0} µs CPU/event) shared the {} cores, {} busy",
+                     RabbitMQ and the relay shared the {} cores, {} busy (CPU per event: {})",
                     k.produced.rows_per_tx,
                     k.produced.events_per_s,
                     k.delivered_per_s,
                     c.confirmed_per_s,
                     k.pending_at_end,
-                    us_per_event(&k.usage, k.produced.events as f64),
                     self.machine.nproc,
                     busy(&k.usage),
+                    cpu_split(&k.usage, k.produced.events as f64),
                 )
             })
             .collect::<Vec<_>>()
@@ -209,11 +236,10 @@ impl Results {
             } else {
                 format!(
                     "with the triggers and the relay stopped: {stopped_ratio:.2} × (the \
-                     trigger's work in each business transaction: the outbox insert and the \
-                     wake-up); the rest is the relay (itself {:.0}% of a core, plus the \
-                     Postgres work of its queries) and RabbitMQ sharing the {} cores with the \
-                     business writes",
-                    median(&db.relay_core_share) * 100.0,
+                     trigger's work in each business transaction: the outbox row and its \
+                     indexes); the rest is {} taken from the business writes on a machine of {} \
+                     cores",
+                    relay_shares(db),
                     self.machine.nproc
                 )
             },
@@ -254,8 +280,8 @@ impl Results {
             name: "5. CPU per event",
             goal: "reported",
             measured: format!(
-                "drain {:.0} µs; keep-up 1-row {:.0} µs, 100-row {:.0} µs",
-                us_per_event(&d.usage, d.delivered as f64),
+                "drain: {}; keep-up (relay) 1-row {:.0} µs, 100-row {:.0} µs",
+                cpu_split(&d.usage, d.delivered as f64),
                 us_per_event(&keep[0].usage, keep[0].produced.events as f64),
                 us_per_event(&keep[1].usage, keep[1].produced.events as f64),
             ),
@@ -402,11 +428,11 @@ impl Results {
             (
                 "pgbench, itrelay triggers, relay running".to_owned(),
                 format!(
-                    "{} ({} clients, {} s per round; the relay used {:.0}% of a core)",
+                    "{} ({} clients, {} s per round; {})",
                     tps(&db.triggers_relay_running_tps),
                     db.clients,
                     db.seconds,
-                    median(&db.relay_core_share) * 100.0
+                    relay_shares(db)
                 ),
             ),
             (

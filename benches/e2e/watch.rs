@@ -1,6 +1,8 @@
 //! A relay under watch: started as a child process, with its CPU time, resident memory
-//! and the machine's busy share measured over a window the phase chooses.
+//! and the machine's busy share measured over a window the phase chooses, and beside it
+//! the CPU time of the Postgres sessions serving the relay and of the RabbitMQ broker.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -10,13 +12,17 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::load::{self, TicketWriter};
-use crate::process::{cpu_seconds, memory, sample_rss, MachineCpu, RelayProcess};
+use crate::process::{broker_pid, cpu_seconds, memory, sample_rss, MachineCpu, RelayProcess};
 
 /// What the relay and the machine used over a window.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Usage {
     pub seconds: f64,
     pub relay_cpu_seconds: f64,
+    /// The Postgres server processes of the relay's sessions (claims, lookups, records).
+    pub relay_postgres_cpu_seconds: f64,
+    /// The RabbitMQ server process, all its work (None: not on this machine).
+    pub broker_cpu_seconds: Option<f64>,
     /// Resident memory sampled every 100 ms: first, lowest, highest, last (KiB).
     pub rss_first_kib: u64,
     pub rss_min_kib: u64,
@@ -35,10 +41,28 @@ pub struct Watched {
 /// The start of a measured window.
 pub struct Window {
     cpu: f64,
+    /// CPU so far of each relay session open at the start.
+    postgres: HashMap<u32, f64>,
+    broker: Option<(u32, f64)>,
     machine: MachineCpu,
     started: Instant,
     stop: CancellationToken,
     rss: JoinHandle<Vec<u64>>,
+}
+
+/// The server processes of the relay's sessions (named `itrelay`) on `client`'s database.
+async fn relay_sessions(client: &Client) -> Result<Vec<u32>> {
+    let rows = client
+        .query(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'itrelay'",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| row.get::<_, i32>(0).unsigned_abs())
+        .collect())
 }
 
 impl Watched {
@@ -48,10 +72,22 @@ impl Watched {
         })
     }
 
-    pub fn open(&self) -> Result<Window> {
+    /// Opens a window; `client` is on the relay's database, whose sessions named
+    /// `itrelay` are the relay's.
+    pub async fn open(&self, client: &Client) -> Result<Window> {
         let stop = CancellationToken::new();
+        let mut postgres = HashMap::new();
+        for pid in relay_sessions(client).await? {
+            postgres.insert(pid, cpu_seconds(pid)?);
+        }
+        let broker = match broker_pid() {
+            Some(pid) => Some((pid, cpu_seconds(pid)?)),
+            None => None,
+        };
         Ok(Window {
             cpu: cpu_seconds(self.relay.pid())?,
+            postgres,
+            broker,
             machine: MachineCpu::now()?,
             started: Instant::now(),
             rss: sample_rss(self.relay.pid(), Duration::from_millis(100), stop.clone()),
@@ -59,10 +95,21 @@ impl Watched {
         })
     }
 
-    pub async fn close(&mut self, window: Window) -> Result<Usage> {
+    pub async fn close(&mut self, window: Window, client: &Client) -> Result<Usage> {
         self.relay.ensure_running()?;
         let pid = self.relay.pid();
         let relay_cpu_seconds = cpu_seconds(pid)? - window.cpu;
+        // Sessions opened within the window count whole; one that ended within it (a
+        // reconnect) is left out.
+        let mut relay_postgres_cpu_seconds = 0.0;
+        for pid in relay_sessions(client).await? {
+            let before = window.postgres.get(&pid).copied().unwrap_or(0.0);
+            relay_postgres_cpu_seconds += cpu_seconds(pid)? - before;
+        }
+        let broker_cpu_seconds = match window.broker {
+            Some((pid, before)) => Some(cpu_seconds(pid)? - before),
+            None => None,
+        };
         let machine_busy = MachineCpu::now()?.busy_since(&window.machine);
         let hwm_kib = memory(pid)?.hwm_kib;
         window.stop.cancel();
@@ -70,6 +117,8 @@ impl Watched {
         Ok(Usage {
             seconds: window.started.elapsed().as_secs_f64(),
             relay_cpu_seconds,
+            relay_postgres_cpu_seconds,
+            broker_cpu_seconds,
             rss_first_kib: samples.first().copied().unwrap_or(0),
             rss_min_kib: samples.iter().copied().min().unwrap_or(0),
             rss_max_kib: samples.iter().copied().max().unwrap_or(0),
