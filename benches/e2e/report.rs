@@ -115,7 +115,7 @@ fn relay_shares(db: &DbCost) -> String {
         format!(", RabbitMQ {:.0}%", median(&db.broker_core_share) * 100.0)
     };
     format!(
-        "of a core, the relay used {:.0}%, its Postgres sessions {:.0}%{broker}",
+        "CPU used: the relay {:.0}%, its Postgres sessions {:.0}%{broker} of a core",
         median(&db.relay_core_share) * 100.0,
         median(&db.relay_postgres_core_share) * 100.0
     )
@@ -237,10 +237,10 @@ impl Results {
                 format!(
                     "with the triggers and the relay stopped: {stopped_ratio:.2} × (the \
                      trigger's work in each business transaction: the outbox row and its \
-                     indexes); the rest is {} taken from the business writes on a machine of {} \
-                     cores",
-                    relay_shares(db),
-                    self.machine.nproc
+                     indexes); the rest is what the running relay takes from the business \
+                     writes on a machine of {} cores ({})",
+                    self.machine.nproc,
+                    relay_shares(db)
                 )
             },
         });

@@ -78,7 +78,10 @@ impl Watched {
         let stop = CancellationToken::new();
         let mut postgres = HashMap::new();
         for pid in relay_sessions(client).await? {
-            postgres.insert(pid, cpu_seconds(pid)?);
+            // A session ending just now (a reconnect) has no /proc entry left.
+            if let Ok(cpu) = cpu_seconds(pid) {
+                postgres.insert(pid, cpu);
+            }
         }
         let broker = match broker_pid() {
             Some(pid) => Some((pid, cpu_seconds(pid)?)),
@@ -104,7 +107,9 @@ impl Watched {
         let mut relay_postgres_cpu_seconds = 0.0;
         for pid in relay_sessions(client).await? {
             let before = window.postgres.get(&pid).copied().unwrap_or(0.0);
-            relay_postgres_cpu_seconds += cpu_seconds(pid)? - before;
+            if let Ok(cpu) = cpu_seconds(pid) {
+                relay_postgres_cpu_seconds += cpu - before;
+            }
         }
         let broker_cpu_seconds = match window.broker {
             Some((pid, before)) => Some(cpu_seconds(pid)? - before),
