@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::backoff::Backoff;
 use crate::batch::{InFlight, Prepared};
 use crate::config::Settings;
+use crate::floor::ClaimFloor;
 use crate::listen::{Notice, PgSession};
 use crate::metrics::{Service, METRICS};
 use crate::outbox::Outbox;
@@ -195,6 +196,7 @@ impl Relay {
         let mut notified = Vec::new();
         let mut quiet_polls = 0;
         let mut backlog_measured = Instant::now() - BACKLOG_EVERY;
+        let mut floor = ClaimFloor::new(Instant::now());
         // Claimed and through the pipeline, not yet published.
         let mut prepared: Option<Prepared> = None;
         // Published, confirms outstanding.
@@ -213,7 +215,9 @@ impl Relay {
                 self.measure_backlog(&pg.client).await?;
                 backlog_measured = Instant::now();
             }
-            self.take_in_notified(pg, &outbox, &mut notified).await?;
+            floor.rewind_if_due(Instant::now());
+            self.take_in_notified(pg, &outbox, &mut notified, &mut floor)
+                .await?;
             let sent = match prepared.take() {
                 Some(batch) => Some(self.send(publisher, batch).await?),
                 None => None,
@@ -237,7 +241,7 @@ impl Relay {
             let skip = in_flight.as_ref().and_then(InFlight::ids);
             let (_, next) = tokio::try_join!(
                 self.bounded(outbox.record(&pg.client, outcomes)),
-                self.prepare(&pg.client, &outbox, skip),
+                self.prepare(&pg.client, &outbox, &mut floor, skip),
             )?;
             if next.claimed() > 0 {
                 prepared = Some(next);
@@ -249,7 +253,14 @@ impl Relay {
                 self.pause(BUSY_POLL, amqp_failed, shutdown).await?;
             } else {
                 prepared = self
-                    .idle(pg, &outbox, amqp_failed, shutdown, &mut notified)
+                    .idle(
+                        pg,
+                        &outbox,
+                        &mut floor,
+                        amqp_failed,
+                        shutdown,
+                        &mut notified,
+                    )
                     .await?;
                 quiet_polls = 0;
             }
@@ -264,6 +275,7 @@ impl Relay {
         &self,
         pg: &mut PgSession,
         outbox: &Outbox,
+        floor: &mut ClaimFloor,
         amqp_failed: &Notify,
         shutdown: &CancellationToken,
         notified: &mut Vec<String>,
@@ -271,7 +283,7 @@ impl Relay {
         let fallback_poll = Duration::from_millis(self.settings.relay.poll_interval_ms);
         let (_, mut next) = tokio::try_join!(
             self.bounded(outbox.set_idle(&pg.client, true)),
-            self.prepare(&pg.client, outbox, None),
+            self.prepare(&pg.client, outbox, floor, None),
         )?;
         while next.claimed() == 0 {
             let woken = self
@@ -289,13 +301,15 @@ impl Relay {
                 return Ok(None);
             }
             if woken {
+                // A replay may have put rows below the floor back to pending.
+                floor.rewind(Instant::now());
                 let (_, claimed) = tokio::try_join!(
                     self.bounded(outbox.set_idle(&pg.client, false)),
-                    self.prepare(&pg.client, outbox, None),
+                    self.prepare(&pg.client, outbox, floor, None),
                 )?;
                 return Ok(Some(claimed).filter(|batch| batch.claimed() > 0));
             }
-            next = self.prepare(&pg.client, outbox, None).await?;
+            next = self.prepare(&pg.client, outbox, floor, None).await?;
         }
         self.bounded(outbox.set_idle(&pg.client, false)).await?;
         Ok(Some(next))
@@ -354,16 +368,19 @@ impl Relay {
         }
     }
 
-    /// Stores the whole-event notifications received so far as outbox rows.
+    /// Stores the whole-event notifications received so far as outbox rows; a wake-up
+    /// (a replay sends one too) starts the next claim from the lowest id.
     async fn take_in_notified(
         &self,
         pg: &mut PgSession,
         outbox: &Outbox,
         notified: &mut Vec<String>,
+        floor: &mut ClaimFloor,
     ) -> Result<(), SessionError> {
         while let Some(notice) = pg.try_next_notice() {
-            if let Notice::Event(text) = notice {
-                notified.push(text);
+            match notice {
+                Notice::Event(text) => notified.push(text),
+                Notice::Wake => floor.rewind(Instant::now()),
             }
         }
         if !notified.is_empty() {
