@@ -14,7 +14,6 @@ use tracing::{info, warn};
 use crate::backoff::Backoff;
 use crate::batch::{InFlight, Prepared};
 use crate::config::Settings;
-use crate::floor::ClaimFloor;
 use crate::listen::{Notice, PgSession};
 use crate::metrics::{Service, METRICS};
 use crate::outbox::Outbox;
@@ -196,7 +195,6 @@ impl Relay {
         let mut notified = Vec::new();
         let mut quiet_polls = 0;
         let mut backlog_measured = Instant::now() - BACKLOG_EVERY;
-        let mut floor = ClaimFloor::new(Instant::now());
         // Claimed and through the pipeline, not yet published.
         let mut prepared: Option<Prepared> = None;
         // Published, confirms outstanding.
@@ -215,9 +213,7 @@ impl Relay {
                 self.measure_backlog(&pg.client).await?;
                 backlog_measured = Instant::now();
             }
-            floor.rewind_if_due(Instant::now());
-            self.take_in_notified(pg, &outbox, &mut notified, &mut floor)
-                .await?;
+            self.take_in_notified(pg, &outbox, &mut notified).await?;
             let sent = match prepared.take() {
                 Some(batch) => Some(self.send(publisher, batch).await?),
                 None => None,
@@ -241,7 +237,7 @@ impl Relay {
             let skip = in_flight.as_ref().and_then(InFlight::ids);
             let (_, next) = tokio::try_join!(
                 self.bounded(outbox.record(&pg.client, outcomes)),
-                self.prepare(&pg.client, &outbox, &mut floor, skip),
+                self.prepare(&pg.client, &outbox, skip),
             )?;
             if next.claimed() > 0 {
                 prepared = Some(next);
@@ -253,14 +249,7 @@ impl Relay {
                 self.pause(BUSY_POLL, amqp_failed, shutdown).await?;
             } else {
                 prepared = self
-                    .idle(
-                        pg,
-                        &outbox,
-                        &mut floor,
-                        amqp_failed,
-                        shutdown,
-                        &mut notified,
-                    )
+                    .idle(pg, &outbox, amqp_failed, shutdown, &mut notified)
                     .await?;
                 quiet_polls = 0;
             }
@@ -275,7 +264,6 @@ impl Relay {
         &self,
         pg: &mut PgSession,
         outbox: &Outbox,
-        floor: &mut ClaimFloor,
         amqp_failed: &Notify,
         shutdown: &CancellationToken,
         notified: &mut Vec<String>,
@@ -283,7 +271,7 @@ impl Relay {
         let fallback_poll = Duration::from_millis(self.settings.relay.poll_interval_ms);
         let (_, mut next) = tokio::try_join!(
             self.bounded(outbox.set_idle(&pg.client, true)),
-            self.prepare(&pg.client, outbox, floor, None),
+            self.prepare(&pg.client, outbox, None),
         )?;
         while next.claimed() == 0 {
             let woken = self
@@ -301,15 +289,13 @@ impl Relay {
                 return Ok(None);
             }
             if woken {
-                // A replay may have put rows below the floor back to pending.
-                floor.rewind(Instant::now());
                 let (_, claimed) = tokio::try_join!(
                     self.bounded(outbox.set_idle(&pg.client, false)),
-                    self.prepare(&pg.client, outbox, floor, None),
+                    self.prepare(&pg.client, outbox, None),
                 )?;
                 return Ok(Some(claimed).filter(|batch| batch.claimed() > 0));
             }
-            next = self.prepare(&pg.client, outbox, floor, None).await?;
+            next = self.prepare(&pg.client, outbox, None).await?;
         }
         self.bounded(outbox.set_idle(&pg.client, false)).await?;
         Ok(Some(next))
@@ -368,19 +354,16 @@ impl Relay {
         }
     }
 
-    /// Stores the whole-event notifications received so far as outbox rows; a wake-up
-    /// (a replay sends one too) starts the next claim from the lowest id.
+    /// Stores the whole-event notifications received so far as outbox rows.
     async fn take_in_notified(
         &self,
         pg: &mut PgSession,
         outbox: &Outbox,
         notified: &mut Vec<String>,
-        floor: &mut ClaimFloor,
     ) -> Result<(), SessionError> {
         while let Some(notice) = pg.try_next_notice() {
-            match notice {
-                Notice::Event(text) => notified.push(text),
-                Notice::Wake => floor.rewind(Instant::now()),
+            if let Notice::Event(text) = notice {
+                notified.push(text);
             }
         }
         if !notified.is_empty() {

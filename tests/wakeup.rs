@@ -1,8 +1,7 @@
 //! The relay loop. Wake-up: an idle relay is woken by the trigger's NOTIFY at once, not
 //! by its fallback poll; a busy one is not notified at all (the flag the triggers read
 //! says so). Overlapping batches: a transaction that commits late, below the batch in
-//! flight, is relayed while a backlog drains, not after it. Claim floor: an event whose
-//! transaction stays open while the relay moves past its id is still claimed when it commits.
+//! flight, is relayed while a backlog drains, not after it.
 
 mod common;
 
@@ -64,27 +63,6 @@ async fn no_relay_means_no_notify_flag_and_events_wait_in_the_outbox() {
     );
 }
 
-/// Commits `count` tickets numbered `<prefix>-1`… in one transaction.
-async fn insert_backlog(env: &TestEnv, prefix: &str, count: i32) {
-    env.execute(&format!(
-        "INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)
-             SELECT '{ORG}', '{prefix}-' || n, 'other', 'low', 'S', 'D', '{EMPLOYEE}'
-             FROM generate_series(1, {count}) AS n"
-    ))
-    .await;
-}
-
-async fn wait_delivered_like(env: &TestEnv, pattern: &str, count: i64, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    while delivered_like(env, pattern).await < count {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{count} events {pattern} not delivered within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 async fn delivered_like(env: &TestEnv, pattern: &str) -> i64 {
     env.client
         .query_one(
@@ -111,49 +89,31 @@ async fn late_commits_are_relayed_while_a_backlog_drains() {
         insert_ticket(&open, &format!("LATE-{n}")).await;
         late.push(open);
     }
-    insert_backlog(&env, "BACKLOG", 3000).await;
+    env.execute(&format!(
+        "INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)
+             SELECT '{ORG}', 'BACKLOG-' || n, 'other', 'low', 'S', 'D', '{EMPLOYEE}'
+             FROM generate_series(1, 3000) AS n"
+    ))
+    .await;
     // Small batches: the backlog drains batch after batch, one always in flight.
     env.start_relay(&[("ITRELAY__RELAY__BATCH_SIZE", "5")]);
-    wait_delivered_like(&env, "BACKLOG-%", 100, WAIT).await;
+    while delivered_like(&env, "BACKLOG-%").await < 100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     for open in &late {
         open.batch_execute("COMMIT").await.unwrap();
     }
-    wait_delivered_like(&env, "LATE-%", 10, WAIT).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while delivered_like(&env, "LATE-%").await < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "late commits never relayed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert!(
         delivered_like(&env, "BACKLOG-%").await < 3000,
         "the late commits waited for the whole backlog"
     );
     env.reconcile("PF-10", 3020).await.assert_nothing_lost();
-}
-
-#[tokio::test]
-async fn a_transaction_left_open_holds_the_claim_floor_below_its_event() {
-    let mut env = TestEnv::new().await;
-    env.seed().await;
-    insert_backlog(&env, "BEFORE", 200).await;
-    env.start_relay(&[("ITRELAY__RELAY__BATCH_SIZE", "5")]);
-    wait_delivered_like(&env, "BEFORE-%", 10, WAIT).await;
-    // Written while the relay drains, so its trigger does not NOTIFY: only a claim that
-    // still looks at its id can find it once it commits.
-    let open = connect(&env.db_url).await;
-    open.batch_execute("BEGIN").await.unwrap();
-    insert_ticket(&open, "HELD").await;
-    assert_eq!(
-        relay_idle(&env).await,
-        Some(false),
-        "the relay went idle too soon"
-    );
-    wait_delivered_like(&env, "BEFORE-%", 200, WAIT).await;
-    // Events after it are delivered, and the relay probes and polls for a while: a floor
-    // that followed the delivered ids alone would now be above the open event.
-    for n in 0..20 {
-        insert_ticket(&env.client, &format!("AFTER-{n}")).await;
-    }
-    wait_delivered_like(&env, "AFTER-%", 20, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    open.batch_execute("COMMIT").await.unwrap();
-    // Well under the floor's periodic rewind (5 s after the last wake-up): an event left
-    // below the floor would wait for that.
-    wait_delivered_like(&env, "HELD", 1, Duration::from_secs(2)).await;
-    env.reconcile("PF-10", 221).await.assert_nothing_lost();
 }
