@@ -90,20 +90,24 @@ const RSS_LIMIT_MB: f64 = 30.0;
 /// Resident memory that still counts as flat while the broker is away.
 const FLAT_KIB: u64 = 1024;
 
+/// CPU seconds spread over `events`, in µs each.
+fn micros_per_event(cpu_seconds: f64, events: f64) -> f64 {
+    cpu_seconds * 1e6 / events.max(1.0)
+}
+
 fn us_per_event(usage: &Usage, events: f64) -> f64 {
-    usage.relay_cpu_seconds * 1e6 / events.max(1.0)
+    micros_per_event(usage.relay_cpu_seconds, events)
 }
 
 /// CPU per event of the relay, of its Postgres sessions and of RabbitMQ.
 fn cpu_split(usage: &Usage, events: f64) -> String {
-    let per_event = |seconds: f64| seconds * 1e6 / events.max(1.0);
     let broker = usage.broker_cpu_seconds.map_or(String::new(), |cpu| {
-        format!(", RabbitMQ {:.0} µs", per_event(cpu))
+        format!(", RabbitMQ {:.0} µs", micros_per_event(cpu, events))
     });
     format!(
         "relay {:.0} µs, its Postgres sessions {:.0} µs{broker}",
         us_per_event(usage, events),
-        per_event(usage.relay_postgres_cpu_seconds)
+        micros_per_event(usage.relay_postgres_cpu_seconds, events)
     )
 }
 

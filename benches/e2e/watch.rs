@@ -83,10 +83,9 @@ impl Watched {
                 postgres.insert(pid, cpu);
             }
         }
-        let broker = match broker_pid() {
-            Some(pid) => Some((pid, cpu_seconds(pid)?)),
-            None => None,
-        };
+        let broker = broker_pid()
+            .map(|pid| cpu_seconds(pid).map(|cpu| (pid, cpu)))
+            .transpose()?;
         Ok(Window {
             cpu: cpu_seconds(self.relay.pid())?,
             postgres,
@@ -111,10 +110,10 @@ impl Watched {
                 relay_postgres_cpu_seconds += cpu - before;
             }
         }
-        let broker_cpu_seconds = match window.broker {
-            Some((pid, before)) => Some(cpu_seconds(pid)? - before),
-            None => None,
-        };
+        let broker_cpu_seconds = window
+            .broker
+            .map(|(pid, before)| cpu_seconds(pid).map(|cpu| cpu - before))
+            .transpose()?;
         let machine_busy = MachineCpu::now()?.busy_since(&window.machine);
         let hwm_kib = memory(pid)?.hwm_kib;
         window.stop.cancel();
