@@ -50,7 +50,13 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// Prepares the statements on `client`, whose planner it first limits to index
+    /// paths: Postgres plans a prepared statement once and keeps the plan until the
+    /// table's statistics change, so a claim planned just after the outbox was vacuumed
+    /// empty would read the whole table on every call once it has grown, until
+    /// autovacuum analyzes it again. Every statement here has an index path.
     pub async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
+        client.batch_execute("SET enable_seqscan = off").await?;
         Ok(Self {
             // Two index range scans around the skipped range, each in id order.
             claim: client
@@ -71,15 +77,30 @@ impl Outbox {
                      ON CONFLICT (singleton) DO UPDATE SET idle = excluded.idle",
                 )
                 .await?,
+            // Delivered rows (nearly all) by id alone, the others with their state and
+            // error. Both find their rows by `id = ANY`, so the cost follows the batch
+            // whatever the planner believes the table holds.
             record: client
                 .prepare(
-                    "UPDATE itrelay.outbox AS o
-                     SET state = u.state,
-                         attempts = o.attempts + 1,
-                         last_error = u.error,
-                         delivered_at = CASE WHEN u.state = 'delivered' THEN now() END
-                     FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(id, state, error)
-                     WHERE o.id = u.id AND o.state = 'pending'",
+                    "WITH delivered AS (
+                         UPDATE itrelay.outbox
+                         SET state = 'delivered',
+                             attempts = attempts + 1,
+                             last_error = NULL,
+                             delivered_at = now()
+                         WHERE id = ANY($1) AND state = 'pending'
+                         RETURNING 1
+                     ), settled AS (
+                         UPDATE itrelay.outbox AS o
+                         SET state = u.state,
+                             attempts = o.attempts + 1,
+                             last_error = u.error,
+                             delivered_at = NULL
+                         FROM unnest($2::bigint[], $3::text[], $4::text[]) AS u(id, state, error)
+                         WHERE o.id = ANY($2) AND o.id = u.id AND o.state = 'pending'
+                         RETURNING 1
+                     )
+                     SELECT (SELECT count(*) FROM delivered) + (SELECT count(*) FROM settled)",
                 )
                 .await?,
             insert_notified: client
@@ -176,18 +197,26 @@ impl Outbox {
         if outcomes.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<i64> = outcomes.iter().map(|(id, _)| *id).collect();
-        let (states, errors): (Vec<&str>, Vec<Option<&str>>) = outcomes
-            .iter()
-            .map(|(_, outcome)| match outcome {
-                Outcome::Delivered => ("delivered", None),
-                Outcome::Failed(reason) => ("failed", Some(reason.as_str())),
-                Outcome::Retry(reason) => ("pending", Some(reason.as_str())),
-            })
-            .unzip();
-        client
-            .execute(&self.record, &[&ids, &states, &errors])
-            .await
+        let mut delivered = Vec::with_capacity(outcomes.len());
+        let (mut ids, mut states, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, outcome) in outcomes {
+            let (state, error) = match outcome {
+                Outcome::Delivered => {
+                    delivered.push(*id);
+                    continue;
+                }
+                Outcome::Failed(reason) => ("failed", reason.as_str()),
+                Outcome::Retry(reason) => ("pending", reason.as_str()),
+            };
+            ids.push(*id);
+            states.push(state);
+            errors.push(error);
+        }
+        let row = client
+            .query_one(&self.record, &[&delivered, &ids, &states, &errors])
+            .await?;
+        let recorded: i64 = row.try_get(0)?;
+        Ok(recorded.unsigned_abs())
     }
 
     /// Stores whole-event notifications as outbox rows, redacted, so they are relayed

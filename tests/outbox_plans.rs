@@ -1,0 +1,84 @@
+//! The outbox statements stay index scans whatever the planner believes the outbox
+//! holds: plans made while it was vacuumed empty must not read the whole table once it
+//! has grown.
+
+mod common;
+
+use common::*;
+use itrelay::outbox::{Outbox, Outcome};
+
+#[tokio::test]
+async fn plans_made_on_an_empty_outbox_use_the_indexes_once_it_has_grown() {
+    let env = TestEnv::new().await;
+    env.seed().await;
+    env.execute("VACUUM ANALYZE itrelay.outbox").await;
+    let client = connect(&env.db_url).await;
+    // The plan the relay's session settles on after its first few calls, made now.
+    client
+        .batch_execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .expect("generic plans");
+    let outbox = Outbox::prepare(&client).await.expect("prepare");
+    assert!(outbox
+        .claim(&client, 500, None)
+        .await
+        .expect("claim")
+        .is_empty());
+    let absent = [(-1, Outcome::Delivered), (-2, Outcome::Failed("x".into()))];
+    assert_eq!(outbox.record(&client, &absent).await.expect("record"), 0);
+
+    env.execute(&format!(
+        "INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)
+         SELECT '{ORG}', 'PLAN-' || n, 'software', 'low', 'S', 'D', '{EMPLOYEE}'
+         FROM generate_series(1, 2000) AS n"
+    ))
+    .await;
+    client.batch_execute("BEGIN").await.expect("begin");
+    let claimed = outbox.claim(&client, 500, None).await.expect("claim");
+    assert_eq!(claimed.len(), 500);
+    let mut outcomes: Vec<_> = claimed
+        .iter()
+        .map(|row| (row.id, Outcome::Delivered))
+        .collect();
+    outcomes[0].1 = Outcome::Failed("rejected".into());
+    outcomes[1].1 = Outcome::Retry("nacked".into());
+    assert_eq!(
+        outbox.record(&client, &outcomes).await.expect("record"),
+        500
+    );
+    let row = client
+        .query_one(
+            "SELECT seq_scan, coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables
+             WHERE relid = 'itrelay.outbox'::regclass",
+            &[],
+        )
+        .await
+        .expect("this transaction's scans");
+    let (seq_scans, fetched): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(seq_scans, 0, "sequential scans of the outbox");
+    // Each claimed row read once by the claim and once by the record; not the 1,500
+    // rows left pending.
+    assert!(
+        fetched <= 2 * 500 + 2,
+        "{fetched} rows read through the indexes"
+    );
+    let states = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE state = 'delivered' AND delivered_at IS NOT NULL),
+                    count(*) FILTER (WHERE state = 'failed' AND last_error = 'rejected'),
+                    count(*) FILTER (WHERE state = 'pending' AND last_error = 'nacked' AND attempts = 1)
+             FROM itrelay.outbox",
+            &[],
+        )
+        .await
+        .expect("states");
+    assert_eq!(
+        (
+            states.get::<_, i64>(0),
+            states.get::<_, i64>(1),
+            states.get::<_, i64>(2)
+        ),
+        (498, 1, 1)
+    );
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+}
