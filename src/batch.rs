@@ -10,6 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use time::OffsetDateTime;
+use tokio::time::Instant;
 use tokio_postgres::Client;
 use tracing::{debug, warn};
 
@@ -19,6 +20,7 @@ use crate::decode::decode;
 use crate::enrich::{self, enrich};
 use crate::envelope::{self, envelope, Message};
 use crate::event::{DeadLetter, Event, OutboxRow, Rejection, Stage};
+use crate::floor::ClaimFloor;
 use crate::metrics::{DeadLetterLabels, RelayedLabels, METRICS};
 use crate::outbox::{IdRange, Outbox, Outcome};
 use crate::publish::{Confirmation, PublishError, Publisher, Unconfirmed};
@@ -82,17 +84,35 @@ pub struct Settled {
 }
 
 impl Relay {
-    /// Claims the oldest pending rows outside `skip` (the batch in flight) and takes them
-    /// through the pipeline; what cannot be relayed becomes a dead letter.
+    /// Claims the oldest pending rows from `floor` on and outside `skip` (the batch in
+    /// flight) and takes them through the pipeline; what cannot be relayed becomes a dead
+    /// letter. Now and then a probe goes first, in the same round trip, to raise the floor.
     pub async fn prepare(
         &self,
         client: &Client,
         outbox: &Outbox,
+        floor: &mut ClaimFloor,
         skip: Option<IdRange>,
     ) -> Result<Prepared, SessionError> {
-        let rows = self
-            .bounded(outbox.claim(client, self.settings.relay.batch_size, skip))
+        let probe = async {
+            if floor.wants_probe(Instant::now()) {
+                outbox.probe(client).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let claim = outbox.claim(client, self.settings.relay.batch_size, floor.start(), skip);
+        // Polled first, the probe is sent first: its snapshot precedes the claim's.
+        let (probe, rows) = self
+            .bounded(async { tokio::try_join!(probe, claim) })
             .await?;
+        if let Some(probe) = probe {
+            floor.probed(probe, Instant::now());
+        }
+        floor.claimed(
+            rows.first().map(|row| row.id),
+            skip.map(|range| range.first),
+        );
         let claimed = rows.len();
         let ids = rows.first().zip(rows.last()).map(|(first, last)| IdRange {
             first: first.id,

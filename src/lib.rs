@@ -10,7 +10,7 @@
 //! | stage | module | I/O |
 //! |---|---|---|
 //! | listen, lead | [`listen`] | Postgres |
-//! | claim, look up, record | [`outbox`] | Postgres |
+//! | claim, look up, record | [`outbox`], [`floor`] | Postgres |
 //! | redact secrets | [`redact`] | – |
 //! | decode the row | [`decode`] | – |
 //! | enrich names | [`enrich`] | – |
@@ -39,6 +39,7 @@ pub mod describe;
 pub mod enrich;
 pub mod envelope;
 pub mod event;
+pub mod floor;
 pub mod http;
 pub mod listen;
 pub mod logging;

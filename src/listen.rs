@@ -23,8 +23,9 @@ const NOTICE_BUFFER: usize = 4096;
 /// What a notification on the channel means to the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
-    /// New outbox rows: an empty payload, or an outbox id, which is only a hint.
-    Wake,
+    /// New outbox rows (an empty payload), or rows from this outbox id on put back to
+    /// pending (`itrelay replay` sends the lowest id it put back).
+    Wake { from_id: Option<i64> },
     /// A whole event sent as the payload by a trigger that does not use the outbox.
     Event(String),
 }
@@ -32,8 +33,13 @@ pub enum Notice {
 impl Notice {
     pub fn from_payload(payload: &str) -> Self {
         let trimmed = payload.trim();
-        if trimmed.is_empty() || trimmed.bytes().all(|b| b.is_ascii_digit()) {
-            Notice::Wake
+        if trimmed.is_empty() {
+            Notice::Wake { from_id: None }
+        } else if trimmed.bytes().all(|b| b.is_ascii_digit()) {
+            // Too many digits for an id: look from the lowest id.
+            Notice::Wake {
+                from_id: Some(trimmed.parse().unwrap_or(0)),
+            }
         } else {
             Notice::Event(payload.to_owned())
         }
@@ -184,8 +190,17 @@ mod tests {
 
     #[test]
     fn notification_payloads() {
-        assert_eq!(Notice::from_payload(""), Notice::Wake);
-        assert_eq!(Notice::from_payload(" 12345 "), Notice::Wake);
+        assert_eq!(Notice::from_payload(""), Notice::Wake { from_id: None });
+        assert_eq!(
+            Notice::from_payload(" 12345 "),
+            Notice::Wake {
+                from_id: Some(12345)
+            }
+        );
+        assert_eq!(
+            Notice::from_payload("99999999999999999999"),
+            Notice::Wake { from_id: Some(0) }
+        );
         assert_eq!(
             Notice::from_payload("{\"event_type\":\"x\"}"),
             Notice::Event("{\"event_type\":\"x\"}".into())

@@ -214,7 +214,8 @@ impl ReplaySelection {
 }
 
 /// Puts the selected events back to pending, so the relay sends them again with the same
-/// message id, and wakes it. Returns how many were selected.
+/// message id, and wakes it with the lowest id put back: its next claim starts there.
+/// Returns how many were selected.
 pub async fn replay(
     client: &Client,
     channel: &str,
@@ -227,14 +228,18 @@ pub async fn replay(
         &["failed"]
     };
     let replayed = client
-        .execute(
-            "UPDATE itrelay.outbox
-             SET state = 'pending', last_error = NULL, delivered_at = NULL
-             WHERE state = ANY($5)
-               AND ($1::uuid[] IS NULL OR event_id = ANY($1))
-               AND ($2::text IS NULL OR event_type = $2)
-               AND ($3::timestamptz IS NULL OR created_at >= $3)
-               AND ($4::timestamptz IS NULL OR created_at < $4)",
+        .query_one(
+            "WITH replayed AS (
+                 UPDATE itrelay.outbox
+                 SET state = 'pending', last_error = NULL, delivered_at = NULL
+                 WHERE state = ANY($5)
+                   AND ($1::uuid[] IS NULL OR event_id = ANY($1))
+                   AND ($2::text IS NULL OR event_type = $2)
+                   AND ($3::timestamptz IS NULL OR created_at >= $3)
+                   AND ($4::timestamptz IS NULL OR created_at < $4)
+                 RETURNING id
+             )
+             SELECT count(*), coalesce(min(id)::text, '') FROM replayed",
             &[
                 &ids,
                 &selection.event_type,
@@ -244,10 +249,11 @@ pub async fn replay(
             ],
         )
         .await?;
+    let (count, lowest_id): (i64, String) = (replayed.try_get(0)?, replayed.try_get(1)?);
     client
-        .execute("SELECT pg_notify($1, '')", &[&channel])
+        .execute("SELECT pg_notify($1, $2)", &[&channel, &lowest_id])
         .await?;
-    Ok(replayed)
+    Ok(count.unsigned_abs())
 }
 
 fn rfc3339(at: OffsetDateTime) -> String {

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::catalog::Reference;
 use crate::enrich::{ReferenceData, ReferenceRow};
 use crate::event::OutboxRow;
+use crate::floor::Probe;
 use crate::redact;
 
 /// Source table recorded for events that arrived as whole-JSON notifications.
@@ -42,6 +43,7 @@ pub struct IdRange {
 /// The outbox statements, prepared once per connection.
 pub struct Outbox {
     claim: Statement,
+    probe: Statement,
     set_idle: Statement,
     record: Statement,
     insert_notified: Statement,
@@ -58,17 +60,27 @@ impl Outbox {
     pub async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
         client.batch_execute("SET enable_seqscan = off").await?;
         Ok(Self {
-            // Two index range scans around the skipped range, each in id order.
+            // Two index range scans around the skipped range, each in id order, the
+            // first from the floor.
             claim: client
                 .prepare(
                     "SELECT id, event_id, event_type, payload, source_table, created_at
                      FROM ((SELECT * FROM itrelay.outbox
-                            WHERE state = 'pending' AND id < $2 ORDER BY id LIMIT $1)
+                            WHERE state = 'pending' AND id >= $4 AND id < $2
+                            ORDER BY id LIMIT $1)
                            UNION ALL
                            (SELECT * FROM itrelay.outbox
                             WHERE state = 'pending' AND id > $3 ORDER BY id LIMIT $1)) AS pending
                      ORDER BY id
                      LIMIT $1",
+                )
+                .await?,
+            probe: client
+                .prepare(
+                    // Not max(id), which planned on an empty outbox reads the whole index.
+                    "SELECT coalesce((SELECT id FROM itrelay.outbox ORDER BY id DESC LIMIT 1), 0),
+                            pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint
+                     FROM pg_current_snapshot() AS s",
                 )
                 .await?,
             set_idle: client
@@ -114,12 +126,13 @@ impl Outbox {
         })
     }
 
-    /// The oldest pending rows outside `skip`, at most `limit`, in the order they were
-    /// written.
+    /// The oldest pending rows from `floor` on and outside `skip`, at most `limit`, in the
+    /// order they were written.
     pub async fn claim(
         &self,
         client: &Client,
         limit: u32,
+        floor: i64,
         skip: Option<IdRange>,
     ) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
         // Nothing to skip: every id is below i64::MAX.
@@ -128,7 +141,7 @@ impl Outbox {
             last: i64::MAX,
         });
         let rows = client
-            .query(&self.claim, &[&i64::from(limit), &first, &last])
+            .query(&self.claim, &[&i64::from(limit), &first, &last, &floor])
             .await?;
         rows.iter()
             .map(|row| {
@@ -142,6 +155,16 @@ impl Outbox {
                 })
             })
             .collect()
+    }
+
+    /// Where the outbox ends and which transactions are running, for [`ClaimFloor`](crate::floor::ClaimFloor).
+    pub async fn probe(&self, client: &Client) -> Result<Probe, tokio_postgres::Error> {
+        let row = client.query_one(&self.probe, &[]).await?;
+        Ok(Probe {
+            max_id: row.try_get(0)?,
+            xmin: row.try_get(1)?,
+            xmax: row.try_get(2)?,
+        })
     }
 
     /// Fetches the reference rows enrichment asked for: one query per table, sent

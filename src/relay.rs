@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::backoff::Backoff;
 use crate::batch::{InFlight, Prepared};
 use crate::config::Settings;
+use crate::floor::ClaimFloor;
 use crate::listen::{Notice, PgSession};
 use crate::metrics::{Service, METRICS};
 use crate::outbox::Outbox;
@@ -195,6 +196,7 @@ impl Relay {
         let mut notified = Vec::new();
         let mut quiet_polls = 0;
         let mut backlog_measured = Instant::now() - BACKLOG_EVERY;
+        let mut floor = ClaimFloor::new(Instant::now());
         // Claimed and through the pipeline, not yet published.
         let mut prepared: Option<Prepared> = None;
         // Published, confirms outstanding.
@@ -213,7 +215,9 @@ impl Relay {
                 self.measure_backlog(&pg.client).await?;
                 backlog_measured = Instant::now();
             }
-            self.take_in_notified(pg, &outbox, &mut notified).await?;
+            floor.rewind_if_due(Instant::now());
+            self.take_in_notified(pg, &outbox, &mut notified, &mut floor)
+                .await?;
             let sent = match prepared.take() {
                 Some(batch) => Some(self.send(publisher, batch).await?),
                 None => None,
@@ -237,7 +241,7 @@ impl Relay {
             let skip = in_flight.as_ref().and_then(InFlight::ids);
             let (_, next) = tokio::try_join!(
                 self.bounded(outbox.record(&pg.client, outcomes)),
-                self.prepare(&pg.client, &outbox, skip),
+                self.prepare(&pg.client, &outbox, &mut floor, skip),
             )?;
             if next.claimed() > 0 {
                 prepared = Some(next);
@@ -249,7 +253,14 @@ impl Relay {
                 self.pause(BUSY_POLL, amqp_failed, shutdown).await?;
             } else {
                 prepared = self
-                    .idle(pg, &outbox, amqp_failed, shutdown, &mut notified)
+                    .idle(
+                        pg,
+                        &outbox,
+                        &mut floor,
+                        amqp_failed,
+                        shutdown,
+                        &mut notified,
+                    )
                     .await?;
                 quiet_polls = 0;
             }
@@ -264,6 +275,7 @@ impl Relay {
         &self,
         pg: &mut PgSession,
         outbox: &Outbox,
+        floor: &mut ClaimFloor,
         amqp_failed: &Notify,
         shutdown: &CancellationToken,
         notified: &mut Vec<String>,
@@ -271,7 +283,7 @@ impl Relay {
         let fallback_poll = Duration::from_millis(self.settings.relay.poll_interval_ms);
         let (_, mut next) = tokio::try_join!(
             self.bounded(outbox.set_idle(&pg.client, true)),
-            self.prepare(&pg.client, outbox, None),
+            self.prepare(&pg.client, outbox, floor, None),
         )?;
         while next.claimed() == 0 {
             let woken = self
@@ -281,6 +293,7 @@ impl Relay {
                     shutdown,
                     fallback_poll.min(BACKLOG_EVERY),
                     notified,
+                    floor,
                 )
                 .await?;
             if shutdown.is_cancelled() {
@@ -291,11 +304,11 @@ impl Relay {
             if woken {
                 let (_, claimed) = tokio::try_join!(
                     self.bounded(outbox.set_idle(&pg.client, false)),
-                    self.prepare(&pg.client, outbox, None),
+                    self.prepare(&pg.client, outbox, floor, None),
                 )?;
                 return Ok(Some(claimed).filter(|batch| batch.claimed() > 0));
             }
-            next = self.prepare(&pg.client, outbox, None).await?;
+            next = self.prepare(&pg.client, outbox, floor, None).await?;
         }
         self.bounded(outbox.set_idle(&pg.client, false)).await?;
         Ok(Some(next))
@@ -329,8 +342,8 @@ impl Relay {
         Ok(())
     }
 
-    /// Waits for a notification, the fallback poll or shutdown; whole-event
-    /// notifications are kept in `notified`. True if a notification came.
+    /// Waits for a notification, the fallback poll or shutdown, and takes the
+    /// notification in ([`take_notice`]). True if a notification came.
     async fn wait_for_notice(
         &self,
         pg: &mut PgSession,
@@ -338,33 +351,33 @@ impl Relay {
         shutdown: &CancellationToken,
         fallback_poll: Duration,
         notified: &mut Vec<String>,
+        floor: &mut ClaimFloor,
     ) -> Result<bool, SessionError> {
         tokio::select! {
             _ = shutdown.cancelled() => Ok(false),
             _ = amqp_failed.notified() => Err(SessionError::AmqpClosed),
             notice = pg.next_notice() => match notice {
                 None => Err(SessionError::PostgresClosed),
-                Some(Notice::Event(text)) => {
-                    notified.push(text);
+                Some(notice) => {
+                    take_notice(notice, notified, floor);
                     Ok(true)
                 }
-                Some(Notice::Wake) => Ok(true),
             },
             _ = tokio::time::sleep(fallback_poll) => Ok(false),
         }
     }
 
-    /// Stores the whole-event notifications received so far as outbox rows.
+    /// Takes in the notifications received so far ([`take_notice`]) and stores the
+    /// whole-event ones as outbox rows.
     async fn take_in_notified(
         &self,
         pg: &mut PgSession,
         outbox: &Outbox,
         notified: &mut Vec<String>,
+        floor: &mut ClaimFloor,
     ) -> Result<(), SessionError> {
         while let Some(notice) = pg.try_next_notice() {
-            if let Notice::Event(text) = notice {
-                notified.push(text);
-            }
+            take_notice(notice, notified, floor);
         }
         if !notified.is_empty() {
             let stored = self
@@ -375,5 +388,15 @@ impl Relay {
             notified.clear();
         }
         Ok(())
+    }
+}
+
+/// Keeps a whole-event notification in `notified`, to be stored; a replay's wake-up
+/// lowers the floor to the rows it put back to pending.
+fn take_notice(notice: Notice, notified: &mut Vec<String>, floor: &mut ClaimFloor) {
+    match notice {
+        Notice::Event(text) => notified.push(text),
+        Notice::Wake { from_id: Some(id) } => floor.lower_to(id),
+        Notice::Wake { from_id: None } => {}
     }
 }

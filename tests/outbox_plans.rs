@@ -19,8 +19,9 @@ async fn plans_made_on_an_empty_outbox_use_the_indexes_once_it_has_grown() {
         .await
         .expect("generic plans");
     let outbox = Outbox::prepare(&client).await.expect("prepare");
+    outbox.probe(&client).await.expect("probe");
     assert!(outbox
-        .claim(&client, 500, None)
+        .claim(&client, 500, 0, None)
         .await
         .expect("claim")
         .is_empty());
@@ -34,7 +35,9 @@ async fn plans_made_on_an_empty_outbox_use_the_indexes_once_it_has_grown() {
     ))
     .await;
     client.batch_execute("BEGIN").await.expect("begin");
-    let claimed = outbox.claim(&client, 500, None).await.expect("claim");
+    let end = outbox.probe(&client).await.expect("probe");
+    let claimed = outbox.claim(&client, 500, 0, None).await.expect("claim");
+    assert_eq!(end.max_id, claimed[0].id + 1_999);
     assert_eq!(claimed.len(), 500);
     let mut outcomes: Vec<_> = claimed
         .iter()
