@@ -16,8 +16,9 @@ use tracing::{debug, warn};
 use crate::config::PostgresSettings;
 use crate::tls::{self, SettingError};
 
-/// Notices buffered between the connection and the relay; past this, wake-ups are
-/// redundant and whole-event notifications are dropped (they are best effort).
+/// Notices buffered between the connection and the relay; past this, notices are
+/// dropped: a wake-up for new rows is redundant then, a replay's rows wait for the claim
+/// floor's periodic rewind, and whole-event notifications are best effort.
 const NOTICE_BUFFER: usize = 4096;
 
 /// What a notification on the channel means to the relay.
