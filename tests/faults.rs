@@ -266,12 +266,7 @@ async fn one_transaction_of_100k_events() {
     env.start_relay(&[]);
     let total = 100_000;
     let started = Instant::now();
-    env.execute(&format!(
-        "INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)
-             SELECT '{ORG}', 'TCK-' || n, 'software', 'low', 'S', 'D', '{EMPLOYEE}'
-             FROM generate_series(1, {total}) AS n"
-    ))
-    .await;
+    insert_tickets(&env.client, "TCK", total).await;
     let outcome = env.reconcile("PF-10", total).await;
     println!(
         "| one transaction of 100k events | {} | {} | {} | {:.1} s to drain |",

@@ -28,12 +28,7 @@ async fn plans_made_on_an_empty_outbox_use_the_indexes_once_it_has_grown() {
     let absent = [(-1, Outcome::Delivered), (-2, Outcome::Failed("x".into()))];
     assert_eq!(outbox.record(&client, &absent).await.expect("record"), 0);
 
-    env.execute(&format!(
-        "INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)
-         SELECT '{ORG}', 'PLAN-' || n, 'software', 'low', 'S', 'D', '{EMPLOYEE}'
-         FROM generate_series(1, 2000) AS n"
-    ))
-    .await;
+    insert_tickets(&env.client, "PLAN", 2000).await;
     client.batch_execute("BEGIN").await.expect("begin");
     let end = outbox.probe(&client).await.expect("probe");
     let claimed = outbox.claim(&client, 500, 0, None).await.expect("claim");

@@ -64,16 +64,6 @@ async fn no_relay_means_no_notify_flag_and_events_wait_in_the_outbox() {
     );
 }
 
-/// Commits `count` tickets numbered `<prefix>-1`… in one transaction.
-async fn insert_backlog(env: &TestEnv, prefix: &str, count: i32) {
-    env.execute(&format!(
-        "INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)
-             SELECT '{ORG}', '{prefix}-' || n, 'other', 'low', 'S', 'D', '{EMPLOYEE}'
-             FROM generate_series(1, {count}) AS n"
-    ))
-    .await;
-}
-
 async fn wait_delivered_like(env: &TestEnv, pattern: &str, count: i64, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
     while delivered_like(env, pattern).await < count {
@@ -111,7 +101,7 @@ async fn late_commits_are_relayed_while_a_backlog_drains() {
         insert_ticket(&open, &format!("LATE-{n}")).await;
         late.push(open);
     }
-    insert_backlog(&env, "BACKLOG", 3000).await;
+    insert_tickets(&env.client, "BACKLOG", 3000).await;
     // Small batches: the backlog drains batch after batch, one always in flight.
     env.start_relay(&[("ITRELAY__RELAY__BATCH_SIZE", "5")]);
     wait_delivered_like(&env, "BACKLOG-%", 100, WAIT).await;
@@ -130,7 +120,7 @@ async fn late_commits_are_relayed_while_a_backlog_drains() {
 async fn a_transaction_left_open_holds_the_claim_floor_below_its_event() {
     let mut env = TestEnv::new().await;
     env.seed().await;
-    insert_backlog(&env, "BEFORE", 200).await;
+    insert_tickets(&env.client, "BEFORE", 200).await;
     env.start_relay(&[("ITRELAY__RELAY__BATCH_SIZE", "5")]);
     wait_delivered_like(&env, "BEFORE-%", 10, WAIT).await;
     // Written while the relay drains, so its trigger does not NOTIFY: only a claim that
@@ -163,7 +153,7 @@ async fn a_replay_below_the_claim_floor_is_relayed_at_once() {
     let mut env = TestEnv::new().await;
     env.seed().await;
     env.start_relay(&[]);
-    insert_backlog(&env, "FIRST", 50).await;
+    insert_tickets(&env.client, "FIRST", 50).await;
     wait_delivered_like(&env, "FIRST-%", 50, WAIT).await;
     // Later events, and time for the probes to settle every id so far: the floor is now
     // above the first events.

@@ -470,6 +470,19 @@ pub async fn insert_ticket(client: &Client, number: &str) {
         .expect("insert ticket");
 }
 
+/// Commits `count` tickets numbered `<prefix>-1`… in one transaction on `client`: a
+/// backlog of `it_ticket_created` events for PF-10.
+pub async fn insert_tickets(client: &Client, prefix: &str, count: i64) {
+    client
+        .batch_execute(&format!(
+            "INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)
+                 SELECT '{ORG}', '{prefix}-' || n, 'software', 'low', 'S', 'D', '{EMPLOYEE}'
+                 FROM generate_series(1, {count}) AS n"
+        ))
+        .await
+        .expect("insert tickets");
+}
+
 /// Commits `count` single-row ticket transactions, numbered from `from`, pausing between
 /// them.
 pub async fn write_tickets(db_url: String, from: usize, count: usize, pause: Duration) {
