@@ -99,8 +99,8 @@ async fn watch(settings: &Settings, shutdown: &CancellationToken) -> Result<(), 
     let queue = private_queue(&channel).await?;
     let mut deliveries = channel
         .basic_consume(
-            queue.name().as_str(),
-            "itrelay-canary",
+            queue.name().clone(),
+            "itrelay-canary".into(),
             BasicConsumeOptions {
                 no_ack: true,
                 ..BasicConsumeOptions::default()
@@ -120,7 +120,7 @@ async fn watch(settings: &Settings, shutdown: &CancellationToken) -> Result<(), 
         tokio::select! {
             _ = shutdown.cancelled() => {
                 // Closed, not dropped: the connection's I/O thread ends before the runtime.
-                let _ = connection.close(200, "shutting down").await;
+                let _ = connection.close(200, "shutting down".into()).await;
                 return Ok(());
             }
             _ = send.tick() => {
@@ -132,7 +132,7 @@ async fn watch(settings: &Settings, shutdown: &CancellationToken) -> Result<(), 
                 if !bound {
                     // The relay declares the canary exchange when it starts leading.
                     channel
-                        .queue_bind(queue.name().as_str(), router.canary(), "#", QueueBindOptions::default(), FieldTable::default())
+                        .queue_bind(queue.name().clone(), router.canary().into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
                         .await?;
                     bound = true;
                 }

@@ -183,7 +183,7 @@ async fn story(settings: &Settings) -> anyhow::Result<()> {
     println!("\n{received} messages relayed, each confirmed by the broker before its outbox row was marked delivered.");
     stop.cancel();
     running.await?;
-    let _ = connection.close(200, "demo done").await;
+    let _ = connection.close(200, "demo done".into()).await;
     Ok(())
 }
 
@@ -207,9 +207,9 @@ async fn subscribe(channel: &Channel, settings: &Settings) -> anyhow::Result<lap
     for exchange in router.exchanges() {
         channel
             .queue_bind(
-                queue.name().as_str(),
-                exchange,
-                "#",
+                queue.name().clone(),
+                exchange.into(),
+                "#".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -217,8 +217,8 @@ async fn subscribe(channel: &Channel, settings: &Settings) -> anyhow::Result<lap
     }
     Ok(channel
         .basic_consume(
-            queue.name().as_str(),
-            "itrelay-demo",
+            queue.name().clone(),
+            "itrelay-demo".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -233,14 +233,14 @@ async fn remove_exchanges(settings: &Settings) {
     let dead_letter = router.dead_letter();
     // Best effort: a leftover demo exchange harms nothing.
     let _ = channel
-        .queue_delete(dead_letter, QueueDeleteOptions::default())
+        .queue_delete(dead_letter.into(), QueueDeleteOptions::default())
         .await;
     for exchange in router.exchanges().into_iter().chain([dead_letter]) {
         let _ = channel
-            .exchange_delete(exchange, ExchangeDeleteOptions::default())
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
             .await;
     }
-    let _ = connection.close(200, "demo done").await;
+    let _ = connection.close(200, "demo done".into()).await;
 }
 
 /// `url` pointing at `database` instead.

@@ -5,13 +5,14 @@
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
+use futures_util::StreamExt;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
-use lapin::publisher_confirm::{Confirmation as LapinConfirmation, PublisherConfirm};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, Event, ExchangeKind};
+use lapin::{Confirmation as LapinConfirmation, PublisherConfirm};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -62,19 +63,14 @@ pub async fn open_connection(
     settings: &AmqpSettings,
     name: &str,
 ) -> Result<Connection, PublishError> {
-    let properties = ConnectionProperties::default()
-        .with_connection_name(name.into())
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
     let (mut uri, tls) = tls::amqp(settings)?;
     // Heartbeats unless the URL sets them: a silent broker is noticed in 2 × this.
     uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
     uri.query.frame_max.get_or_insert(FRAME_MAX);
     Ok(match tls {
         None => Connection::connect_uri(uri, properties).await?,
-        Some(connector) => {
-            Connection::connector(uri, tls::amqps_connect(connector), properties).await?
-        }
+        Some(connector) => tls::amqps_connection(uri, connector, properties).await?,
     })
 }
 
@@ -86,7 +82,7 @@ pub async fn private_queue(channel: &Channel) -> Result<lapin::Queue, lapin::Err
         ..QueueDeclareOptions::default()
     };
     channel
-        .queue_declare("", options, FieldTable::default())
+        .queue_declare("".into(), options, FieldTable::default())
         .await
 }
 
@@ -122,7 +118,7 @@ impl Publisher {
         for exchange in router.exchanges() {
             channel
                 .exchange_declare(
-                    exchange,
+                    exchange.into(),
                     ExchangeKind::Topic,
                     durable,
                     FieldTable::default(),
@@ -132,7 +128,12 @@ impl Publisher {
         let dead_letter = router.dead_letter();
         for own in [dead_letter, router.canary()] {
             channel
-                .exchange_declare(own, ExchangeKind::Topic, durable, FieldTable::default())
+                .exchange_declare(
+                    own.into(),
+                    ExchangeKind::Topic,
+                    durable,
+                    FieldTable::default(),
+                )
                 .await?;
         }
         let queue = QueueDeclareOptions {
@@ -140,13 +141,13 @@ impl Publisher {
             ..QueueDeclareOptions::default()
         };
         channel
-            .queue_declare(dead_letter, queue, FieldTable::default())
+            .queue_declare(dead_letter.into(), queue, FieldTable::default())
             .await?;
         channel
             .queue_bind(
-                dead_letter,
-                dead_letter,
-                "#",
+                dead_letter.into(),
+                dead_letter.into(),
+                "#".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -171,8 +172,8 @@ impl Publisher {
         // connection writes, so it goes out in few writes instead of one per message.
         let confirms = try_join_all(sends.iter().map(|(exchange, message)| {
             self.channel.basic_publish(
-                exchange,
-                &message.routing_key,
+                (*exchange).into(),
+                message.routing_key.as_str().into(),
                 options,
                 &message.body,
                 message.properties.clone(),
@@ -237,16 +238,23 @@ impl Publisher {
     pub fn failure_signal(&self) -> Arc<Notify> {
         let failed = Arc::new(Notify::new());
         let signal = failed.clone();
-        self.connection.on_error(move |error| {
-            warn!(%error, "rabbitmq connection lost");
-            signal.notify_one();
+        let mut events = self.connection.events_listener();
+        // Ends with the connection's event stream, or at its first error.
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                if let Event::Error(error) = event {
+                    warn!(%error, "rabbitmq connection lost");
+                    signal.notify_one();
+                    return;
+                }
+            }
         });
         failed
     }
 
     pub async fn close(self) {
         // Closing a connection that already failed has nothing left to report.
-        let _ = self.channel.close(200, "shutting down").await;
-        let _ = self.connection.close(200, "shutting down").await;
+        let _ = self.channel.close(200, "shutting down".into()).await;
+        let _ = self.connection.close(200, "shutting down".into()).await;
     }
 }
