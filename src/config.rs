@@ -86,6 +86,9 @@ pub struct AmqpSettings {
     pub dead_letter: String,
     pub app_id: String,
     pub confirm_timeout_secs: u64,
+    /// Bound of each step of setting up: connecting (TCP, TLS, AMQP handshake), opening
+    /// a channel, turning on confirms, each declare and bind; and of closing.
+    pub connect_timeout_secs: u64,
     /// Module → exchange name, overriding the prefixed default (module matched ignoring case).
     pub exchanges: HashMap<String, String>,
     /// Replaces the URL's password; after loading, also holds `password_file`'s content.
@@ -97,6 +100,10 @@ pub struct AmqpSettings {
 }
 
 impl AmqpSettings {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
     pub fn tls_files(&self) -> TlsFiles<'_> {
         TlsFiles {
             section: "amqp",
@@ -115,6 +122,8 @@ pub struct RelaySettings {
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
     pub standby_retry_ms: u64,
+    /// After SIGTERM or SIGINT, the process ends within this, finished or not.
+    pub stop_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -261,11 +270,13 @@ impl Settings {
                 "must be at least 1",
             ));
         }
-        if self.amqp.confirm_timeout_secs == 0 {
-            return Err(ConfigError::invalid(
-                "amqp.confirm_timeout_secs",
-                "must be at least 1",
-            ));
+        for (key, value) in [
+            ("amqp.confirm_timeout_secs", self.amqp.confirm_timeout_secs),
+            ("amqp.connect_timeout_secs", self.amqp.connect_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
         }
         for (module, exchange) in &self.amqp.exchanges {
             check_exchange_name(exchange).map_err(|reason| {
@@ -315,6 +326,7 @@ impl Settings {
             ("relay.poll_interval_ms", relay.poll_interval_ms),
             ("relay.reconnect_min_ms", relay.reconnect_min_ms),
             ("relay.standby_retry_ms", relay.standby_retry_ms),
+            ("relay.stop_timeout_secs", relay.stop_timeout_secs),
         ] {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
@@ -382,6 +394,10 @@ impl Settings {
 
     pub fn confirm_timeout(&self) -> Duration {
         Duration::from_secs(self.amqp.confirm_timeout_secs)
+    }
+
+    pub fn stop_timeout(&self) -> Duration {
+        Duration::from_secs(self.relay.stop_timeout_secs)
     }
 
     pub fn scan_interval(&self) -> Duration {

@@ -148,7 +148,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(cli.command, settings)) {
+    let outcome = runtime.block_on(execute(cli.command, settings));
+    // Work left behind (a connection attempt into a silent network) is not waited for.
+    runtime.shutdown_background();
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             eprintln!("itrelay: {error:#}");
@@ -171,15 +174,23 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
                 None
             };
             let relay = Relay::new(settings.clone())?;
+            let stop_timeout = settings.stop_timeout();
             let retention = tokio::spawn(retention::run(settings.clone(), shutdown.clone()));
             let canary = tokio::spawn(canary::run(settings.clone(), shutdown.clone()));
             let scans = tokio::spawn(scan::run(settings, shutdown.clone()));
-            relay.run(shutdown).await;
-            scans.await.context("due-event scans")?;
-            retention.await.context("retention")?;
-            canary.await.context("canary")?;
-            if let Some(server) = server {
-                server.await?.context("serving http")?;
+            let running = async {
+                relay.run(shutdown.clone()).await;
+                scans.await.context("due-event scans")?;
+                retention.await.context("retention")?;
+                canary.await.context("canary")?;
+                if let Some(server) = server {
+                    server.await?.context("serving http")?;
+                }
+                anyhow::Ok(())
+            };
+            match shutdown::within_stop_timeout(running, &shutdown, stop_timeout).await {
+                Some(finished) => finished?,
+                None => return Ok(ExitCode::FAILURE),
             }
         }
         Command::Healthcheck => {

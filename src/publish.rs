@@ -2,6 +2,7 @@
 //! persistent and `mandatory` on a channel in confirm mode. A message counts as delivered
 //! only when the broker acks it and did not return it.
 
+use std::future::Future;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
@@ -31,6 +32,9 @@ pub enum PublishError {
     Amqp(#[from] lapin::Error),
     #[error("the broker confirmed nothing within {0:?}")]
     ConfirmTimeout(Duration),
+    /// A step of talking to the broker got no answer in time (a silent network).
+    #[error("{step}: no answer from the broker within {limit:?}")]
+    Timeout { step: String, limit: Duration },
     /// A TLS file became unreadable since the start.
     #[error(transparent)]
     Setting(#[from] SettingError),
@@ -56,6 +60,22 @@ const HEARTBEAT_SECS: u16 = 5;
 /// 512 KiB. A message body larger than a frame is sent in several.
 const FRAME_MAX: u32 = 8192;
 
+/// Waits at most `limit` for one step of talking to the broker; a step that times out
+/// is named in the error (and so in the log line about it).
+pub async fn bounded<T, E: Into<PublishError>>(
+    limit: Duration,
+    step: impl FnOnce() -> String,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, PublishError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(PublishError::Timeout {
+            step: step(),
+            limit,
+        }),
+    }
+}
+
 /// Opens a connection as the settings say: the password over the URL's, and for
 /// `amqps://` TLS with `amqp.ca_file` and the client certificate, if any.
 /// `name` is the connection's name in the broker's management UI.
@@ -68,10 +88,45 @@ pub async fn open_connection(
     // Heartbeats unless the URL sets them: a silent broker is noticed in 2 × this.
     uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
     uri.query.frame_max.get_or_insert(FRAME_MAX);
-    Ok(match tls {
-        None => Connection::connect_uri(uri, properties).await?,
-        Some(connector) => tls::amqps_connection(uri, connector, properties).await?,
-    })
+    // TCP, TLS and the AMQP handshake together: an endpoint that accepts and never
+    // answers is given up on after `amqp.connect_timeout_secs`.
+    let step = || {
+        format!(
+            "connecting to {} (TCP, TLS and AMQP handshake)",
+            settings.url
+        )
+    };
+    let limit = settings.connect_timeout();
+    match tls {
+        None => bounded(limit, step, Connection::connect_uri(uri, properties)).await,
+        Some(connector) => {
+            bounded(
+                limit,
+                step,
+                tls::amqps_connection(uri, connector, properties),
+            )
+            .await
+        }
+    }
+}
+
+/// Opens a channel, bounded by `amqp.connect_timeout_secs`.
+pub async fn open_channel(
+    connection: &Connection,
+    settings: &AmqpSettings,
+) -> Result<Channel, PublishError> {
+    bounded(
+        settings.connect_timeout(),
+        || "opening a channel".to_owned(),
+        connection.create_channel(),
+    )
+    .await
+}
+
+/// Closes `connection`, waiting at most `limit` for the broker to agree; a connection
+/// that already failed, or a broker that does not answer, has nothing left to say.
+pub async fn close_connection(connection: &Connection, limit: Duration) {
+    let _ = tokio::time::timeout(limit, connection.close(200, "shutting down".into())).await;
 }
 
 /// A server-named queue that lives as long as this connection: for watching exchanges.
@@ -96,6 +151,7 @@ pub struct Publisher {
     connection: Connection,
     channel: Channel,
     confirm_timeout: Duration,
+    close_timeout: Duration,
 }
 
 impl Publisher {
@@ -107,55 +163,60 @@ impl Publisher {
         confirm_timeout: Duration,
     ) -> Result<Self, PublishError> {
         let connection = open_connection(settings, "itrelay").await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let channel = open_channel(&connection, settings).await?;
+        let limit = settings.connect_timeout();
+        bounded(
+            limit,
+            || "turning on publisher confirms".to_owned(),
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
         };
-        for exchange in router.exchanges() {
-            channel
-                .exchange_declare(
+        let dead_letter = router.dead_letter();
+        let own = [dead_letter, router.canary()];
+        for exchange in router.exchanges().into_iter().chain(own) {
+            bounded(
+                limit,
+                || format!("declaring exchange {exchange}"),
+                channel.exchange_declare(
                     exchange.into(),
                     ExchangeKind::Topic,
                     durable,
                     FieldTable::default(),
-                )
-                .await?;
-        }
-        let dead_letter = router.dead_letter();
-        for own in [dead_letter, router.canary()] {
-            channel
-                .exchange_declare(
-                    own.into(),
-                    ExchangeKind::Topic,
-                    durable,
-                    FieldTable::default(),
-                )
-                .await?;
+                ),
+            )
+            .await?;
         }
         let queue = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        channel
-            .queue_declare(dead_letter.into(), queue, FieldTable::default())
-            .await?;
-        channel
-            .queue_bind(
+        bounded(
+            limit,
+            || format!("declaring queue {dead_letter}"),
+            channel.queue_declare(dead_letter.into(), queue, FieldTable::default()),
+        )
+        .await?;
+        bounded(
+            limit,
+            || format!("binding queue {dead_letter} to exchange {dead_letter}"),
+            channel.queue_bind(
                 dead_letter.into(),
                 dead_letter.into(),
                 "#".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
-            )
-            .await?;
+            ),
+        )
+        .await?;
         Ok(Self {
             connection,
             channel,
             confirm_timeout,
+            close_timeout: limit,
         })
     }
 
@@ -170,7 +231,7 @@ impl Publisher {
         // Each publish queues its frames and takes its delivery tag when first polled, and
         // `try_join_all` polls them first in order: the whole batch is queued before the
         // connection writes, so it goes out in few writes instead of one per message.
-        let confirms = try_join_all(sends.iter().map(|(exchange, message)| {
+        let publishes = try_join_all(sends.iter().map(|(exchange, message)| {
             self.channel.basic_publish(
                 (*exchange).into(),
                 message.routing_key.as_str().into(),
@@ -178,7 +239,13 @@ impl Publisher {
                 &message.body,
                 message.properties.clone(),
             )
-        }))
+        }));
+        // Writing stalls when the network does: bounded like the confirms.
+        let confirms = bounded(
+            self.confirm_timeout,
+            || format!("publishing {} messages", sends.len()),
+            publishes,
+        )
         .await?;
         let sent_at = Instant::now();
         METRICS
@@ -252,9 +319,14 @@ impl Publisher {
         failed
     }
 
+    /// Closes the channel and the connection; a broker that does not answer within
+    /// `amqp.connect_timeout_secs` is left behind.
     pub async fn close(self) {
         // Closing a connection that already failed has nothing left to report.
-        let _ = self.channel.close(200, "shutting down".into()).await;
-        let _ = self.connection.close(200, "shutting down".into()).await;
+        let closing = async {
+            let _ = self.channel.close(200, "shutting down".into()).await;
+            let _ = self.connection.close(200, "shutting down".into()).await;
+        };
+        let _ = tokio::time::timeout(self.close_timeout, closing).await;
     }
 }
