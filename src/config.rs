@@ -4,11 +4,11 @@
 //! defaults live (it is compiled in as the first layer). Unknown keys are rejected and
 //! every value is checked here, before anything connects, with the key in the error.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::catalog;
 use crate::secret::{Secret, SecretUrl};
@@ -84,6 +84,11 @@ pub struct AmqpSettings {
     pub url: SecretUrl,
     pub exchange_prefix: String,
     pub dead_letter: String,
+    /// The dead-letter queue's name after the prefix; unset: the exchange's.
+    pub dead_letter_queue: Option<String>,
+    pub dead_letter_queue_type: QueueType,
+    /// Most messages the dead-letter queue keeps (the oldest go first); 0: no limit.
+    pub dead_letter_max_length: u64,
     pub app_id: String,
     pub confirm_timeout_secs: u64,
     /// Bound of each step of setting up: connecting (TCP, TLS, AMQP handshake), opening
@@ -99,7 +104,45 @@ pub struct AmqpSettings {
     pub client_key_file: Option<PathBuf>,
 }
 
+/// The kind of queue the relay declares for its dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for QueueType {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        one_of(
+            deserializer,
+            "queue type",
+            &[
+                ("classic", QueueType::Classic),
+                ("quorum", QueueType::Quorum),
+            ],
+        )
+    }
+}
+
 impl AmqpSettings {
+    /// The dead-letter queue: `<exchange_prefix><dead_letter_queue or dead_letter>`.
+    pub fn dead_letter_queue(&self) -> String {
+        let name = self
+            .dead_letter_queue
+            .as_deref()
+            .unwrap_or(&self.dead_letter);
+        format!("{}{name}", self.exchange_prefix)
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
     }
@@ -126,11 +169,40 @@ pub struct RelaySettings {
     pub stop_timeout_secs: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        one_of(
+            deserializer,
+            "log format",
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        )
+    }
+}
+
+/// One of `choices` by name (any case); an error lists the valid names.
+fn one_of<'de, D: Deserializer<'de>, T: Copy>(
+    deserializer: D,
+    what: &str,
+    choices: &[(&str, T)],
+) -> Result<T, D::Error> {
+    let given = String::deserialize(deserializer)?;
+    choices
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(&given))
+        .map(|(_, value)| *value)
+        .ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            serde::de::Error::custom(format!(
+                "{given:?} is not a {what}; valid: {}",
+                names.join(", ")
+            ))
+        })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,6 +294,7 @@ impl Settings {
         }
         let mut settings: Settings = builder.build()?.try_deserialize()?;
         settings.read_password_files()?;
+        settings.resolve_exchange_overrides()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -252,6 +325,41 @@ impl Settings {
         Ok(())
     }
 
+    /// Names the modules of `amqp.exchanges` exactly as the routes do. Environment
+    /// variables arrive in lower case and cannot hold `-`: `PF_10` (any case) stands for
+    /// the module `PF-10`. An override for a module no route names is an error.
+    fn resolve_exchange_overrides(&mut self) -> Result<(), ConfigError> {
+        let modules: BTreeSet<&String> = self.routes.values().flatten().collect();
+        let mut resolved = HashMap::new();
+        for (given, exchange) in &self.amqp.exchanges {
+            let key = format!("amqp.exchanges.{given}");
+            let module = modules
+                .iter()
+                .find(|module| same_module(module, given))
+                .ok_or_else(|| {
+                    let valid: Vec<&str> = modules.iter().map(|m| m.as_str()).collect();
+                    ConfigError::invalid(
+                        &key,
+                        format!(
+                            "no routed module of that name; valid modules: {}",
+                            valid.join(", ")
+                        ),
+                    )
+                })?;
+            if resolved
+                .insert((*module).clone(), exchange.clone())
+                .is_some()
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("module {module} is given more than one exchange"),
+                ));
+            }
+        }
+        self.amqp.exchanges = resolved;
+        Ok(())
+    }
+
     /// Checks every value that the types alone do not.
     fn validate(&self) -> Result<(), ConfigError> {
         // Builds what connecting needs, reading the TLS files, so a bad one stops the start.
@@ -263,6 +371,8 @@ impl Settings {
             .map_err(|reason| ConfigError::invalid("amqp.exchange_prefix", reason))?;
         check_exchange_name(&self.dead_letter_exchange())
             .map_err(|reason| ConfigError::invalid("amqp.dead_letter", reason))?;
+        check_exchange_name(&self.amqp.dead_letter_queue())
+            .map_err(|reason| ConfigError::invalid("amqp.dead_letter_queue", reason))?;
         check_not_empty(&self.amqp.app_id).map_err(|r| ConfigError::invalid("amqp.app_id", r))?;
         if self.postgres.query_timeout_secs == 0 {
             return Err(ConfigError::invalid(
@@ -438,6 +548,16 @@ fn take_passwords(env: &mut HashMap<String, String>) -> Vec<(&'static str, Strin
         .collect()
 }
 
+/// A module as routed against a module as given in `amqp.exchanges`: any case, and `_`
+/// for `-`.
+fn same_module(module: &str, given: &str) -> bool {
+    module.len() == given.len()
+        && module
+            .chars()
+            .zip(given.chars())
+            .all(|(m, g)| m.eq_ignore_ascii_case(&g) || (m == '-' && g == '_'))
+}
+
 fn check_not_empty(value: &str) -> Result<(), String> {
     if value.trim().is_empty() {
         Err("must not be empty".to_owned())
@@ -538,6 +658,71 @@ mod tests {
     fn exchange_override_per_module() {
         let settings = load(&[("ITRELAY__AMQP__EXCHANGES__FA", "finance.events")]).unwrap();
         assert_eq!(settings.exchange_for("FA"), "finance.events");
+    }
+
+    #[test]
+    fn exchange_override_for_a_hyphenated_module_from_the_environment() {
+        let settings = load(&[
+            ("ITRELAY__AMQP__EXCHANGES__PF_10", "projects.events"),
+            ("ITRELAY__AMQP__EXCHANGES__hr_03", "people.events"),
+        ])
+        .unwrap();
+        assert_eq!(settings.exchange_for("PF-10"), "projects.events");
+        assert_eq!(settings.exchange_for("HR-03"), "people.events");
+        assert_eq!(settings.exchange_for("FA-04"), "it.fa-04");
+    }
+
+    #[test]
+    fn exchange_override_for_an_unknown_module_names_the_valid_ones() {
+        let message = error_of(&[("ITRELAY__AMQP__EXCHANGES__PF10", "projects.events")]);
+        assert!(message.contains("`amqp.exchanges.pf10`"), "{message}");
+        assert!(message.contains("valid modules: "), "{message}");
+        assert!(message.contains("PF-10"), "{message}");
+        let path = std::env::temp_dir().join(format!("itrelay-twice-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[amqp.exchanges]\n\"PF-10\" = \"a\"\nPF_10 = \"b\"\n",
+        )
+        .unwrap();
+        let twice = Settings::load_with_env(Some(&path), Some(HashMap::new()))
+            .expect_err("one module, two exchanges")
+            .to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(twice.contains("more than one exchange"), "{twice}");
+    }
+
+    #[test]
+    fn a_bad_choice_lists_the_valid_ones() {
+        let message = error_of(&[("ITRELAY__LOG__FORMAT", "yaml")]);
+        assert!(
+            message.contains("\"yaml\" is not a log format; valid: text, json"),
+            "{message}"
+        );
+        assert!(message.contains("log.format"), "{message}");
+        let message = error_of(&[("ITRELAY__AMQP__DEAD_LETTER_QUEUE_TYPE", "stream")]);
+        assert!(message.contains("valid: classic, quorum"), "{message}");
+        assert!(message.contains("dead_letter_queue_type"), "{message}");
+        let settings = load(&[("ITRELAY__LOG__FORMAT", "JSON")]).unwrap();
+        assert_eq!(settings.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn dead_letter_queue_defaults_to_quorum_under_the_exchange_name() {
+        let settings = load(&[]).unwrap();
+        assert_eq!(settings.amqp.dead_letter_queue(), "it.dead-letter");
+        assert_eq!(settings.amqp.dead_letter_queue_type, QueueType::Quorum);
+        assert_eq!(settings.amqp.dead_letter_max_length, 0);
+        let settings = load(&[
+            ("ITRELAY__AMQP__DEAD_LETTER_QUEUE", "rejected"),
+            ("ITRELAY__AMQP__DEAD_LETTER_QUEUE_TYPE", "classic"),
+            ("ITRELAY__AMQP__DEAD_LETTER_MAX_LENGTH", "1000"),
+        ])
+        .unwrap();
+        assert_eq!(settings.amqp.dead_letter_queue(), "it.rejected");
+        assert_eq!(settings.amqp.dead_letter_queue_type, QueueType::Classic);
+        assert_eq!(settings.amqp.dead_letter_max_length, 1000);
+        let bad = error_of(&[("ITRELAY__AMQP__DEAD_LETTER_QUEUE", "dead letters")]);
+        assert!(bad.contains("amqp.dead_letter_queue"), "{bad}");
     }
 
     #[test]

@@ -233,7 +233,10 @@ async fn remove_exchanges(settings: &Settings) {
     let dead_letter = router.dead_letter();
     // Best effort: a leftover demo exchange harms nothing.
     let _ = channel
-        .queue_delete(dead_letter.into(), QueueDeleteOptions::default())
+        .queue_delete(
+            settings.amqp.dead_letter_queue().into(),
+            QueueDeleteOptions::default(),
+        )
         .await;
     for exchange in router.exchanges().into_iter().chain([dead_letter]) {
         let _ = channel

@@ -7,12 +7,9 @@ use std::time::Duration;
 
 use futures_util::future::try_join_all;
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Event, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, Event};
 use lapin::{Confirmation as LapinConfirmation, PublisherConfirm};
 use std::sync::Arc;
 
@@ -25,6 +22,7 @@ use crate::envelope::Message;
 use crate::metrics::METRICS;
 use crate::route::Router;
 use crate::tls::{self, SettingError};
+use crate::topology;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -171,47 +169,7 @@ impl Publisher {
             channel.confirm_select(ConfirmSelectOptions::default()),
         )
         .await?;
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        let dead_letter = router.dead_letter();
-        let own = [dead_letter, router.canary()];
-        for exchange in router.exchanges().into_iter().chain(own) {
-            bounded(
-                limit,
-                || format!("declaring exchange {exchange}"),
-                channel.exchange_declare(
-                    exchange.into(),
-                    ExchangeKind::Topic,
-                    durable,
-                    FieldTable::default(),
-                ),
-            )
-            .await?;
-        }
-        let queue = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        bounded(
-            limit,
-            || format!("declaring queue {dead_letter}"),
-            channel.queue_declare(dead_letter.into(), queue, FieldTable::default()),
-        )
-        .await?;
-        bounded(
-            limit,
-            || format!("binding queue {dead_letter} to exchange {dead_letter}"),
-            channel.queue_bind(
-                dead_letter.into(),
-                dead_letter.into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
+        topology::declare(&channel, settings, router, limit).await?;
         Ok(Self {
             connection,
             channel,
