@@ -8,11 +8,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use itrelay::config::{LogFormat, Settings};
 use itrelay::listen::PgSession;
-use itrelay::publish::Publisher;
+use itrelay::publish::{self, Publisher};
 use itrelay::relay::Relay;
 use itrelay::route::Router;
 use itrelay::{
-    asyncapi, canary, demo, describe, http, logging, ops, retention, scan, shutdown, sql,
+    asyncapi, canary, demo, describe, http, logging, ops, retention, scan, shutdown, sql, topology,
 };
 
 /// Relays IT-module events from Postgres to RabbitMQ: validated, enriched, confirmed.
@@ -54,8 +54,13 @@ enum Command {
         #[arg(value_enum, default_value = "install")]
         file: SqlFile,
     },
-    /// Check the configuration, both services, and that the SQL is installed.
-    Check,
+    /// Check the configuration, both services, and that the SQL is installed. Read-only:
+    /// looks for the exchanges and the dead-letter queue without declaring them.
+    Check {
+        /// Declare the exchanges and the dead-letter queue, as the relay does at start.
+        #[arg(long)]
+        declare: bool,
+    },
     /// List every event type: schema, status, source, subscribers and their exchanges.
     Catalog {
         /// Print JSON instead of a table.
@@ -229,7 +234,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
                 SqlFile::ReferenceSchema => sql::REFERENCE_SCHEMA,
             }
         ),
-        Command::Check => return Ok(check(&settings).await),
+        Command::Check { declare } => return Ok(check(&settings, declare).await),
         Command::Catalog { json } => {
             let events = describe::describe(&settings);
             if json {
@@ -310,8 +315,44 @@ async fn connect_postgres(settings: &Settings) -> anyhow::Result<PgSession> {
         .with_context(|| format!("connecting to {}", settings.postgres.url))
 }
 
+/// Declares what the relay needs on the broker, as it does at start.
+async fn declare_on_broker(settings: &Settings) -> anyhow::Result<String> {
+    let router = Router::from_settings(settings);
+    Publisher::connect(&settings.amqp, &router, settings.confirm_timeout())
+        .await?
+        .close()
+        .await;
+    Ok(format!(
+        "reachable at {}, exchanges and dead-letter queue declared",
+        settings.amqp.url
+    ))
+}
+
+/// Looks for what the relay needs on the broker, creating nothing. Missing exchanges are
+/// reported, not failed: the relay declares them when it starts.
+async fn look_at_broker(settings: &Settings) -> anyhow::Result<String> {
+    let router = Router::from_settings(settings);
+    let connection = publish::open_connection(&settings.amqp, "itrelay-check").await?;
+    let missing = topology::inspect(&connection, &settings.amqp, &router).await;
+    publish::close_connection(&connection, settings.amqp.connect_timeout()).await;
+    let missing = missing?;
+    Ok(if missing.is_empty() {
+        format!(
+            "reachable at {}, exchanges and dead-letter queue present",
+            settings.amqp.url
+        )
+    } else {
+        format!(
+            "reachable at {}; not declared yet (the relay declares them at start, or \
+             `itrelay check --declare`): {}",
+            settings.amqp.url,
+            missing.join(", ")
+        )
+    })
+}
+
 /// Prints one line per check; fails if any check failed.
-async fn check(settings: &Settings) -> ExitCode {
+async fn check(settings: &Settings, declare: bool) -> ExitCode {
     let mut healthy = true;
     let mut report = |name: &str, result: anyhow::Result<String>| match result {
         Ok(detail) => println!("ok    {name:<9} {detail}"),
@@ -359,23 +400,14 @@ async fn check(settings: &Settings) -> ExitCode {
         }
         Err(error) => report("postgres", Err(error)),
     }
-    let router = Router::from_settings(settings);
-    let amqp = Publisher::connect(&settings.amqp, &router, settings.confirm_timeout()).await;
+    let broker = if declare {
+        declare_on_broker(settings).await
+    } else {
+        look_at_broker(settings).await
+    };
     report(
         "rabbitmq",
-        match amqp {
-            Ok(publisher) => {
-                publisher.close().await;
-                Ok(format!(
-                    "reachable at {}, exchanges declared",
-                    settings.amqp.url
-                ))
-            }
-            Err(error) => {
-                Err(anyhow::Error::new(error)
-                    .context(format!("connecting to {}", settings.amqp.url)))
-            }
-        },
+        broker.with_context(|| format!("connecting to {}", settings.amqp.url)),
     );
     if healthy {
         ExitCode::SUCCESS

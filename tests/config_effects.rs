@@ -1,14 +1,31 @@
-//! Settings that do what they say on the broker: the dead-letter queue's type, length
-//! limit and name.
+//! Settings that do what they say on the broker and at the command line: the dead-letter
+//! queue's type, length limit and name; `check` declaring nothing unless asked to.
 
 mod common;
+
+use std::process::Output;
 
 use common::*;
 use itrelay::publish::Publisher;
 use itrelay::route::Router;
-use lapin::options::QueueDeclareOptions;
+use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::Connection;
+use lapin::{Connection, ExchangeKind};
+use tokio::process::Command;
+
+async fn itrelay(env: &TestEnv, args: &[&str], extra: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_itrelay"))
+        .args(args)
+        .envs(env.env_vars())
+        .envs(extra.iter().copied())
+        .output()
+        .await
+        .expect("run itrelay")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
 
 /// Declares `queue` durable with `arguments` on a channel of its own (a refusal closes
 /// the channel): whether the broker agreed, i.e. found it equivalent to the existing one.
@@ -22,6 +39,40 @@ async fn declare_queue(amqp: &Connection, queue: &str, arguments: FieldTable) ->
         .queue_declare(queue.into(), options, arguments)
         .await
         .is_ok()
+}
+
+/// Something on the broker, looked for with a passive declare.
+enum Named<'a> {
+    Exchange(&'a str),
+    Queue(&'a str),
+}
+
+/// Whether it exists (on a channel of its own: a missing one closes the channel).
+async fn exists(amqp: &Connection, named: Named<'_>) -> bool {
+    let channel = amqp.create_channel().await.expect("channel");
+    match named {
+        Named::Exchange(name) => {
+            let options = ExchangeDeclareOptions {
+                passive: true,
+                ..ExchangeDeclareOptions::default()
+            };
+            let declare = channel.exchange_declare(
+                name.into(),
+                ExchangeKind::Topic,
+                options,
+                FieldTable::default(),
+            );
+            declare.await.is_ok()
+        }
+        Named::Queue(name) => {
+            let options = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            let declare = channel.queue_declare(name.into(), options, FieldTable::default());
+            declare.await.is_ok()
+        }
+    }
 }
 
 fn queue_arguments(queue_type: Option<&str>, max_length: Option<i64>) -> FieldTable {
@@ -105,4 +156,33 @@ async fn an_existing_classic_dead_letter_queue_is_an_error_naming_the_setting() 
         .expect("classic as configured")
         .close()
         .await;
+}
+
+#[tokio::test]
+async fn check_declares_nothing_unless_asked_to() {
+    let env = TestEnv::new().await;
+    let amqp = broker().await;
+    let canary = format!("{}canary", env.prefix);
+    let queue = env.dead_letter_exchange();
+
+    let look = itrelay(&env, &["check"], &[]).await;
+    assert!(look.status.success(), "{look:?}");
+    let report = stdout(&look);
+    assert!(report.contains("not declared yet"), "{report}");
+    assert!(report.contains(&format!("exchange {canary}")), "{report}");
+    assert!(report.contains(&format!("queue {queue}")), "{report}");
+    assert!(!exists(&amqp, Named::Exchange(&canary)).await, "{canary}");
+    assert!(!exists(&amqp, Named::Queue(&queue)).await, "{queue}");
+
+    let declared = itrelay(&env, &["check", "--declare"], &[]).await;
+    assert!(declared.status.success(), "{declared:?}");
+    assert!(stdout(&declared).contains("dead-letter queue declared"));
+    assert!(exists(&amqp, Named::Exchange(&canary)).await);
+    assert!(exists(&amqp, Named::Queue(&queue)).await);
+
+    let again = itrelay(&env, &["check"], &[]).await;
+    assert!(
+        stdout(&again).contains("exchanges and dead-letter queue present"),
+        "{again:?}"
+    );
 }
