@@ -85,7 +85,14 @@ enum Command {
         json: bool,
     },
     /// Send events again (same message id, so consumers de-duplicate). Failed events
-    /// only, unless --include-delivered; every given criterion must match.
+    /// only, unless --include-delivered; at least one criterion, and every given one must
+    /// match.
+    #[command(group(
+        clap::ArgGroup::new("criteria")
+            .required(true)
+            .multiple(true)
+            .args(["event_ids", "event_type", "since", "until"])
+    ))]
     Replay {
         /// An event id (repeatable).
         #[arg(long = "event-id", value_name = "UUID")]
@@ -102,6 +109,9 @@ enum Command {
         /// Also replay events already delivered.
         #[arg(long)]
         include_delivered: bool,
+        /// List the events that would be sent again, changing nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Try it out: a scratch database, the relay in-process, a short story of business
     /// writes, and every event printed as it reaches each module's exchange.
@@ -274,6 +284,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             since,
             until,
             include_delivered,
+            dry_run,
         } => {
             let selection = ops::ReplaySelection {
                 event_ids,
@@ -282,10 +293,17 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
                 until,
                 include_delivered,
             };
-            if selection.is_empty() {
-                anyhow::bail!("replay needs --event-id, --type, --since or --until");
-            }
             let pg = connect_postgres(&settings).await?;
+            if dry_run {
+                let candidates = ops::replay_candidates(&pg.client, &selection)
+                    .await
+                    .context("reading the outbox")?;
+                emit(&ops::render_replay_candidates(
+                    &candidates,
+                    &Router::from_settings(&settings),
+                ))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let count = ops::replay(&pg.client, &settings.postgres.channel, &selection)
                 .await
                 .context("marking events for replay")?;

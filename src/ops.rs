@@ -8,6 +8,7 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::listen::leader_lock_name;
+use crate::route::Router;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -213,6 +214,103 @@ impl ReplaySelection {
     }
 }
 
+/// The outbox rows a [`ReplaySelection`] selects, given [`ReplaySelection::parameters`].
+const SELECTED: &str = "state = ANY($5)
+    AND (cardinality($1::uuid[]) = 0 OR event_id = ANY($1))
+    AND ($2::text IS NULL OR event_type = $2)
+    AND ($3::timestamptz IS NULL OR created_at >= $3)
+    AND ($4::timestamptz IS NULL OR created_at < $4)";
+
+const FAILED: &[&str] = &["failed"];
+const FAILED_OR_DELIVERED: &[&str] = &["failed", "delivered"];
+
+impl ReplaySelection {
+    /// The parameters of [`SELECTED`].
+    fn parameters(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 5] {
+        // The states replayed: failed, and delivered if asked.
+        let states = if self.include_delivered {
+            &FAILED_OR_DELIVERED
+        } else {
+            &FAILED
+        };
+        [
+            &self.event_ids,
+            &self.event_type,
+            &self.since,
+            &self.until,
+            states,
+        ]
+    }
+}
+
+/// One event a replay would send again.
+#[derive(Debug, Serialize)]
+pub struct ReplayCandidate {
+    pub outbox_id: i64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub state: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// The events [`replay`] would put back to pending, in outbox order; changes nothing.
+pub async fn replay_candidates(
+    client: &Client,
+    selection: &ReplaySelection,
+) -> Result<Vec<ReplayCandidate>, tokio_postgres::Error> {
+    let query = format!(
+        "SELECT id, event_id, event_type, state, created_at FROM itrelay.outbox
+         WHERE {SELECTED} ORDER BY id"
+    );
+    client
+        .query(&query, &selection.parameters())
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(ReplayCandidate {
+                outbox_id: row.try_get(0)?,
+                event_id: row.try_get(1)?,
+                event_type: row.try_get(2)?,
+                state: row.try_get(3)?,
+                created_at: row.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+/// What `replay --dry-run` prints: each event and the exchanges it would go to.
+pub fn render_replay_candidates(candidates: &[ReplayCandidate], router: &Router) -> String {
+    let mut text: String = candidates
+        .iter()
+        .map(|event| {
+            let exchanges: Vec<&str> = crate::catalog::find(&event.event_type)
+                .map(|spec| router.destinations(spec))
+                .unwrap_or_default()
+                .iter()
+                .map(|destination| destination.exchange.as_str())
+                .collect();
+            format!(
+                "{}  {}  {:<30} {:<9} -> {}\n",
+                event.outbox_id,
+                event.event_id,
+                event.event_type,
+                event.state,
+                if exchanges.is_empty() {
+                    "(no route: dead letter)".to_owned()
+                } else {
+                    exchanges.join(", ")
+                }
+            )
+        })
+        .collect();
+    text.push_str(&format!(
+        "{} events would be replayed (dry run: nothing changed)\n",
+        candidates.len()
+    ));
+    text
+}
+
 /// Puts the selected events back to pending, so the relay sends them again with the same
 /// message id, and wakes it with the lowest id put back: its next claim starts there.
 /// Returns how many were selected.
@@ -221,34 +319,16 @@ pub async fn replay(
     channel: &str,
     selection: &ReplaySelection,
 ) -> Result<u64, tokio_postgres::Error> {
-    let ids = (!selection.event_ids.is_empty()).then_some(&selection.event_ids);
-    let states: &[&str] = if selection.include_delivered {
-        &["failed", "delivered"]
-    } else {
-        &["failed"]
-    };
-    let replayed = client
-        .query_one(
-            "WITH replayed AS (
-                 UPDATE itrelay.outbox
-                 SET state = 'pending', last_error = NULL, delivered_at = NULL
-                 WHERE state = ANY($5)
-                   AND ($1::uuid[] IS NULL OR event_id = ANY($1))
-                   AND ($2::text IS NULL OR event_type = $2)
-                   AND ($3::timestamptz IS NULL OR created_at >= $3)
-                   AND ($4::timestamptz IS NULL OR created_at < $4)
-                 RETURNING id
-             )
-             SELECT count(*), coalesce(min(id)::text, '') FROM replayed",
-            &[
-                &ids,
-                &selection.event_type,
-                &selection.since,
-                &selection.until,
-                &states,
-            ],
-        )
-        .await?;
+    let query = format!(
+        "WITH replayed AS (
+             UPDATE itrelay.outbox
+             SET state = 'pending', last_error = NULL, delivered_at = NULL
+             WHERE {SELECTED}
+             RETURNING id
+         )
+         SELECT count(*), coalesce(min(id)::text, '') FROM replayed"
+    );
+    let replayed = client.query_one(&query, &selection.parameters()).await?;
     let (count, lowest_id): (i64, String) = (replayed.try_get(0)?, replayed.try_get(1)?);
     client
         .execute("SELECT pg_notify($1, $2)", &[&channel, &lowest_id])

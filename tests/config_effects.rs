@@ -1,5 +1,7 @@
 //! Settings that do what they say on the broker and at the command line: the dead-letter
-//! queue's type, length limit and name; `check` declaring nothing unless asked to.
+//! queue's type, length limit and name; `check` declaring nothing unless asked to;
+//! `replay` refusing to run without criteria (a usage error) and `--dry-run` listing what
+//! it would send.
 
 mod common;
 
@@ -184,5 +186,64 @@ async fn check_declares_nothing_unless_asked_to() {
     assert!(
         stdout(&again).contains("exchanges and dead-letter queue present"),
         "{again:?}"
+    );
+}
+
+#[tokio::test]
+async fn replay_needs_a_criterion_and_dry_run_changes_nothing() {
+    let env = TestEnv::new().await;
+    env.execute(
+        "INSERT INTO itrelay.outbox (event_type, payload, source_table, state, last_error)
+         VALUES ('it_ticket_created', '{}', 'it_tickets', 'failed', 'validate: test'),
+                ('it_asset_disposed', '{}', 'it_assets', 'failed', 'validate: test');
+         INSERT INTO itrelay.outbox (event_type, payload, source_table, state, delivered_at)
+         VALUES ('it_ticket_created', '{}', 'it_tickets', 'delivered', now());",
+    )
+    .await;
+
+    let bare = itrelay(&env, &["replay"], &[]).await;
+    assert_eq!(bare.status.code(), Some(2), "{bare:?}");
+    let usage = String::from_utf8_lossy(&bare.stderr);
+    assert!(
+        usage.contains("--event-id") && usage.contains("--type"),
+        "{usage}"
+    );
+
+    let preview = itrelay(
+        &env,
+        &["replay", "--type", "it_ticket_created", "--dry-run"],
+        &[],
+    )
+    .await;
+    assert!(preview.status.success(), "{preview:?}");
+    let listed = stdout(&preview);
+    assert!(
+        listed.contains("1 events would be replayed (dry run: nothing changed)"),
+        "{listed}"
+    );
+    assert!(listed.contains("it_ticket_created"), "{listed}");
+    assert!(listed.contains(&env.exchange("PF-10")), "{listed}");
+    assert!(!listed.contains("it_asset_disposed"), "{listed}");
+    let with_delivered = itrelay(
+        &env,
+        &[
+            "replay",
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--include-delivered",
+            "--dry-run",
+        ],
+        &[],
+    )
+    .await;
+    assert!(
+        stdout(&with_delivered).contains("3 events would be replayed"),
+        "{with_delivered:?}"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM itrelay.outbox WHERE state = 'failed'")
+            .await,
+        2,
+        "a dry run changed the outbox"
     );
 }
