@@ -183,7 +183,7 @@ async fn story(settings: &Settings) -> anyhow::Result<()> {
     println!("\n{received} messages relayed, each confirmed by the broker before its outbox row was marked delivered.");
     stop.cancel();
     running.await?;
-    let _ = connection.close(200, "demo done".into()).await;
+    crate::publish::close_connection(&connection, settings.amqp.connect_timeout()).await;
     Ok(())
 }
 
@@ -191,7 +191,7 @@ async fn consumer(settings: &Settings) -> anyhow::Result<(Connection, Channel)> 
     let connection = crate::publish::open_connection(&settings.amqp, "itrelay-demo")
         .await
         .with_context(|| format!("connecting to {}", settings.amqp.url))?;
-    let channel = connection.create_channel().await?;
+    let channel = crate::publish::open_channel(&connection, &settings.amqp).await?;
     Ok((connection, channel))
 }
 
@@ -243,7 +243,7 @@ async fn remove_exchanges(settings: &Settings) {
             .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
             .await;
     }
-    let _ = connection.close(200, "demo done".into()).await;
+    crate::publish::close_connection(&connection, settings.amqp.connect_timeout()).await;
 }
 
 /// `url` pointing at `database` instead.
