@@ -135,6 +135,21 @@ async fn broker_that_never_answers_is_retried_until_it_does() {
     rabbitmq.set(Mode::Forward);
     let outcome = env.reconcile("PF-10", 20).await;
     outcome.assert_nothing_lost();
+    // The attempts given up on are not left behind: once healed, one connection remains.
+    wait_for_one_connection(&rabbitmq).await;
+}
+
+/// Waits until the relay's connection is the only one through `proxy`.
+async fn wait_for_one_connection(proxy: &Proxy) {
+    let deadline = Instant::now() + WAIT;
+    while proxy.open_connections() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{} connections open through the proxy",
+            proxy.open_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// (b) A backlog is draining when the broker's connection goes silent (half-open: no
@@ -179,6 +194,8 @@ async fn connection_black_holed_mid_stream_is_noticed_and_replaced() {
     rabbitmq.set(Mode::Forward);
     let outcome = env.reconcile("PF-10", BACKLOG).await;
     outcome.assert_nothing_lost();
+    // The half-open connection given up on is closed once the path heals.
+    wait_for_one_connection(&rabbitmq).await;
 }
 
 /// (c) SIGTERM while the broker is black-holed and confirms are outstanding, with

@@ -2,6 +2,7 @@
 //! connections, black-hole (accept and hold, forward nothing), or cut every connection.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,7 +15,9 @@ pub enum Mode {
     Forward,
     /// Reset new connections at once and cut the current ones: the service is down.
     Refuse,
-    /// Hold connections open and pass nothing: a silent network.
+    /// Hold connections open and pass nothing: a silent network. A new connection is
+    /// accepted and never answered; an established one goes half-open (no reset, no
+    /// bytes either way) until the mode changes back.
     Blackhole,
 }
 
@@ -28,6 +31,8 @@ struct Control {
 pub struct Proxy {
     pub port: u16,
     control: Arc<watch::Sender<Control>>,
+    /// Connections accepted and not yet ended.
+    open: Arc<AtomicUsize>,
     accepting: tokio::task::JoinHandle<()>,
 }
 
@@ -40,8 +45,10 @@ impl Proxy {
             generation: 0,
         });
         let control = Arc::new(control);
+        let open = Arc::new(AtomicUsize::new(0));
         let accepting = tokio::spawn({
             let control = control.clone();
+            let open = open.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
                     let state = *control.borrow();
@@ -49,18 +56,20 @@ impl Proxy {
                         reset(client);
                         continue;
                     }
-                    tokio::spawn(pipe(
-                        client,
-                        upstream,
-                        control.subscribe(),
-                        state.generation,
-                    ));
+                    open.fetch_add(1, Ordering::SeqCst);
+                    let piped = pipe(client, upstream, control.subscribe(), state.generation);
+                    let open = open.clone();
+                    tokio::spawn(async move {
+                        piped.await;
+                        open.fetch_sub(1, Ordering::SeqCst);
+                    });
                 }
             }
         });
         Self {
             port,
             control,
+            open,
             accepting,
         }
     }
@@ -72,6 +81,11 @@ impl Proxy {
             }
             control.mode = mode;
         });
+    }
+
+    /// Connections through the proxy now open (accepted, not yet ended by either side).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Resets every open connection (new ones are accepted as the mode says).
