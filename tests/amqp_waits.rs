@@ -243,6 +243,31 @@ async fn sigterm_during_a_black_hole_ends_within_the_stop_timeout() {
     assert!(pending > 0, "unconfirmed rows were marked");
 }
 
+/// The canary's own broker connection is bounded too: it gives up, says why, and retries.
+#[tokio::test]
+async fn canary_gives_up_on_a_broker_that_never_answers() {
+    let env = TestEnv::new().await;
+    let rabbitmq = rabbitmq_proxy().await;
+    rabbitmq.set(Mode::Blackhole);
+    let relay = Spawned::start(
+        &env,
+        &["run"],
+        &[
+            through(&rabbitmq, ""),
+            setting("ITRELAY__AMQP__CONNECT_TIMEOUT_SECS", "1"),
+            setting("ITRELAY__CANARY__ENABLED", "true"),
+        ],
+    );
+    relay.wait_for_log("canary interrupted; retrying", 2).await;
+    let logs = relay.logs.lock().unwrap().clone();
+    assert!(
+        logs.iter().any(|line| line.contains("canary interrupted")
+            && line.contains("(TCP, TLS and AMQP handshake): no answer from the broker")),
+        "{}",
+        logs.join("\n")
+    );
+}
+
 /// The same silent broker at `itrelay check`: it fails within the connect timeout, naming
 /// the step, instead of hanging.
 #[tokio::test]
