@@ -246,4 +246,38 @@ async fn replay_needs_a_criterion_and_dry_run_changes_nothing() {
         2,
         "a dry run changed the outbox"
     );
+
+    // A delivered event whose copy for GR alone was dead-lettered: only that copy would
+    // go again, to GR's exchange and not FA's.
+    env.execute(
+        "WITH disposed AS (
+             INSERT INTO itrelay.outbox (event_type, payload, source_table, state, delivered_at)
+             VALUES ('it_asset_disposed', '{}', 'it_assets', 'delivered', now()) RETURNING id
+         )
+         INSERT INTO itrelay.copies (outbox_id, module, state, last_error)
+         SELECT id, 'GR', 'failed', 'unroutable: test' FROM disposed",
+    )
+    .await;
+    let copies = itrelay(
+        &env,
+        &["replay", "--type", "it_asset_disposed", "--dry-run"],
+        &[],
+    )
+    .await;
+    let listed = stdout(&copies);
+    assert!(listed.contains("2 events would be replayed"), "{listed}");
+    let copy_line = listed
+        .lines()
+        .find(|line| line.contains("delivered"))
+        .unwrap_or_else(|| panic!("no delivered event listed: {listed}"));
+    assert!(
+        copy_line.ends_with(&format!("-> {}", env.exchange("GR"))),
+        "{copy_line}"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM itrelay.copies WHERE state = 'failed'")
+            .await,
+        1,
+        "a dry run changed the copies"
+    );
 }
