@@ -75,6 +75,21 @@ BEGIN
 END;
 $$;
 
+-- The durable API for a DBA's own triggers and producers: records one event, with
+-- source_table 'enqueue'. Nobody may call it until a DBA grants it to a producing role:
+--   GRANT USAGE ON SCHEMA itrelay TO app_writer;
+--   GRANT EXECUTE ON FUNCTION itrelay.enqueue(text, jsonb) TO app_writer;
+-- Events come only from the installed triggers and the roles granted this (or the
+-- three-argument form above, which also names the source table).
+CREATE OR REPLACE FUNCTION itrelay.enqueue(p_event_type text, p_payload jsonb)
+RETURNS void
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT itrelay.enqueue(p_event_type, 'enqueue', p_payload);
+$$;
+
 -- ==== Row-change events: one trigger function and trigger(s) per event ====
 
 -- it_asset_purchased: reads it_assets.asset_id, asset_tag, asset_type, asset_name,
@@ -1182,7 +1197,8 @@ $$;
 -- ==== Privileges ====
 
 -- Only the owner, and the roles sql/role.sql grants, may call these functions directly
--- (triggers call them as the owner).
+-- (triggers call them as the owner). itrelay.enqueue in particular is granted by a DBA
+-- to named producing roles only.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA itrelay FROM PUBLIC;
 
 -- ==== Version ====

@@ -115,6 +115,8 @@ pub struct RelaySettings {
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
     pub standby_retry_ms: u64,
+    /// Relay whole JSON events sent with NOTIFY (unauthenticated, lossy); off by default.
+    pub accept_notify_events: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -8,6 +8,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::event::{DeadLetter, Event, OutboxRow};
+use crate::outbox::NOTIFY_SOURCE;
 
 /// A message ready to publish to one or more exchanges.
 #[derive(Debug, Clone)]
@@ -25,6 +26,9 @@ pub mod headers {
     pub const OUTBOX_ID: &str = "outbox_id";
     pub const REJECTED_AT_STAGE: &str = "x-rejected-stage";
     pub const REJECTION_REASON: &str = "x-rejection-reason";
+    /// `true` on events that arrived as a whole JSON notification, which any role that
+    /// can connect may send (`relay.accept_notify_events`).
+    pub const UNAUTHENTICATED: &str = "x-unauthenticated";
 }
 
 /// The message every subscriber of `event` receives.
@@ -40,6 +44,9 @@ pub fn envelope(event: &Event, app_id: &str) -> Message {
         long_string(&event.organization_id.to_string()),
     );
     put(headers::SOURCE_TABLE, long_string(&event.source_table));
+    if event.source_table == NOTIFY_SOURCE {
+        put(headers::UNAUTHENTICATED, AMQPValue::Boolean(true));
+    }
     put(headers::OUTBOX_ID, AMQPValue::LongLongInt(event.outbox_id));
     put("cloudEvents:specversion", long_string("1.0"));
     put("cloudEvents:id", long_string(&event.event_id.to_string()));
@@ -94,6 +101,9 @@ pub fn dead_letter(dead: &DeadLetter, app_id: &str, now: OffsetDateTime) -> Mess
         long_string(&dead.rejection.reason),
     );
     put(headers::SOURCE_TABLE, long_string(&dead.source_table));
+    if dead.source_table == NOTIFY_SOURCE {
+        put(headers::UNAUTHENTICATED, AMQPValue::Boolean(true));
+    }
     put(headers::OUTBOX_ID, AMQPValue::LongLongInt(dead.outbox_id));
     let body = match &dead.body {
         Value::String(text) => text.clone().into_bytes(),
@@ -238,5 +248,6 @@ mod tests {
             text(header(p, "x-rejection-reason")),
             "payload is not valid JSON"
         );
+        assert_eq!(*header(p, "x-unauthenticated"), AMQPValue::Boolean(true));
     }
 }

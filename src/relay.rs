@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::floor::ClaimFloor;
 use crate::listen::{Notice, PgSession};
 use crate::metrics::{Service, METRICS};
+use crate::notified::NotifyEvents;
 use crate::outbox::Outbox;
 use crate::publish::{PublishError, Publisher};
 use crate::route::Router;
@@ -194,6 +195,8 @@ impl Relay {
         info!(%channel, "leading: relaying events");
         let pause_after_nack = Duration::from_millis(self.settings.relay.reconnect_min_ms);
         let mut notified = Vec::new();
+        let mut notify_events = NotifyEvents::new(self.settings.relay.accept_notify_events);
+        notify_events.announce(channel);
         let mut quiet_polls = 0;
         let mut backlog_measured = Instant::now() - BACKLOG_EVERY;
         let mut floor = ClaimFloor::new(Instant::now());
@@ -216,7 +219,7 @@ impl Relay {
                 backlog_measured = Instant::now();
             }
             floor.rewind_if_due(Instant::now());
-            self.take_in_notified(pg, &outbox, &mut notified, &mut floor)
+            self.take_in_notified(pg, &outbox, &mut notified, &mut notify_events, &mut floor)
                 .await?;
             let sent = match prepared.take() {
                 Some(batch) => Some(self.send(publisher, batch).await?),
@@ -368,17 +371,19 @@ impl Relay {
     }
 
     /// Takes in the notifications received so far ([`take_notice`]) and stores the
-    /// whole-event ones as outbox rows.
+    /// whole-event ones as outbox rows, if they are accepted ([`NotifyEvents`]).
     async fn take_in_notified(
         &self,
         pg: &mut PgSession,
         outbox: &Outbox,
         notified: &mut Vec<String>,
+        notify_events: &mut NotifyEvents,
         floor: &mut ClaimFloor,
     ) -> Result<(), SessionError> {
         while let Some(notice) = pg.try_next_notice() {
             take_notice(notice, notified, floor);
         }
+        notify_events.admit(notified, Instant::now());
         if !notified.is_empty() {
             let stored = self
                 .bounded(outbox.insert_notified(&pg.client, notified))

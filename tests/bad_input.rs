@@ -15,7 +15,7 @@ use tokio::process::Command;
 async fn large_multibyte_text_is_relayed_intact() {
     let mut env = TestEnv::new().await;
     env.seed().await;
-    env.start_relay(&[]);
+    env.start_relay(&[("ITRELAY__RELAY__ACCEPT_NOTIFY_EVENTS", "true")]);
     // 200 KB of multibyte text in the outbox; a 7,900-byte notification, close to
     // Postgres's 8,000-byte limit, cut only at character boundaries.
     let long_text = "Ünïcödé 漢字 🙂 ".repeat(10_000);
@@ -223,6 +223,7 @@ async fn license_keys_never_reach_logs_even_at_debug_level() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_itrelay"))
         .arg("run")
         .envs(env.env_vars())
+        .env("ITRELAY__RELAY__ACCEPT_NOTIFY_EVENTS", "true")
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -154,7 +154,7 @@ async fn unroutable_event_is_dead_lettered() {
 async fn whole_event_notifications_are_relayed_and_bad_ones_dead_lettered() {
     let mut env = TestEnv::new().await;
     env.seed().await;
-    env.start_relay(&[]);
+    env.start_relay(&[("ITRELAY__RELAY__ACCEPT_NOTIFY_EVENTS", "true")]);
     // Once a first event is through, the relay leads and listens.
     env.execute(&ticket_insert("TCK-first")).await;
     env.wait_until_settled(1).await;
@@ -187,6 +187,10 @@ async fn whole_event_notifications_are_relayed_and_bad_ones_dead_lettered() {
     assert_eq!(
         delivered[0].header("source_table").as_deref(),
         Some("notify")
+    );
+    assert_eq!(
+        delivered[0].header("x-unauthenticated").as_deref(),
+        Some("Boolean(true)")
     );
     let dead = env.drain(&env.dead_letter_exchange()).await;
     assert_eq!(dead.len(), 2);

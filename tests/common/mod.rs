@@ -4,6 +4,7 @@
 #![allow(dead_code)] // Each test binary uses its own part of the harness.
 
 pub mod proxy;
+pub mod role;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
