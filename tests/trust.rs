@@ -1,6 +1,7 @@
 //! Who may create an event: only the installed triggers and the roles a DBA granted
 //! `itrelay.enqueue`. A role with no privilege can NOTIFY, but the relay publishes nothing
-//! of it.
+//! of it, and it cannot read another organization's licenses through the IT module's
+//! SECURITY DEFINER compliance function.
 
 mod common;
 
@@ -129,4 +130,35 @@ async fn a_role_granted_enqueue_creates_events_and_nothing_else() {
         Some("enqueue")
     );
     assert_eq!(delivered[0].header("x-unauthenticated"), None);
+}
+
+#[tokio::test]
+async fn license_compliance_is_not_open_to_every_role() {
+    let bare = TestRole::new();
+    let relay = TestRole::new();
+    let env = TestEnv::new().await;
+    env.seed().await;
+    env.execute(&format!(
+        "INSERT INTO it_licenses (organization_id, software_name, software_vendor, license_type,
+                                  license_count, cost_per_license, purchase_date)
+             VALUES ('{OTHER_ORG}', 'Secret Suite', 'V', 'per_user', 10, 1, '2020-01-01')"
+    ))
+    .await;
+    bare.create_bare();
+    relay.apply(&env.db_url);
+    let outsider = connect(&bare.url(&env.database)).await;
+    assert_refused(&outsider, "SELECT * FROM it_licenses").await;
+    assert_refused(
+        &outsider,
+        &format!("SELECT * FROM it_check_license_compliance('{OTHER_ORG}')"),
+    )
+    .await;
+    // The relay's role still runs the compliance scan.
+    let scanner = connect(&relay.url(&env.database)).await;
+    let recorded: i32 = scanner
+        .query_one("SELECT itrelay.scan_license_compliance()", &[])
+        .await
+        .expect("the relay role scans compliance")
+        .get(0);
+    assert_eq!(recorded, 1);
 }
