@@ -528,6 +528,17 @@ pub fn without_timestamp(body: &Value) -> Value {
     body
 }
 
+/// Reads a child's stderr to its end in a task, so that a verbose child (logging at
+/// trace) never blocks on a full pipe; the task yields the text once the child exits.
+pub fn read_stderr(child: &mut tokio::process::Child) -> JoinHandle<String> {
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    tokio::spawn(async move {
+        let mut log = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut log).await;
+        String::from_utf8_lossy(&log).into_owned()
+    })
+}
+
 pub async fn connect(url: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
