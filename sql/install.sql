@@ -58,6 +58,70 @@ CREATE UNLOGGED TABLE IF NOT EXISTS itrelay.relay_state (
     idle      boolean NOT NULL
 );
 
+-- Secrets never enter the outbox: license_key, in any case, is removed at any depth and
+-- replaced by license_key_ref (it_licenses/<license_id>/license_key); a string that is
+-- itself JSON is redacted the same way; other text that uses the name as a key (followed
+-- by : or =, escapes of letters, digits and _ decoded) is cut there and ends in ***.
+-- The relay applies the same rules again (src/redact.rs). Payloads that cannot hold the
+-- name (no "license" and no \u00 escape in their text) are returned as they are.
+CREATE OR REPLACE FUNCTION itrelay.redact(p_value jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_result jsonb;
+    v_key text;
+    v_item jsonb;
+    v_text text;
+    v_hex text;
+    v_at integer;
+BEGIN
+    IF p_value::text !~* '(license|\\u00)' THEN
+        RETURN p_value;
+    END IF;
+    CASE jsonb_typeof(p_value)
+    WHEN 'object' THEN
+        v_result := '{}';
+        FOR v_key, v_item IN SELECT key, value FROM jsonb_each(p_value) LOOP
+            IF lower(v_key) = 'license_key' THEN
+                v_result := v_result || jsonb_build_object('license_key_ref', 'it_licenses/'
+                    || CASE WHEN p_value->>'license_id' ~ '^[A-Za-z0-9_-]{1,64}$'
+                            THEN p_value->>'license_id' ELSE 'unknown' END
+                    || '/license_key');
+            ELSE
+                v_result := v_result || jsonb_build_object(v_key, itrelay.redact(v_item));
+            END IF;
+        END LOOP;
+        RETURN v_result;
+    WHEN 'array' THEN
+        RETURN (SELECT coalesce(jsonb_agg(itrelay.redact(a.value) ORDER BY a.n), '[]'::jsonb)
+                FROM jsonb_array_elements(p_value) WITH ORDINALITY AS a(value, n));
+    WHEN 'string' THEN
+        v_text := p_value #>> '{}';
+        IF ltrim(v_text) ~ '^[{\["]' THEN
+            BEGIN
+                v_item := v_text::jsonb;
+                v_result := itrelay.redact(v_item);
+                RETURN CASE WHEN v_result = v_item THEN p_value ELSE to_jsonb(v_result::text) END;
+            EXCEPTION WHEN invalid_text_representation THEN
+                NULL; -- not JSON: masked as text below
+            END;
+        END IF;
+        FOR v_hex IN SELECT DISTINCT m[1] FROM regexp_matches(v_text, '\\u00([0-9A-Fa-f]{2})', 'g') AS m LOOP
+            IF chr(('x' || v_hex)::bit(8)::integer) ~ '^[A-Za-z0-9_]$' THEN
+                v_text := replace(v_text, '\u00' || v_hex, chr(('x' || v_hex)::bit(8)::integer));
+            END IF;
+        END LOOP;
+        v_at := regexp_instr(v_text, 'license_key["''\\[:space:]]*[:=]', 1, 1, 0, 'i');
+        RETURN CASE WHEN v_at > 0 THEN to_jsonb(left(v_text, v_at - 1) || '***') ELSE p_value END;
+    ELSE
+        RETURN p_value;
+    END CASE;
+END;
+$$;
+
 -- Records one event, and wakes the relay if it is idle. At most one NOTIFY per
 -- transaction: identical notifications in a transaction are folded into one.
 CREATE OR REPLACE FUNCTION itrelay.enqueue(p_event_type text, p_source_table text, p_payload jsonb)
@@ -68,7 +132,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     INSERT INTO itrelay.outbox (event_type, payload, source_table)
-    VALUES (p_event_type, p_payload, p_source_table);
+    VALUES (p_event_type, itrelay.redact(p_payload), p_source_table);
     IF (SELECT idle FROM itrelay.relay_state) THEN
         PERFORM pg_notify('it_events', '');
     END IF;
