@@ -1,7 +1,8 @@
 -- itrelay install, schema version 1.
 --
 -- Creates the relay's own schema `itrelay` (the outbox and its bookkeeping) and one
--- trigger per event on the IT module's tables. Each trigger writes the event to the
+-- trigger per event on the IT module's tables, each named itrelay_..._trigger so that it
+-- never replaces a trigger of the IT module's own. Each trigger writes the event to the
 -- outbox in the business transaction and wakes the relay with NOTIFY on `it_events`:
 -- the event commits with the business write or not at all.
 --
@@ -17,6 +18,33 @@ BEGIN;
 DO $$ BEGIN PERFORM pg_advisory_xact_lock(hashtext('itrelay install')); END $$;
 
 CREATE SCHEMA IF NOT EXISTS itrelay;
+
+-- Everything itrelay puts on the IT tables is named itrelay_...: the IT module names its
+-- own triggers it_..._trigger. Installs before this one used such names too; their
+-- triggers go (only those whose function is itrelay's), then their trigger functions.
+DO $$
+DECLARE
+    old record;
+BEGIN
+    FOR old IN
+        SELECT t.tgname, t.tgrelid::regclass AS on_table
+        FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+        WHERE p.pronamespace = 'itrelay'::regnamespace AND NOT t.tgisinternal
+          AND t.tgname NOT LIKE 'itrelay\_%'
+        ORDER BY 2, 1
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', old.tgname, old.on_table);
+    END LOOP;
+    FOR old IN
+        SELECT p.oid::regprocedure AS function
+        FROM pg_proc p
+        WHERE p.pronamespace = 'itrelay'::regnamespace AND p.prorettype = 'trigger'::regtype
+          AND p.proname LIKE 'it\_notify\_%'
+    LOOP
+        EXECUTE format('DROP FUNCTION %s', old.function);
+    END LOOP;
+END;
+$$;
 
 CREATE TABLE IF NOT EXISTS itrelay.schema_version (
     version      integer PRIMARY KEY,
@@ -159,7 +187,7 @@ $$;
 -- it_asset_purchased: reads it_assets.asset_id, asset_tag, asset_type, asset_name,
 -- purchase_cost, purchase_date, vendor_id, po_number, serial_number, warranty_months,
 -- organization_id, site_id. The relay adds vendor_name from it_vendors.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_asset_purchased()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_asset_purchased()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -189,13 +217,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_assets') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_assets, so no trigger it_asset_purchased_insert_trigger';
+        RAISE NOTICE 'itrelay: no table it_assets, so no trigger itrelay_asset_purchased_insert_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_asset_purchased_insert_trigger
+        CREATE OR REPLACE TRIGGER itrelay_asset_purchased_insert_trigger
             AFTER INSERT ON it_assets
             FOR EACH ROW
             WHEN (NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL)
-            EXECUTE FUNCTION itrelay.it_notify_asset_purchased();
+            EXECUTE FUNCTION itrelay.itrelay_notify_asset_purchased();
     END IF;
 END;
 $$;
@@ -203,14 +231,14 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_assets') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_assets, so no trigger it_asset_purchased_trigger';
+        RAISE NOTICE 'itrelay: no table it_assets, so no trigger itrelay_asset_purchased_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_asset_purchased_trigger
+        CREATE OR REPLACE TRIGGER itrelay_asset_purchased_trigger
             AFTER UPDATE ON it_assets
             FOR EACH ROW
             WHEN (NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL
                   AND (OLD.purchase_cost IS NULL OR OLD.purchase_date IS NULL))
-            EXECUTE FUNCTION itrelay.it_notify_asset_purchased();
+            EXECUTE FUNCTION itrelay.itrelay_notify_asset_purchased();
     END IF;
 END;
 $$;
@@ -218,7 +246,7 @@ $$;
 -- it_asset_disposed: reads it_assets.asset_id, asset_tag, asset_name, disposal_method,
 -- disposal_date, disposal_value, data_sanitization_method, certificate_of_destruction,
 -- updated_by (as disposed_by), organization_id.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_asset_disposed()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_asset_disposed()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -245,13 +273,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_assets') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_assets, so no trigger it_asset_disposed_trigger';
+        RAISE NOTICE 'itrelay: no table it_assets, so no trigger itrelay_asset_disposed_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_asset_disposed_trigger
+        CREATE OR REPLACE TRIGGER itrelay_asset_disposed_trigger
             AFTER UPDATE ON it_assets
             FOR EACH ROW
             WHEN (NEW.status = 'disposed' AND OLD.status IS DISTINCT FROM 'disposed')
-            EXECUTE FUNCTION itrelay.it_notify_asset_disposed();
+            EXECUTE FUNCTION itrelay.itrelay_notify_asset_disposed();
     END IF;
 END;
 $$;
@@ -260,7 +288,7 @@ $$;
 -- previous_assignee_id, site_id, building, room (as location), organization_id,
 -- assigned_by. The relay adds asset_tag, asset_name, asset_type (and the location, when
 -- the assignment has no site) from it_assets, and employee_name from employees.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_asset_assigned()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_asset_assigned()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -287,12 +315,12 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_asset_assignments') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_asset_assignments, so no trigger it_asset_assigned_trigger';
+        RAISE NOTICE 'itrelay: no table it_asset_assignments, so no trigger itrelay_asset_assigned_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_asset_assigned_trigger
+        CREATE OR REPLACE TRIGGER itrelay_asset_assigned_trigger
             AFTER INSERT ON it_asset_assignments
             FOR EACH ROW
-            EXECUTE FUNCTION itrelay.it_notify_asset_assigned();
+            EXECUTE FUNCTION itrelay.itrelay_notify_asset_assigned();
     END IF;
 END;
 $$;
@@ -300,7 +328,7 @@ $$;
 -- it_ticket_created: reads it_tickets.ticket_id, ticket_number, category, subcategory,
 -- priority, subject, description, requester_id, affected_asset_id, organization_id,
 -- site_id. The relay adds requester_name and requester_email from employees.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_ticket_created()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_ticket_created()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -328,12 +356,12 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_tickets') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_tickets, so no trigger it_ticket_created_trigger';
+        RAISE NOTICE 'itrelay: no table it_tickets, so no trigger itrelay_ticket_created_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_ticket_created_trigger
+        CREATE OR REPLACE TRIGGER itrelay_ticket_created_trigger
             AFTER INSERT ON it_tickets
             FOR EACH ROW
-            EXECUTE FUNCTION itrelay.it_notify_ticket_created();
+            EXECUTE FUNCTION itrelay.itrelay_notify_ticket_created();
     END IF;
 END;
 $$;
@@ -341,7 +369,7 @@ $$;
 -- it_ticket_status_changed: reads it_tickets.ticket_id, ticket_number, status (old and
 -- new), requester_id, assigned_to_id, updated_by (as changed_by), resolution_notes,
 -- organization_id.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_ticket_status_changed()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_ticket_status_changed()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -367,13 +395,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_tickets') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_tickets, so no trigger it_ticket_status_changed_trigger';
+        RAISE NOTICE 'itrelay: no table it_tickets, so no trigger itrelay_ticket_status_changed_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_ticket_status_changed_trigger
+        CREATE OR REPLACE TRIGGER itrelay_ticket_status_changed_trigger
             AFTER UPDATE ON it_tickets
             FOR EACH ROW
             WHEN (NEW.status IS DISTINCT FROM OLD.status)
-            EXECUTE FUNCTION itrelay.it_notify_ticket_status_changed();
+            EXECUTE FUNCTION itrelay.itrelay_notify_ticket_status_changed();
     END IF;
 END;
 $$;
@@ -381,7 +409,7 @@ $$;
 -- it_license_renewed: reads it_licenses.license_id, software_name, software_vendor,
 -- expiration_date (old and new), renewal_cost, updated_by (as renewed_by),
 -- organization_id; renewal_date is the day of the update.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_license_renewed()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_license_renewed()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -407,13 +435,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_licenses') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_licenses, so no trigger it_license_renewed_trigger';
+        RAISE NOTICE 'itrelay: no table it_licenses, so no trigger itrelay_license_renewed_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_license_renewed_trigger
+        CREATE OR REPLACE TRIGGER itrelay_license_renewed_trigger
             AFTER UPDATE ON it_licenses
             FOR EACH ROW
             WHEN (NEW.expiration_date > OLD.expiration_date)
-            EXECUTE FUNCTION itrelay.it_notify_license_renewed();
+            EXECUTE FUNCTION itrelay.itrelay_notify_license_renewed();
     END IF;
 END;
 $$;
@@ -421,7 +449,7 @@ $$;
 -- it_asset_maintenance_required: reads it_maintenance_requests.asset_id, maintenance_type,
 -- description, priority, requested_by, organization_id. The relay adds asset_tag,
 -- asset_name and location from it_assets.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_asset_maintenance_required()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_asset_maintenance_required()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -444,12 +472,12 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_maintenance_requests') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_maintenance_requests, so no trigger it_asset_maintenance_required_trigger';
+        RAISE NOTICE 'itrelay: no table it_maintenance_requests, so no trigger itrelay_asset_maintenance_required_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_asset_maintenance_required_trigger
+        CREATE OR REPLACE TRIGGER itrelay_asset_maintenance_required_trigger
             AFTER INSERT ON it_maintenance_requests
             FOR EACH ROW
-            EXECUTE FUNCTION itrelay.it_notify_asset_maintenance_required();
+            EXECUTE FUNCTION itrelay.itrelay_notify_asset_maintenance_required();
     END IF;
 END;
 $$;
@@ -459,7 +487,7 @@ $$;
 -- vendor_id, organization_id; total_cost = license_count * cost_per_license. The
 -- license_key itself is never copied (the contract marks it sensitive): a row that has
 -- one gets license_key_ref = 'it_licenses/<license_id>/license_key' instead.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_license_created()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_license_created()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -489,12 +517,12 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_licenses') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_licenses, so no trigger it_license_created_trigger';
+        RAISE NOTICE 'itrelay: no table it_licenses, so no trigger itrelay_license_created_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_license_created_trigger
+        CREATE OR REPLACE TRIGGER itrelay_license_created_trigger
             AFTER INSERT ON it_licenses
             FOR EACH ROW
-            EXECUTE FUNCTION itrelay.it_notify_license_created();
+            EXECUTE FUNCTION itrelay.itrelay_notify_license_created();
     END IF;
 END;
 $$;
@@ -502,7 +530,7 @@ $$;
 -- it_security_incident_created: reads it_security_incidents.incident_id, incident_number,
 -- incident_type, severity, description, affected_asset_ids, affected_user_ids (uuid[]),
 -- detected_at, reported_by, organization_id, site_id.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_security_incident_created()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_security_incident_created()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -530,12 +558,12 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_security_incidents') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_security_incidents, so no trigger it_security_incident_created_trigger';
+        RAISE NOTICE 'itrelay: no table it_security_incidents, so no trigger itrelay_security_incident_created_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_security_incident_created_trigger
+        CREATE OR REPLACE TRIGGER itrelay_security_incident_created_trigger
             AFTER INSERT ON it_security_incidents
             FOR EACH ROW
-            EXECUTE FUNCTION itrelay.it_notify_security_incident_created();
+            EXECUTE FUNCTION itrelay.itrelay_notify_security_incident_created();
     END IF;
 END;
 $$;
@@ -543,7 +571,7 @@ $$;
 -- it_critical_vulnerability_detected: reads it_vulnerabilities.vulnerability_id, cve_id,
 -- vulnerability_name, severity, cvss_score, affected_asset_ids (uuid[]; its cardinality
 -- is affected_asset_count), remediation_available, patch_id, organization_id.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_critical_vulnerability_detected()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_critical_vulnerability_detected()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -571,13 +599,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_vulnerabilities') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_vulnerabilities, so no trigger it_critical_vulnerability_detected_insert_trigger';
+        RAISE NOTICE 'itrelay: no table it_vulnerabilities, so no trigger itrelay_critical_vulnerability_detected_insert_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_critical_vulnerability_detected_insert_trigger
+        CREATE OR REPLACE TRIGGER itrelay_critical_vulnerability_detected_insert_trigger
             AFTER INSERT ON it_vulnerabilities
             FOR EACH ROW
             WHEN (NEW.severity = 'critical')
-            EXECUTE FUNCTION itrelay.it_notify_critical_vulnerability_detected();
+            EXECUTE FUNCTION itrelay.itrelay_notify_critical_vulnerability_detected();
     END IF;
 END;
 $$;
@@ -585,13 +613,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_vulnerabilities') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_vulnerabilities, so no trigger it_critical_vulnerability_detected_trigger';
+        RAISE NOTICE 'itrelay: no table it_vulnerabilities, so no trigger itrelay_critical_vulnerability_detected_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_critical_vulnerability_detected_trigger
+        CREATE OR REPLACE TRIGGER itrelay_critical_vulnerability_detected_trigger
             AFTER UPDATE ON it_vulnerabilities
             FOR EACH ROW
             WHEN (NEW.severity = 'critical' AND OLD.severity IS DISTINCT FROM 'critical')
-            EXECUTE FUNCTION itrelay.it_notify_critical_vulnerability_detected();
+            EXECUTE FUNCTION itrelay.itrelay_notify_critical_vulnerability_detected();
     END IF;
 END;
 $$;
@@ -600,7 +628,7 @@ $$;
 -- requester_id, request_type, estimated_cost, justification, vendor_id, organization_id,
 -- site_id. The relay adds requester_name from employees and, when there is a vendor,
 -- vendor_name from it_vendors.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_purchase_request_submitted()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_purchase_request_submitted()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -626,13 +654,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_purchase_requests') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger it_purchase_request_submitted_insert_trigger';
+        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger itrelay_purchase_request_submitted_insert_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_purchase_request_submitted_insert_trigger
+        CREATE OR REPLACE TRIGGER itrelay_purchase_request_submitted_insert_trigger
             AFTER INSERT ON it_purchase_requests
             FOR EACH ROW
             WHEN (NEW.approval_status = 'submitted')
-            EXECUTE FUNCTION itrelay.it_notify_purchase_request_submitted();
+            EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_submitted();
     END IF;
 END;
 $$;
@@ -640,13 +668,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_purchase_requests') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger it_purchase_request_submitted_trigger';
+        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger itrelay_purchase_request_submitted_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_purchase_request_submitted_trigger
+        CREATE OR REPLACE TRIGGER itrelay_purchase_request_submitted_trigger
             AFTER UPDATE ON it_purchase_requests
             FOR EACH ROW
             WHEN (NEW.approval_status = 'submitted' AND OLD.approval_status IS DISTINCT FROM 'submitted')
-            EXECUTE FUNCTION itrelay.it_notify_purchase_request_submitted();
+            EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_submitted();
     END IF;
 END;
 $$;
@@ -655,7 +683,7 @@ $$;
 -- requester_id, request_type, estimated_cost, vendor_id, updated_by (as approved_by),
 -- approval_notes, organization_id; approved_at is the transaction time. The relay adds
 -- vendor_name from it_vendors when there is a vendor.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_purchase_request_approved()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_purchase_request_approved()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -682,13 +710,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_purchase_requests') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger it_purchase_request_approved_insert_trigger';
+        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger itrelay_purchase_request_approved_insert_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_purchase_request_approved_insert_trigger
+        CREATE OR REPLACE TRIGGER itrelay_purchase_request_approved_insert_trigger
             AFTER INSERT ON it_purchase_requests
             FOR EACH ROW
             WHEN (NEW.approval_status = 'approved')
-            EXECUTE FUNCTION itrelay.it_notify_purchase_request_approved();
+            EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_approved();
     END IF;
 END;
 $$;
@@ -696,13 +724,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_purchase_requests') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger it_purchase_request_approved_trigger';
+        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger itrelay_purchase_request_approved_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_purchase_request_approved_trigger
+        CREATE OR REPLACE TRIGGER itrelay_purchase_request_approved_trigger
             AFTER UPDATE ON it_purchase_requests
             FOR EACH ROW
             WHEN (NEW.approval_status = 'approved' AND OLD.approval_status IS DISTINCT FROM 'approved')
-            EXECUTE FUNCTION itrelay.it_notify_purchase_request_approved();
+            EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_approved();
     END IF;
 END;
 $$;
@@ -712,7 +740,7 @@ $$;
 -- the request's it_purchase_request_items with quantity_received > 0 (item_description,
 -- quantity_received as quantity, serial_numbers), in line_number order. Record the
 -- items before (or in the same statement as) setting received_date.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_purchase_request_received()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_purchase_request_received()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -748,13 +776,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_purchase_requests') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger it_purchase_request_received_trigger';
+        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger itrelay_purchase_request_received_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_purchase_request_received_trigger
+        CREATE OR REPLACE TRIGGER itrelay_purchase_request_received_trigger
             AFTER UPDATE ON it_purchase_requests
             FOR EACH ROW
             WHEN (NEW.received_date IS NOT NULL AND OLD.received_date IS NULL)
-            EXECUTE FUNCTION itrelay.it_notify_purchase_request_received();
+            EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_received();
     END IF;
 END;
 $$;
@@ -762,7 +790,7 @@ $$;
 -- it_provisioning_started / it_provisioning_completed: reads
 -- it_onboarding_instances.onboarding_instance_id, employee_id, status (old and new),
 -- updated_by (as changed_by), completed_at (completed only), organization_id.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_provisioning_status()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_provisioning_status()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -789,13 +817,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_onboarding_instances') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_onboarding_instances, so no trigger it_provisioning_status_trigger';
+        RAISE NOTICE 'itrelay: no table it_onboarding_instances, so no trigger itrelay_provisioning_status_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_provisioning_status_trigger
+        CREATE OR REPLACE TRIGGER itrelay_provisioning_status_trigger
             AFTER UPDATE ON it_onboarding_instances
             FOR EACH ROW
             WHEN (NEW.status IN ('in_progress', 'completed') AND NEW.status IS DISTINCT FROM OLD.status)
-            EXECUTE FUNCTION itrelay.it_notify_provisioning_status();
+            EXECUTE FUNCTION itrelay.itrelay_notify_provisioning_status();
     END IF;
 END;
 $$;
@@ -803,7 +831,7 @@ $$;
 -- it_account_provisioned / it_account_deactivated: reads it_access_accounts.account_id,
 -- employee_id, system_name, account_username, status (old and new), updated_by (as
 -- changed_by), deactivation_reason (as reason, deactivated only), organization_id.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_account_status()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_account_status()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -832,13 +860,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_access_accounts') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_access_accounts, so no trigger it_account_status_trigger';
+        RAISE NOTICE 'itrelay: no table it_access_accounts, so no trigger itrelay_account_status_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_account_status_trigger
+        CREATE OR REPLACE TRIGGER itrelay_account_status_trigger
             AFTER UPDATE ON it_access_accounts
             FOR EACH ROW
             WHEN (NEW.status IN ('active', 'deactivated') AND NEW.status IS DISTINCT FROM OLD.status)
-            EXECUTE FUNCTION itrelay.it_notify_account_status();
+            EXECUTE FUNCTION itrelay.itrelay_notify_account_status();
     END IF;
 END;
 $$;
@@ -846,7 +874,7 @@ $$;
 -- it_report_generated / it_report_failed (draft): reads it_report_runs.run_id, report_id,
 -- report_name, format, status, requested_by, organization_id; generated also
 -- document_id; failed also error_code, error_message, retryable.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_report_run_status()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_report_run_status()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -877,13 +905,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_report_runs') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_report_runs, so no trigger it_report_run_status_insert_trigger';
+        RAISE NOTICE 'itrelay: no table it_report_runs, so no trigger itrelay_report_run_status_insert_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_report_run_status_insert_trigger
+        CREATE OR REPLACE TRIGGER itrelay_report_run_status_insert_trigger
             AFTER INSERT ON it_report_runs
             FOR EACH ROW
             WHEN (NEW.status IN ('completed', 'failed'))
-            EXECUTE FUNCTION itrelay.it_notify_report_run_status();
+            EXECUTE FUNCTION itrelay.itrelay_notify_report_run_status();
     END IF;
 END;
 $$;
@@ -891,13 +919,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_report_runs') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_report_runs, so no trigger it_report_run_status_trigger';
+        RAISE NOTICE 'itrelay: no table it_report_runs, so no trigger itrelay_report_run_status_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_report_run_status_trigger
+        CREATE OR REPLACE TRIGGER itrelay_report_run_status_trigger
             AFTER UPDATE ON it_report_runs
             FOR EACH ROW
             WHEN (NEW.status IN ('completed', 'failed') AND NEW.status IS DISTINCT FROM OLD.status)
-            EXECUTE FUNCTION itrelay.it_notify_report_run_status();
+            EXECUTE FUNCTION itrelay.itrelay_notify_report_run_status();
     END IF;
 END;
 $$;
@@ -910,7 +938,7 @@ $$;
 -- reason, rejected and rolled_back only), cab_review_required, cab_review_reason,
 -- organization_id. A submission also asks for a CAB review when risk_level is high or
 -- critical or cab_review_required is set; that event follows it_change_submitted.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_change_status()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_change_status()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -959,13 +987,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_changes') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_changes, so no trigger it_change_status_insert_trigger';
+        RAISE NOTICE 'itrelay: no table it_changes, so no trigger itrelay_change_status_insert_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_change_status_insert_trigger
+        CREATE OR REPLACE TRIGGER itrelay_change_status_insert_trigger
             AFTER INSERT ON it_changes
             FOR EACH ROW
             WHEN (NEW.status = 'submitted')
-            EXECUTE FUNCTION itrelay.it_notify_change_status();
+            EXECUTE FUNCTION itrelay.itrelay_notify_change_status();
     END IF;
 END;
 $$;
@@ -973,14 +1001,14 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_changes') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_changes, so no trigger it_change_status_trigger';
+        RAISE NOTICE 'itrelay: no table it_changes, so no trigger itrelay_change_status_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_change_status_trigger
+        CREATE OR REPLACE TRIGGER itrelay_change_status_trigger
             AFTER UPDATE ON it_changes
             FOR EACH ROW
             WHEN (NEW.status IN ('submitted', 'approved', 'rejected', 'scheduled', 'implemented', 'rolled_back')
                   AND NEW.status IS DISTINCT FROM OLD.status)
-            EXECUTE FUNCTION itrelay.it_notify_change_status();
+            EXECUTE FUNCTION itrelay.itrelay_notify_change_status();
     END IF;
 END;
 $$;

@@ -58,7 +58,7 @@ async fn the_relay_role_delivers_events_and_can_do_nothing_else() {
         "DROP TABLE itrelay.outbox".to_owned(),
         "CREATE TABLE itrelay.extra (x integer)".to_owned(),
         "CREATE TABLE public.extra (x integer)".to_owned(),
-        "DROP TRIGGER it_asset_purchased_trigger ON it_assets".to_owned(),
+        "DROP TRIGGER itrelay_asset_purchased_trigger ON it_assets".to_owned(),
     ];
     for sql in &forbidden {
         let error = relay
