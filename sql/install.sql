@@ -194,7 +194,10 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM itrelay.enqueue('it_asset_purchased', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
+    -- Once per asset, ever: clearing purchase_cost or purchase_date and setting it again
+    -- does not capitalise the asset a second time.
+    PERFORM itrelay.record_due('it_asset_purchased', NEW.asset_id, 'first set', 0, TG_TABLE_NAME,
+        jsonb_strip_nulls(jsonb_build_object(
         'event_type', 'it_asset_purchased',
         'asset_id', NEW.asset_id,
         'asset_tag', NEW.asset_tag,
@@ -213,7 +216,8 @@ END;
 $$;
 
 -- Fires when purchase_cost and purchase_date are first both set: on insert with both,
--- or on the update that sets the second of them.
+-- or on the update that sets the second of them; once per asset (itrelay.due_events
+-- remembers it), so setting them again after clearing one fires nothing.
 DO $$
 BEGIN
     IF to_regclass('it_assets') IS NULL THEN
@@ -1025,7 +1029,8 @@ $$;
 -- was recorded under a unique key, and an event is enqueued only by the scan whose
 -- insert of that key succeeded, so neither a restart nor two concurrent scans repeat it.
 
--- What the scans have recorded. basis is what the due time derives from (an expiration
+-- What the scans have recorded, and the row events that fire once per subject ever
+-- (it_asset_purchased, basis 'first set'). basis is what the due time derives from (an expiration
 -- or target date, an SLA type, a compliance status): a new basis re-arms the event.
 -- threshold orders the thresholds of one basis, the tightest lowest (days before
 -- expiration; 0 critical, 1 warning): a threshold fires only while no tighter or equal
