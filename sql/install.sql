@@ -1150,7 +1150,11 @@ $$;
 -- it_sla_policies row (organization_id, priority): response_hours, resolution_hours.
 -- A target is breached once created_at + its hours has passed without a response
 -- (resolution) by then; a late response (resolution) counts, so a scan that was not
--- running at the time catches up. Basis: the SLA type; fires once per ticket and type.
+-- running at the time catches up. The response is met at the earlier of
+-- first_response_at and resolved_at: resolving a ticket answers it. A ticket whose status
+-- is 'resolved' or 'closed' without the time it was met has no measurable breach and
+-- fires nothing (actual_hours would otherwise run to the scan time). Basis: the SLA
+-- type; fires once per ticket and type.
 CREATE OR REPLACE FUNCTION itrelay.scan_sla_breaches(p_now timestamptz DEFAULT now())
 RETURNS integer
 LANGUAGE plpgsql
@@ -1174,11 +1178,12 @@ BEGIN
         FROM it_tickets t
         JOIN it_sla_policies p ON p.organization_id = t.organization_id AND p.priority = t.priority
         CROSS JOIN LATERAL (VALUES
-            ('response', p.response_hours, t.first_response_at),
+            ('response', p.response_hours, least(t.first_response_at, t.resolved_at)),
             ('resolution', p.resolution_hours, t.resolved_at)) AS s(sla_type, target_hours, met_at)
         CROSS JOIN LATERAL (
             SELECT t.created_at + s.target_hours::double precision * interval '1 hour' AS breach_time) b
-        WHERE b.breach_time < p_now AND (s.met_at IS NULL OR s.met_at > b.breach_time));
+        WHERE b.breach_time < p_now AND (s.met_at IS NULL OR s.met_at > b.breach_time)
+          AND NOT (s.met_at IS NULL AND t.status IN ('resolved', 'closed')));
 END;
 $$;
 
