@@ -1245,7 +1245,14 @@ AS $$
     DELETE FROM itrelay.due_events WHERE event_type = p_event_type AND subject_id = p_subject_id;
 $$;
 
-CREATE OR REPLACE FUNCTION itrelay.scan_license_compliance(p_now timestamptz DEFAULT now())
+-- A new license has no seats assigned yet: for p_grace_days after its purchase_date it
+-- is not reported under-utilized (over-deployment is reported at any age).
+-- Earlier versions had no grace parameter.
+DROP FUNCTION IF EXISTS itrelay.scan_due_events(timestamptz);
+DROP FUNCTION IF EXISTS itrelay.scan_license_compliance(timestamptz);
+
+CREATE OR REPLACE FUNCTION itrelay.scan_license_compliance(p_now timestamptz DEFAULT now(),
+    p_grace_days integer DEFAULT 30)
 RETURNS integer
 LANGUAGE plpgsql
 AS $$
@@ -1259,6 +1266,9 @@ BEGIN
                itrelay.compliance_threshold(c.compliance_status, c.variance_percent) AS level
         FROM (SELECT DISTINCT organization_id FROM it_licenses) o
         CROSS JOIN LATERAL it_check_license_compliance(o.organization_id) c
+        JOIN it_licenses l ON l.license_id = c.license_id
+        WHERE NOT (c.compliance_status = 'under_utilized'
+                   AND (p_now AT TIME ZONE 'UTC')::date - l.purchase_date < p_grace_days)
     LOOP
         IF r.level IS NULL THEN
             PERFORM itrelay.rearm_due('it_license_compliance_alert', r.license_id);
@@ -1283,9 +1293,11 @@ BEGIN
 END;
 $$;
 
--- Every scan above, as of p_now; how many events they recorded. From pg_cron:
+-- Every scan above, as of p_now, with p_license_grace_days for new licenses (the
+-- daemon passes scan.license_grace_days); how many events they recorded. From pg_cron:
 --   SELECT cron.schedule('itrelay-due-events', '* * * * *', 'SELECT itrelay.scan_due_events()');
-CREATE OR REPLACE FUNCTION itrelay.scan_due_events(p_now timestamptz DEFAULT now())
+CREATE OR REPLACE FUNCTION itrelay.scan_due_events(p_now timestamptz DEFAULT now(),
+    p_license_grace_days integer DEFAULT 30)
 RETURNS integer
 LANGUAGE sql
 AS $$
@@ -1293,7 +1305,7 @@ AS $$
          + itrelay.scan_licenses_expiring(p_now)
          + itrelay.scan_sla_breaches(p_now)
          + itrelay.scan_patches_overdue(p_now)
-         + itrelay.scan_license_compliance(p_now);
+         + itrelay.scan_license_compliance(p_now, p_license_grace_days);
 $$;
 
 -- ==== Privileges ====

@@ -177,6 +177,8 @@ pub struct ScanSettings {
     pub enabled: bool,
     /// Seconds between two scans.
     pub interval_secs: u64,
+    /// Days after its purchase_date during which a license is not reported under-utilized.
+    pub license_grace_days: i32,
 }
 
 impl Settings {
@@ -296,6 +298,12 @@ impl Settings {
             ));
         }
         self.validate_relay()?;
+        if !(0..=3650).contains(&self.scan.license_grace_days) {
+            return Err(ConfigError::invalid(
+                "scan.license_grace_days",
+                "must be between 0 and 3650 (ten years)",
+            ));
+        }
         if !(1..=86_400).contains(&self.scan.interval_secs) {
             return Err(ConfigError::invalid(
                 "scan.interval_secs",

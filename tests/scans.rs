@@ -614,3 +614,57 @@ async fn each_sla_path_and_a_resolution_counts_as_the_response() {
         ]
     );
 }
+
+/// The license ids of the outbox's events, sorted.
+async fn alerted_licenses(env: &TestEnv) -> Vec<String> {
+    env.client
+        .query(
+            "SELECT payload->>'license_id' FROM itrelay.outbox ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("alerts")
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn new_licenses_are_not_under_utilized_during_their_grace_period() {
+    let new = "d1000000-0000-4000-8000-000000000001";
+    let old = "d2000000-0000-4000-8000-000000000001";
+    let new_over = "d3000000-0000-4000-8000-000000000001";
+    let env = scan_env(&format!(
+        "{}{}{}
+         UPDATE it_licenses SET purchase_date = '2026-02-20' WHERE license_id = '{new}';
+         UPDATE it_licenses SET purchase_date = '2026-02-25' WHERE license_id = '{new_over}';",
+        license(new, "2027-06-01", 10, 0),
+        license(old, "2027-06-01", 10, 0),
+        license(new_over, "2027-06-01", 2, 3),
+    ))
+    .await;
+    // Nine days old and unused: within the default 30 days. Over-deployed is reported
+    // whatever the age.
+    assert_eq!(scan(&env, NOW).await, 2);
+    assert_eq!(alerted_licenses(&env).await, [old, new_over]);
+    // 31 days old.
+    assert_eq!(scan(&env, "2026-03-23T09:00:00Z").await, 1);
+    assert_eq!(alerted_licenses(&env).await, [new, old, new_over]);
+
+    // The grace is a parameter (the daemon passes scan.license_grace_days).
+    let env = scan_env(&license(new, "2027-06-01", 10, 0)).await;
+    env.execute(&format!(
+        "UPDATE it_licenses SET purchase_date = '2026-02-20' WHERE license_id = '{new}'"
+    ))
+    .await;
+    let recorded: i32 = env
+        .client
+        .query_one(
+            "SELECT itrelay.scan_due_events($1::text::timestamptz, 5)",
+            &[&NOW],
+        )
+        .await
+        .expect("scan with a grace of 5 days")
+        .get(0);
+    assert_eq!(recorded, 1);
+}
