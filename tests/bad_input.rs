@@ -282,19 +282,16 @@ async fn license_keys_never_reach_logs_even_at_debug_level() {
 async fn at_trace_level_no_password_nor_event_body_reaches_the_log() {
     let env = TestEnv::new().await;
     env.seed().await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_itrelay"))
-        .arg("run")
-        .envs(env.env_vars())
-        // Unroutable: the broker returns the message, body and all, to the relay.
-        .env("ITRELAY__ROUTES__IT_TICKET_CREATED", "NOBODY")
-        // A whole-event notification is stored with its body as a statement parameter.
-        .env("ITRELAY__RELAY__ACCEPT_NOTIFY_EVENTS", "true")
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn itrelay run");
+    let mut child = spawn_run(
+        &env,
+        "trace",
+        &[
+            // Unroutable: the broker returns the message, body and all, to the relay.
+            ("ITRELAY__ROUTES__IT_TICKET_CREATED", "NOBODY"),
+            // A whole-event notification is stored with its body as a statement parameter.
+            ("ITRELAY__RELAY__ACCEPT_NOTIFY_EVENTS", "true"),
+        ],
+    );
     let log = read_stderr(&mut child);
     env.execute(&format!(
         "INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)

@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::process::Stdio;
-
 use common::*;
 use serde_json::{json, Value};
+use std::io::{Read, Write};
 use tokio::process::Command;
 
 /// What every planted secret contains; no output may.
@@ -139,18 +137,16 @@ async fn a_planted_secret_reaches_no_output() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_itrelay"))
-        .arg("run")
-        .envs(env.env_vars())
-        .env("ITRELAY__RELAY__ACCEPT_NOTIFY_EVENTS", "true")
-        .env("ITRELAY__HTTP__ENABLED", "true")
-        .env("ITRELAY__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn itrelay run");
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = spawn_run(
+        &env,
+        "trace",
+        &[
+            ("ITRELAY__RELAY__ACCEPT_NOTIFY_EVENTS", "true"),
+            ("ITRELAY__HTTP__ENABLED", "true"),
+            ("ITRELAY__HTTP__LISTEN", &listen),
+        ],
+    );
     let log = read_stderr(&mut child);
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
