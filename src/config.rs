@@ -116,6 +116,8 @@ pub struct RelaySettings {
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
     pub standby_retry_ms: u64,
+    /// Relay whole JSON events sent with NOTIFY (unauthenticated, lossy); off by default.
+    pub accept_notify_events: bool,
 }
 
 /// What becomes of copies (event × subscriber module) not confirmed at the first try.
@@ -211,6 +213,8 @@ pub struct ScanSettings {
     pub enabled: bool,
     /// Seconds between two scans.
     pub interval_secs: u64,
+    /// Days after its purchase_date during which a license is not reported under-utilized.
+    pub license_grace_days: i32,
 }
 
 impl Settings {
@@ -331,6 +335,12 @@ impl Settings {
         }
         self.validate_relay()?;
         self.validate_delivery()?;
+        if !(0..=3650).contains(&self.scan.license_grace_days) {
+            return Err(ConfigError::invalid(
+                "scan.license_grace_days",
+                "must be between 0 and 3650 (ten years)",
+            ));
+        }
         if !(1..=86_400).contains(&self.scan.interval_secs) {
             return Err(ConfigError::invalid(
                 "scan.interval_secs",

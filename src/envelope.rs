@@ -8,6 +8,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::event::{DeadLetter, Event, OutboxRow};
+use crate::outbox::NOTIFY_SOURCE;
 
 /// A message ready to publish to one or more exchanges.
 #[derive(Debug, Clone)]
@@ -27,6 +28,9 @@ pub mod headers {
     pub const REJECTION_REASON: &str = "x-rejection-reason";
     /// On a dead letter that stands for one subscriber's copy: that subscriber module.
     pub const REJECTED_FOR_MODULE: &str = "x-rejected-for-module";
+    /// `true` on events that arrived as a whole JSON notification, which any role that
+    /// can connect may send (`relay.accept_notify_events`).
+    pub const UNAUTHENTICATED: &str = "x-unauthenticated";
 }
 
 /// The message every subscriber of `event` receives.
@@ -42,6 +46,9 @@ pub fn envelope(event: &Event, app_id: &str) -> Message {
         long_string(&event.organization_id.to_string()),
     );
     put(headers::SOURCE_TABLE, long_string(&event.source_table));
+    if event.source_table == NOTIFY_SOURCE {
+        put(headers::UNAUTHENTICATED, AMQPValue::Boolean(true));
+    }
     put(headers::OUTBOX_ID, AMQPValue::LongLongInt(event.outbox_id));
     put("cloudEvents:specversion", long_string("1.0"));
     put("cloudEvents:id", long_string(&event.event_id.to_string()));
@@ -96,6 +103,9 @@ pub fn dead_letter(dead: &DeadLetter, app_id: &str, now: OffsetDateTime) -> Mess
         long_string(&dead.rejection.reason),
     );
     put(headers::SOURCE_TABLE, long_string(&dead.source_table));
+    if dead.source_table == NOTIFY_SOURCE {
+        put(headers::UNAUTHENTICATED, AMQPValue::Boolean(true));
+    }
     put(headers::OUTBOX_ID, AMQPValue::LongLongInt(dead.outbox_id));
     if let Some(module) = &dead.module {
         put(headers::REJECTED_FOR_MODULE, long_string(module));
@@ -245,5 +255,6 @@ mod tests {
             text(header(p, "x-rejection-reason")),
             "payload is not valid JSON"
         );
+        assert_eq!(*header(p, "x-unauthenticated"), AMQPValue::Boolean(true));
     }
 }

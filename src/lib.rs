@@ -47,6 +47,7 @@ pub mod http;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
+pub mod notified;
 pub mod ops;
 pub mod outbox;
 pub mod publish;

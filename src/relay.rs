@@ -19,6 +19,7 @@ use crate::delivery::Gates;
 use crate::floor::ClaimFloor;
 use crate::listen::{Notice, PgSession};
 use crate::metrics::{Service, METRICS};
+use crate::notified::NotifyEvents;
 use crate::outbox::Outbox;
 use crate::publish::{PublishError, Publisher};
 use crate::route::Router;
@@ -199,6 +200,8 @@ impl Relay {
         self.bounded(outbox.set_idle(&pg.client, false)).await?;
         info!(%channel, "leading: relaying events");
         let mut notified = Vec::new();
+        let mut notify_events = NotifyEvents::new(self.settings.relay.accept_notify_events);
+        notify_events.announce(channel);
         let mut quiet_polls = 0;
         let mut backlog_measured = Instant::now() - BACKLOG_EVERY;
         let mut floor = ClaimFloor::new(Instant::now());
@@ -220,8 +223,15 @@ impl Relay {
                 backlog_measured = Instant::now();
             }
             floor.rewind_if_due(Instant::now());
-            self.take_in_notified(pg, &outbox, &mut notified, &mut floor, &mut gates)
-                .await?;
+            self.take_in_notified(
+                pg,
+                &outbox,
+                &mut notified,
+                &mut notify_events,
+                &mut floor,
+                &mut gates,
+            )
+            .await?;
             let must_settle_first = in_flight.as_ref().is_some_and(|batch| {
                 gates.due(Instant::now())
                     || prepared
@@ -398,18 +408,20 @@ impl Relay {
     }
 
     /// Takes in the notifications received so far ([`take_notice`]) and stores the
-    /// whole-event ones as outbox rows.
+    /// whole-event ones as outbox rows, if they are accepted ([`NotifyEvents`]).
     async fn take_in_notified(
         &self,
         pg: &mut PgSession,
         outbox: &Outbox,
         notified: &mut Vec<String>,
+        notify_events: &mut NotifyEvents,
         floor: &mut ClaimFloor,
         gates: &mut Gates,
     ) -> Result<(), SessionError> {
         while let Some(notice) = pg.try_next_notice() {
             take_notice(notice, notified, floor, gates);
         }
+        notify_events.admit(notified, Instant::now());
         if !notified.is_empty() {
             let stored = self
                 .bounded(outbox.insert_notified(&pg.client, notified))

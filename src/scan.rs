@@ -15,8 +15,9 @@ use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::listen::{ConnectError, PgSession};
 
-/// The statement each scan runs: every time-based scan, as of the database's `now()`.
-pub const SCAN_SQL: &str = "SELECT itrelay.scan_due_events()";
+/// The statement each scan runs: every time-based scan, as of the database's `now()`,
+/// with `scan.license_grace_days` as $1.
+pub const SCAN_SQL: &str = "SELECT itrelay.scan_due_events(now(), $1)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -84,7 +85,8 @@ async fn scan_once(settings: &Settings, session: &mut Option<PgSession>) -> Resu
         None => session.insert(PgSession::connect(&settings.postgres).await?),
     };
     let limit = settings.query_timeout();
-    let row = tokio::time::timeout(limit, pg.client.query_one(SCAN_SQL, &[]))
+    let grace = settings.scan.license_grace_days;
+    let row = tokio::time::timeout(limit, pg.client.query_one(SCAN_SQL, &[&grace]))
         .await
         .map_err(|_| ScanError::Timeout(limit))??;
     Ok(row.try_get(0)?)
