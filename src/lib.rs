@@ -26,6 +26,8 @@
 //! embedded SQL that DBAs apply, [`tls`] how both connections are secured.
 //! [`scan`] runs the SQL scans that record time-based events (expirations, SLA breaches).
 //! [`describe`] and [`asyncapi`] render the catalog for people and for tools.
+//! [`health`] holds readiness for `/readyz` ([`http`]); [`metrics`], [`gauges`] and
+//! [`process`] what `/metrics` exports.
 
 pub mod asyncapi;
 pub mod backoff;
@@ -40,12 +42,15 @@ pub mod enrich;
 pub mod envelope;
 pub mod event;
 pub mod floor;
+pub mod gauges;
+pub mod health;
 pub mod http;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod outbox;
+pub mod process;
 pub mod publish;
 pub mod redact;
 pub mod relay;

@@ -7,12 +7,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use itrelay::config::{LogFormat, Settings};
+use itrelay::health::Health;
 use itrelay::listen::PgSession;
+use itrelay::metrics::METRICS;
 use itrelay::publish::Publisher;
 use itrelay::relay::Relay;
 use itrelay::route::Router;
 use itrelay::{
-    asyncapi, canary, demo, describe, http, logging, ops, retention, scan, shutdown, sql,
+    asyncapi, canary, demo, describe, gauges, http, logging, ops, retention, scan, shutdown, sql,
 };
 
 /// Relays IT-module events from Postgres to RabbitMQ: validated, enriched, confirmed.
@@ -161,21 +163,25 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
     match command {
         Command::Run => {
             let shutdown = shutdown::on_signals().context("installing signal handlers")?;
+            let health = Health::default();
             let server = if settings.http.enabled {
                 let address = settings.http.address()?;
-                let server = http::bind(address, shutdown.clone())
+                let server = http::bind(address, health.clone(), shutdown.clone())
                     .await
                     .with_context(|| format!("http.listen: cannot listen on {address}"))?;
                 Some(tokio::spawn(server))
             } else {
                 None
             };
-            let relay = Relay::new(settings.clone())?;
+            let relay = Relay::new(settings.clone())?.with_health(health.clone());
+            METRICS.prime(&Router::from_settings(&settings));
             let retention = tokio::spawn(retention::run(settings.clone(), shutdown.clone()));
-            let canary = tokio::spawn(canary::run(settings.clone(), shutdown.clone()));
+            let canary = tokio::spawn(canary::run(settings.clone(), health, shutdown.clone()));
+            let gauges = tokio::spawn(gauges::run(settings.clone(), shutdown.clone()));
             let scans = tokio::spawn(scan::run(settings, shutdown.clone()));
             relay.run(shutdown).await;
             scans.await.context("due-event scans")?;
+            gauges.await.context("outbox gauges")?;
             retention.await.context("retention")?;
             canary.await.context("canary")?;
             if let Some(server) = server {

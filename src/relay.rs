@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -15,6 +14,7 @@ use crate::backoff::Backoff;
 use crate::batch::{InFlight, Prepared};
 use crate::config::Settings;
 use crate::floor::ClaimFloor;
+use crate::health::{Health, Role};
 use crate::listen::{Notice, PgSession};
 use crate::metrics::{Service, METRICS};
 use crate::outbox::Outbox;
@@ -26,8 +26,10 @@ use crate::validate::Validators;
 /// a row find nothing, it goes idle and waits for NOTIFY.
 const BUSY_POLL: Duration = Duration::from_millis(1);
 const QUIET_POLLS: u32 = 32;
-/// How often the leader measures the backlog for `/metrics`.
+/// The longest idle wait between two looks at the outbox.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+/// How often the broker connection's blocked state is looked at, for `/readyz`.
+const BLOCKED_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a session with the services ended.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,7 @@ pub struct Relay {
     pub(crate) settings: Settings,
     pub(crate) router: Router,
     pub(crate) validators: Validators,
+    pub(crate) health: Health,
 }
 
 impl Relay {
@@ -71,7 +74,14 @@ impl Relay {
             router: Router::from_settings(&settings),
             validators: Validators::for_catalog()?,
             settings,
+            health: Health::default(),
         })
+    }
+
+    /// Reports readiness to `health` (shared with `/readyz`) instead of a private one.
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
     }
 
     /// Relays until `shutdown` is cancelled, reconnecting as often as it takes.
@@ -111,24 +121,26 @@ impl Relay {
             self.settings.confirm_timeout(),
         )
         .await?;
-        METRICS.set_connected(Service::Rabbitmq, true);
+        self.health.set_connected(Service::Rabbitmq, true);
         let amqp_failed = publisher.failure_signal();
-        let outcome = async {
+        let work = async {
             let mut pg = self
                 .bounded(PgSession::connect(&self.settings.postgres))
                 .await?;
-            METRICS.set_connected(Service::Postgres, true);
+            self.health.set_connected(Service::Postgres, true);
             if !self.await_leadership(&pg, shutdown).await? {
                 return Ok(());
             }
             backoff.reset();
             self.lead(&mut pg, &publisher, &amqp_failed, shutdown).await
-        }
-        .await;
-        METRICS.leader.set(0);
-        METRICS.standby.set(0);
-        METRICS.set_connected(Service::Postgres, false);
-        METRICS.set_connected(Service::Rabbitmq, false);
+        };
+        let outcome = tokio::select! {
+            outcome = work => outcome,
+            () = self.health.watch_broker(BLOCKED_EVERY, || publisher.blocked()) => Ok(()),
+        };
+        self.health.set_role(Role::None);
+        self.health.set_connected(Service::Postgres, false);
+        self.health.set_connected(Service::Rabbitmq, false);
         publisher.close().await;
         outcome
     }
@@ -157,7 +169,7 @@ impl Relay {
         while !self.bounded(pg.try_lead(channel)).await? {
             if !announced {
                 info!(%channel, "another relay leads this channel; standing by");
-                METRICS.standby.set(1);
+                self.health.set_role(Role::Standby);
                 announced = true;
             }
             tokio::select! {
@@ -165,8 +177,7 @@ impl Relay {
                 _ = tokio::time::sleep(retry) => {}
             }
         }
-        METRICS.standby.set(0);
-        METRICS.leader.set(1);
+        self.health.set_role(Role::Leader);
         Ok(true)
     }
 
@@ -195,7 +206,6 @@ impl Relay {
         let pause_after_nack = Duration::from_millis(self.settings.relay.reconnect_min_ms);
         let mut notified = Vec::new();
         let mut quiet_polls = 0;
-        let mut backlog_measured = Instant::now() - BACKLOG_EVERY;
         let mut floor = ClaimFloor::new(Instant::now());
         // Claimed and through the pipeline, not yet published.
         let mut prepared: Option<Prepared> = None;
@@ -210,10 +220,6 @@ impl Relay {
                         .await?;
                 }
                 return Ok(());
-            }
-            if backlog_measured.elapsed() >= BACKLOG_EVERY {
-                self.measure_backlog(&pg.client).await?;
-                backlog_measured = Instant::now();
             }
             floor.rewind_if_due(Instant::now());
             self.take_in_notified(pg, &outbox, &mut notified, &mut floor)
@@ -326,20 +332,6 @@ impl Relay {
             _ = amqp_failed.notified() => Err(SessionError::AmqpClosed),
             _ = tokio::time::sleep(wait) => Ok(()),
         }
-    }
-
-    /// Updates the backlog gauges: pending rows and the age of the oldest.
-    async fn measure_backlog(&self, client: &Client) -> Result<(), SessionError> {
-        let row = self
-            .bounded(client.query_one(
-                "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
-                 FROM itrelay.outbox WHERE state = 'pending'",
-                &[],
-            ))
-            .await?;
-        METRICS.backlog_rows.set(row.try_get(0)?);
-        METRICS.backlog_oldest_age_seconds.set(row.try_get(1)?);
-        Ok(())
     }
 
     /// Waits for a notification, the fallback poll or shutdown, and takes the
