@@ -16,6 +16,7 @@ use itrelay::route::Router;
 use itrelay::{
     asyncapi, canary, demo, describe, gauges, http, logging, ops, retention, scan, shutdown, sql,
 };
+use tracing::info;
 
 /// Relays IT-module events from Postgres to RabbitMQ: validated, enriched, confirmed.
 #[derive(Debug, Parser)]
@@ -163,6 +164,18 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
     match command {
         Command::Run => {
             let shutdown = shutdown::on_signals().context("installing signal handlers")?;
+            let listen = if settings.http.enabled {
+                settings.http.address()?.to_string()
+            } else {
+                "disabled".to_owned()
+            };
+            // The settings' Debug masks every password and URL password.
+            info!(
+                version = env!("CARGO_PKG_VERSION"),
+                %listen,
+                config = ?settings,
+                "itrelay starting"
+            );
             let health = Health::default();
             let server = if settings.http.enabled {
                 let address = settings.http.address()?;
@@ -187,6 +200,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             if let Some(server) = server {
                 server.await?.context("serving http")?;
             }
+            info!("itrelay stopped");
         }
         Command::Healthcheck => {
             let address = settings.http.address()?;

@@ -256,3 +256,79 @@ fn names_are_found_whole() {
         ["itrelay_events_relayed_total", "process_open_fds"]
     );
 }
+
+/// Runs the relay with `args` until it leads, stops it with SIGTERM, and returns its
+/// stderr: the logs as a file or a journal would get them (not a terminal).
+async fn logs_of_a_run(env: &TestEnv, args: &[&str]) -> String {
+    use tokio::io::AsyncReadExt;
+    let port = free_port();
+    let mut relay = tokio::process::Command::new(env!("CARGO_BIN_EXE_itrelay"))
+        .args(args)
+        .envs(env.env_vars())
+        .env("ITRELAY__HTTP__ENABLED", "true")
+        .env("ITRELAY__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        // Postgres here trusts local connections: the password is only carried.
+        .env("ITRELAY__POSTGRES__PASSWORD", "pg-secret-4711")
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn itrelay run");
+    wait_for_status(port, "/readyz", 200).await;
+    assert_eq!(unsafe_kill(relay.id().unwrap() as i32, 15), 0);
+    let status = tokio::time::timeout(WAIT, relay.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut logs = String::new();
+    let mut stderr = relay.stderr.take().unwrap();
+    stderr.read_to_string(&mut logs).await.unwrap();
+    assert!(
+        !logs.contains("pg-secret-4711"),
+        "a password in the logs:\n{logs}"
+    );
+    logs
+}
+
+#[tokio::test]
+async fn logs_say_start_and_stop_without_colour_or_secrets() {
+    let env = TestEnv::new().await;
+    let text = logs_of_a_run(&env, &["--log-format", "text", "run"]).await;
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes off a terminal:\n{text}"
+    );
+    let start = text
+        .lines()
+        .find(|line| line.contains("itrelay starting"))
+        .unwrap_or_else(|| panic!("no start line:\n{text}"));
+    for part in [
+        concat!("version=\"", env!("CARGO_PKG_VERSION"), "\""),
+        "listen=127.0.0.1:",
+        "config=Settings {",
+        "batch_size",
+    ] {
+        assert!(start.contains(part), "{part} missing from {start}");
+    }
+    // Stopped after the shutdown began (the AMQP client may still log its own close).
+    let shutting_down = text.find("shutting down").expect("shutdown logged");
+    assert!(text[shutting_down..].contains("itrelay stopped"), "{text}");
+
+    let json = logs_of_a_run(&env, &["--log-format", "json", "run"]).await;
+    let mut messages = Vec::new();
+    for line in json.lines() {
+        let value: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(line.matches("\"message\":").count(), 1, "{line}");
+        messages.push(value["message"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(
+        messages.first().map(String::as_str),
+        Some("itrelay starting"),
+        "{json}"
+    );
+    assert!(messages.iter().any(|m| m == "itrelay stopped"), "{json}");
+}
