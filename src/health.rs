@@ -155,6 +155,20 @@ impl Drop for ClearBlocked<'_> {
 }
 
 impl Readiness {
+    /// One line: `ready`, or `not ready:` and the failed checks' details.
+    pub fn summary(&self) -> String {
+        if self.ready {
+            return "ready".to_owned();
+        }
+        let failed: Vec<String> = self
+            .checks
+            .iter()
+            .filter(|check| !check.ok)
+            .map(|check| format!("{}: {}", check.name, check.detail))
+            .collect();
+        format!("not ready: {}", failed.join("; "))
+    }
+
     /// `ready` or `not ready`, then one line per check.
     pub fn text(&self) -> String {
         let mut text = String::from(if self.ready { "ready\n" } else { "not ready\n" });
@@ -231,6 +245,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ok   postgres: connected"), "{text}");
+        assert_eq!(
+            readiness.summary(),
+            "not ready: broker_blocked: the broker blocks publishing (memory or disk alarm)"
+        );
         let json = serde_json::to_value(&readiness).unwrap();
         assert_eq!(json["ready"], false);
         assert_eq!(json["checks"][4]["name"], "broker_blocked");

@@ -27,7 +27,7 @@
 //! [`scan`] runs the SQL scans that record time-based events (expirations, SLA breaches).
 //! [`describe`] and [`asyncapi`] render the catalog for people and for tools.
 //! [`health`] holds readiness for `/readyz` ([`http`]); [`metrics`], [`gauges`] and
-//! [`process`] what `/metrics` exports.
+//! [`process`] what `/metrics` exports; [`systemd`] tells a `Type=notify` unit.
 
 pub mod asyncapi;
 pub mod backoff;
@@ -60,5 +60,6 @@ pub mod scan;
 pub mod secret;
 pub mod shutdown;
 pub mod sql;
+pub mod systemd;
 pub mod tls;
 pub mod validate;

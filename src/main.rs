@@ -15,6 +15,7 @@ use itrelay::relay::Relay;
 use itrelay::route::Router;
 use itrelay::{
     asyncapi, canary, demo, describe, gauges, http, logging, ops, retention, scan, shutdown, sql,
+    systemd,
 };
 use tracing::info;
 
@@ -189,12 +190,18 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let relay = Relay::new(settings.clone())?.with_health(health.clone());
             METRICS.prime(&Router::from_settings(&settings));
             let retention = tokio::spawn(retention::run(settings.clone(), shutdown.clone()));
-            let canary = tokio::spawn(canary::run(settings.clone(), health, shutdown.clone()));
+            let canary = tokio::spawn(canary::run(
+                settings.clone(),
+                health.clone(),
+                shutdown.clone(),
+            ));
             let gauges = tokio::spawn(gauges::run(settings.clone(), shutdown.clone()));
+            let notifier = tokio::spawn(systemd::run(health.clone(), shutdown.clone()));
             let scans = tokio::spawn(scan::run(settings, shutdown.clone()));
             relay.run(shutdown).await;
             scans.await.context("due-event scans")?;
             gauges.await.context("outbox gauges")?;
+            notifier.await.context("systemd notifications")?;
             retention.await.context("retention")?;
             canary.await.context("canary")?;
             if let Some(server) = server {
