@@ -171,7 +171,11 @@ impl Relay {
             canaries,
         } = prepared;
         let app_id = &self.settings.amqp.app_id;
-        let event_messages: Vec<Message> = events.iter().map(|e| envelope(e, app_id)).collect();
+        let cloudevents = &self.settings.cloudevents;
+        let event_messages: Vec<Message> = events
+            .iter()
+            .map(|e| envelope(e, app_id, cloudevents))
+            .collect();
         let dead_messages = self.dead_letter_messages(&dead);
         let canary_messages: Vec<Message> = canaries
             .iter()

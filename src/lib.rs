@@ -34,6 +34,7 @@ pub mod backoff;
 pub mod batch;
 pub mod canary;
 pub mod catalog;
+pub mod cloudevents;
 pub mod config;
 pub mod decode;
 pub mod demo;
