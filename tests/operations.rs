@@ -24,17 +24,8 @@ async fn health_readiness_metrics_and_graceful_shutdown() {
     env.seed().await;
     let rabbitmq = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let port = free_port();
-    let extra = [
-        ("ITRELAY__HTTP__ENABLED", "true".to_owned()),
-        ("ITRELAY__HTTP__LISTEN", format!("127.0.0.1:{port}")),
-        (
-            "ITRELAY__AMQP__URL",
-            format!(
-                "amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=1",
-                rabbitmq.port
-            ),
-        ),
-    ];
+    let [enabled, listen] = http_on(port);
+    let extra = [enabled, listen, amqp_through(&rabbitmq)];
     let mut relay = spawn_relay(&env, &extra);
     wait_for_status(port, "/healthz", 200).await;
     wait_for_status(port, "/readyz", 200).await;

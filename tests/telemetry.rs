@@ -111,18 +111,13 @@ async fn readiness_metrics_and_dashboards_tell_the_truth() {
     env.seed().await;
     let rabbitmq = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let port = free_port();
+    let [enabled, listen] = http_on(port);
     let extra = [
-        ("ITRELAY__HTTP__ENABLED", "true".to_owned()),
-        ("ITRELAY__HTTP__LISTEN", format!("127.0.0.1:{port}")),
+        enabled,
+        listen,
         ("ITRELAY__SCAN__ENABLED", "true".to_owned()),
         ("ITRELAY__SCAN__INTERVAL_SECS", "1".to_owned()),
-        (
-            "ITRELAY__AMQP__URL",
-            format!(
-                "amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=1",
-                rabbitmq.port
-            ),
-        ),
+        amqp_through(&rabbitmq),
     ];
     let relay = spawn_relay(&env, &extra);
     wait_for_status(port, "/readyz", 200).await;
@@ -265,8 +260,7 @@ async fn logs_of_a_run(env: &TestEnv, args: &[&str]) -> String {
     let mut relay = tokio::process::Command::new(env!("CARGO_BIN_EXE_itrelay"))
         .args(args)
         .envs(env.env_vars())
-        .env("ITRELAY__HTTP__ENABLED", "true")
-        .env("ITRELAY__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .envs(http_on(port))
         // Postgres here trusts local connections: the password is only carried.
         .env("ITRELAY__POSTGRES__PASSWORD", "pg-secret-4711")
         .env("RUST_LOG", "info")

@@ -16,6 +16,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The variables that serve the HTTP endpoint on `port`.
+pub fn http_on(port: u16) -> [(&'static str, String); 2] {
+    [
+        ("ITRELAY__HTTP__ENABLED", "true".to_owned()),
+        ("ITRELAY__HTTP__LISTEN", format!("127.0.0.1:{port}")),
+    ]
+}
+
+/// The variable that sends the relay's AMQP through `proxy`, with 1 s heartbeats so that a
+/// cut is noticed quickly.
+pub fn amqp_through(proxy: &super::proxy::Proxy) -> (&'static str, String) {
+    (
+        "ITRELAY__AMQP__URL",
+        format!(
+            "amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=1",
+            proxy.port
+        ),
+    )
+}
+
 pub fn spawn_relay(env: &TestEnv, extra: &[(&str, String)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_itrelay"))
         .args(["--log-format", "json", "run"])
