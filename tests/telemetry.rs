@@ -326,3 +326,45 @@ async fn logs_say_start_and_stop_without_colour_or_secrets() {
     );
     assert!(messages.iter().any(|m| m == "itrelay stopped"), "{json}");
 }
+
+#[tokio::test]
+async fn readiness_fails_while_the_broker_blocks_publishing() {
+    use common::proxy::{connection_blocked, connection_unblocked};
+    use tokio::io::AsyncReadExt;
+    let env = TestEnv::new().await;
+    let rabbitmq = Proxy::start_amqp("127.0.0.1:5672".parse().unwrap()).await;
+    let port = free_port();
+    let [enabled, listen] = http_on(port);
+    let mut relay = spawn_relay(&env, &[enabled, listen, amqp_through(&rabbitmq)]);
+    wait_for_status(port, "/readyz", 200).await;
+
+    // A memory alarm: RabbitMQ blocks the publishing connection.
+    rabbitmq.inject(connection_blocked("low on memory"));
+    wait_for_status(port, "/readyz", 503).await;
+    assert_eq!(
+        readiness(port).await,
+        (false, vec!["broker_blocked".to_owned()])
+    );
+    let (_, metrics) = get(port, "/metrics").await.unwrap();
+    assert_eq!(
+        sample(&metrics, "itrelay_broker_blocked"),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    // The alarm clears.
+    rabbitmq.inject(connection_unblocked());
+    wait_for_status(port, "/readyz", 200).await;
+
+    assert_eq!(unsafe_kill(relay.id().unwrap() as i32, 15), 0);
+    tokio::time::timeout(WAIT, relay.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    let mut logs = String::new();
+    let mut stderr = relay.stderr.take().unwrap();
+    stderr.read_to_string(&mut logs).await.unwrap();
+    let count = |text: &str| logs.lines().filter(|line| line.contains(text)).count();
+    assert_eq!(count("RabbitMQ blocks publishing"), 1, "{logs}");
+    assert_eq!(count("the broker lifted its block"), 1, "{logs}");
+}
