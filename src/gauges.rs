@@ -1,5 +1,5 @@
-//! The outbox gauges for `/metrics`: pending rows, the age of the oldest, and failed rows
-//! not replayed. Measured every few seconds on a connection of their own, by leader and
+//! The outbox gauges for `/metrics`: pending rows, the age of the oldest, failed rows and
+//! failed copies (one destination only) not replayed. Measured every few seconds on a connection of their own, by leader and
 //! standby alike, so that they keep moving (and alerts keep firing) whatever the relay
 //! loop is doing: idle, stuck, or not leading at all.
 
@@ -16,12 +16,13 @@ use crate::metrics::METRICS;
 /// How often the outbox is measured.
 pub const EVERY: Duration = Duration::from_secs(5);
 
-/// One statement for the three gauges; each count uses its state's partial index.
+/// One statement for the four gauges; the outbox counts use their state's partial index.
 pub const MEASURE_SQL: &str = "SELECT
     (SELECT count(*) FROM itrelay.outbox WHERE state = 'pending'),
-    (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+    (SELECT coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE isfinite(created_at))), 0)::float8
        FROM itrelay.outbox WHERE state = 'pending'),
-    (SELECT count(*) FROM itrelay.outbox WHERE state = 'failed')";
+    (SELECT count(*) FROM itrelay.outbox WHERE state = 'failed'),
+    (SELECT count(*) FROM itrelay.copies WHERE state = 'failed')";
 
 #[derive(Debug, thiserror::Error)]
 enum GaugeError {
@@ -81,5 +82,6 @@ async fn measure(settings: &Settings, session: &mut Option<PgSession>) -> Result
     METRICS.backlog_rows.set(row.try_get(0)?);
     METRICS.backlog_oldest_age_seconds.set(row.try_get(1)?);
     METRICS.failed_rows.set(row.try_get(2)?);
+    METRICS.failed_copies.set(row.try_get(3)?);
     Ok(())
 }

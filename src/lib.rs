@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | listen, lead | [`listen`] | Postgres |
 //! | claim, look up, record | [`outbox`], [`floor`] | Postgres |
+//! | per-destination outcomes, waiting copies | [`delivery`], [`copies`] | –, Postgres |
 //! | redact secrets | [`redact`] | – |
 //! | decode the row | [`decode`] | – |
 //! | enrich names | [`enrich`] | – |
@@ -36,7 +37,9 @@ pub mod canary;
 pub mod catalog;
 pub mod cloudevents;
 pub mod config;
+pub mod copies;
 pub mod decode;
+pub mod delivery;
 pub mod demo;
 pub mod describe;
 pub mod enrich;
@@ -56,6 +59,7 @@ pub mod publish;
 pub mod redact;
 pub mod relay;
 pub mod retention;
+pub mod retry;
 pub mod route;
 pub mod scan;
 pub mod secret;

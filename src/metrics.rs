@@ -74,6 +74,7 @@ pub struct Metrics {
     pub scan_runs: Counter,
     pub scan_failures: Counter,
     pub failed_rows: Gauge,
+    pub failed_copies: Gauge,
     pub canary_seconds: Histogram,
     pub canary_stalled: Gauge,
     pub broker_blocked: Gauge,
@@ -110,6 +111,7 @@ impl Metrics {
             scan_runs: Counter::default(),
             scan_failures: Counter::default(),
             failed_rows: Gauge::default(),
+            failed_copies: Gauge::default(),
             canary_seconds: latency(),
             canary_stalled: Gauge::default(),
             broker_blocked: Gauge::default(),
@@ -195,6 +197,11 @@ impl Metrics {
             "outbox_failed_rows",
             "Outbox rows dead-lettered and not replayed (state failed)",
             metrics.failed_rows.clone(),
+        );
+        registry.register(
+            "outbox_failed_copies",
+            "Copies dead-lettered for one subscriber alone (itrelay.copies state failed), not replayed",
+            metrics.failed_copies.clone(),
         );
         registry.register(
             "broker_blocked",

@@ -15,6 +15,9 @@ pub struct Status {
     pub oldest_pending_age_seconds: Option<f64>,
     pub failed: i64,
     pub delivered: i64,
+    /// Copies waiting for a retry, and copies dead-lettered for their module alone.
+    pub copies_waiting: i64,
+    pub copies_failed: i64,
     pub last_delivered: Option<LastDelivered>,
     /// The session holding the leader lock, if any relay leads.
     pub leader: Option<Leader>,
@@ -40,9 +43,11 @@ pub async fn status(client: &Client, channel: &str) -> Result<Status, tokio_post
     let counts = client
         .query_one(
             "SELECT count(*) FILTER (WHERE state = 'pending'),
-                    extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending'))::float8,
+                    extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending' AND isfinite(created_at)))::float8,
                     count(*) FILTER (WHERE state = 'failed'),
-                    count(*) FILTER (WHERE state = 'delivered')
+                    count(*) FILTER (WHERE state = 'delivered'),
+                    (SELECT count(*) FROM itrelay.copies WHERE state = 'waiting'),
+                    (SELECT count(*) FROM itrelay.copies WHERE state = 'failed')
              FROM itrelay.outbox",
             &[],
         )
@@ -87,6 +92,8 @@ pub async fn status(client: &Client, channel: &str) -> Result<Status, tokio_post
         oldest_pending_age_seconds: counts.try_get(1)?,
         failed: counts.try_get(2)?,
         delivered: counts.try_get(3)?,
+        copies_waiting: counts.try_get(4)?,
+        copies_failed: counts.try_get(5)?,
         last_delivered,
         leader,
     })
@@ -121,11 +128,12 @@ impl Status {
         );
         format!(
             "backlog         {} pending{oldest}\n\
-             dead-lettered   {} failed\n\
+             dead-lettered   {} failed, {} copies for one module\n\
+             waiting copies  {} (nacked or held back, sent again)\n\
              delivered       {}\n\
              last delivered  {last}\n\
              leader          {leader}\n",
-            self.pending, self.failed, self.delivered
+            self.pending, self.failed, self.copies_failed, self.copies_waiting, self.delivered
         )
     }
 }
@@ -136,21 +144,33 @@ pub struct FailedEvent {
     pub event_id: Uuid,
     pub event_type: String,
     pub source_table: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
+    /// `None` for a time the relay cannot read (infinity).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub created_at: Option<OffsetDateTime>,
     pub attempts: i32,
     pub reason: Option<String>,
+    /// The subscriber module whose copy alone was dead-lettered; `None`: the whole event.
+    pub module: Option<String>,
 }
 
-/// Failed (dead-lettered) events, oldest first.
+/// Failed (dead-lettered) events and copies, oldest first.
 pub async fn dead_letters(
     client: &Client,
     limit: i64,
 ) -> Result<Vec<FailedEvent>, tokio_postgres::Error> {
     client
         .query(
-            "SELECT id, event_id, event_type, source_table, created_at, attempts, last_error
-             FROM itrelay.outbox WHERE state = 'failed' ORDER BY id LIMIT $1",
+            "SELECT id, event_id, event_type, source_table,
+                    CASE WHEN isfinite(created_at) THEN created_at END, attempts, last_error,
+                    NULL::text AS module
+             FROM itrelay.outbox WHERE state = 'failed'
+             UNION ALL
+             SELECT o.id, o.event_id, o.event_type, o.source_table,
+                    CASE WHEN isfinite(o.created_at) THEN o.created_at END, c.attempts,
+                    c.last_error, c.module
+             FROM itrelay.copies AS c JOIN itrelay.outbox AS o ON o.id = c.outbox_id
+             WHERE c.state = 'failed'
+             ORDER BY 1, 8 NULLS FIRST LIMIT $1",
             &[&limit],
         )
         .await?
@@ -164,6 +184,7 @@ pub async fn dead_letters(
                 created_at: row.try_get(4)?,
                 attempts: row.try_get(5)?,
                 reason: row.try_get(6)?,
+                module: row.try_get(7)?,
             })
         })
         .collect()
@@ -177,7 +198,7 @@ pub fn render_dead_letters(events: &[FailedEvent]) -> String {
         .iter()
         .map(|event| {
             format!(
-                "{}  {}  {:<30} {}  attempts {}\n    {}\n",
+                "{}  {}  {:<30} {}  attempts {}{}\n    {}\n",
                 event.outbox_id,
                 event.event_id,
                 if event.event_type.is_empty() {
@@ -185,8 +206,12 @@ pub fn render_dead_letters(events: &[FailedEvent]) -> String {
                 } else {
                     &event.event_type
                 },
-                rfc3339(event.created_at),
+                event.created_at.map_or("-".to_owned(), rfc3339),
                 event.attempts,
+                event
+                    .module
+                    .as_ref()
+                    .map_or(String::new(), |module| format!("  copy for {module}")),
                 event.reason.as_deref().unwrap_or("")
             )
         })
@@ -215,7 +240,8 @@ impl ReplaySelection {
 
 /// Puts the selected events back to pending, so the relay sends them again with the same
 /// message id, and wakes it with the lowest id put back: its next claim starts there.
-/// Returns how many were selected.
+/// A copy dead-lettered for one module alone is put back to waiting instead, so it is
+/// sent to that module only. Returns how many events were selected.
 pub async fn replay(
     client: &Client,
     channel: &str,
@@ -229,17 +255,40 @@ pub async fn replay(
     };
     let replayed = client
         .query_one(
-            "WITH replayed AS (
-                 UPDATE itrelay.outbox
-                 SET state = 'pending', last_error = NULL, delivered_at = NULL
-                 WHERE state = ANY($5)
+            "WITH selected AS (
+                 SELECT id, state FROM itrelay.outbox
+                 WHERE state IN ('failed', 'delivered')
                    AND ($1::uuid[] IS NULL OR event_id = ANY($1))
                    AND ($2::text IS NULL OR event_type = $2)
                    AND ($3::timestamptz IS NULL OR created_at >= $3)
                    AND ($4::timestamptz IS NULL OR created_at < $4)
+             ), replayed AS (
+                 UPDATE itrelay.outbox AS o
+                 SET state = 'pending', last_error = NULL, delivered_at = NULL
+                 FROM selected AS s
+                 WHERE o.id = s.id AND s.state = ANY($5)
+                 RETURNING o.id
+             ), forgotten AS (
+                 -- Sent again to every module: their copies start afresh.
+                 DELETE FROM itrelay.copies WHERE outbox_id IN (SELECT id FROM replayed)
+                 RETURNING 1
+             ), copies AS (
+                 UPDATE itrelay.copies AS c
+                 SET state = 'waiting', last_error = NULL, next_attempt_at = now()
+                 FROM selected AS s
+                 WHERE c.outbox_id = s.id AND c.state = 'failed' AND s.state = 'delivered'
+                   AND NOT s.state = ANY($5)
+                 RETURNING c.outbox_id
+             ), held AS (
+                 UPDATE itrelay.outbox SET state = 'held', delivered_at = NULL
+                 WHERE id IN (SELECT outbox_id FROM copies)
                  RETURNING id
+             ), touched AS (
+                 SELECT id FROM replayed UNION SELECT id FROM held
              )
-             SELECT count(*), coalesce(min(id)::text, '') FROM replayed",
+             SELECT count(*) + 0 * (SELECT count(*) FROM forgotten),
+                    coalesce(min(id)::text, '')
+             FROM touched",
             &[
                 &ids,
                 &selection.event_type,

@@ -13,6 +13,8 @@ use tracing::{info, warn};
 use crate::backoff::Backoff;
 use crate::batch::{InFlight, Prepared};
 use crate::config::Settings;
+use crate::copies::Copies;
+use crate::delivery::Gates;
 use crate::floor::ClaimFloor;
 use crate::health::{Health, Role};
 use crate::listen::{Notice, PgSession};
@@ -183,9 +185,11 @@ impl Relay {
 
     /// Drains the outbox in overlapping batches: while one batch's confirms are on their
     /// way, the previous batch's outcomes are recorded and the next batch is claimed, in
-    /// one pipelined round trip. Once `QUIET_POLLS` polls in a row find nothing, flags
-    /// itself idle (so triggers NOTIFY again) and waits for a notification or the
-    /// fallback poll.
+    /// one pipelined round trip. A batch that holds an event of an entity the batch in
+    /// flight holds one of waits for that batch's confirms before it is sent, so a nack
+    /// there can hold its copies back. Once `QUIET_POLLS` polls in a row find nothing,
+    /// flags itself idle (so triggers NOTIFY again) and waits for a notification, the
+    /// fallback poll or a waiting copy's retry.
     async fn lead(
         &self,
         pg: &mut PgSession,
@@ -201,9 +205,10 @@ impl Relay {
             .await?;
         self.bounded(pg.listen(channel)).await?;
         let outbox = self.bounded(Outbox::prepare(&pg.client)).await?;
+        let copies = self.bounded(Copies::prepare(&pg.client)).await?;
+        let mut gates = self.bounded(copies.gates(&pg.client)).await?;
         self.bounded(outbox.set_idle(&pg.client, false)).await?;
         info!(%channel, "leading: relaying events");
-        let pause_after_nack = Duration::from_millis(self.settings.relay.reconnect_min_ms);
         let mut notified = Vec::new();
         let mut quiet_polls = 0;
         let mut floor = ClaimFloor::new(Instant::now());
@@ -215,36 +220,43 @@ impl Relay {
             if shutdown.is_cancelled() {
                 // The batch in flight is finished; one merely claimed stays pending.
                 if let Some(batch) = in_flight.take() {
-                    let settled = self.settle(publisher, batch).await?;
-                    self.bounded(outbox.record(&pg.client, &settled.outcomes))
+                    self.finish(pg, &outbox, publisher, batch, &mut gates)
                         .await?;
                 }
                 return Ok(());
             }
             floor.rewind_if_due(Instant::now());
-            self.take_in_notified(pg, &outbox, &mut notified, &mut floor)
+            self.take_in_notified(pg, &outbox, &mut notified, &mut floor, &mut gates)
                 .await?;
+            let must_settle_first = in_flight.as_ref().is_some_and(|batch| {
+                gates.due(Instant::now())
+                    || prepared
+                        .as_ref()
+                        .is_some_and(|next| batch.shares_entity_with(next))
+            });
+            if must_settle_first {
+                if let Some(batch) = in_flight.take() {
+                    self.finish(pg, &outbox, publisher, batch, &mut gates)
+                        .await?;
+                }
+            }
+            if gates.due(Instant::now()) {
+                // Every outcome so far is recorded: the copies held back are all there.
+                gates = self
+                    .retry_waiting(&pg.client, &outbox, &copies, publisher)
+                    .await?;
+            }
             let sent = match prepared.take() {
-                Some(batch) => Some(self.send(publisher, batch).await?),
+                Some(batch) => Some(self.send(publisher, batch, &gates).await?),
                 None => None,
             };
             let settled = match in_flight.take() {
-                Some(batch) => Some(self.settle(publisher, batch).await?),
+                Some(batch) => Some(self.settle(publisher, batch, &mut gates).await?),
                 None => None,
             };
             let outcomes = settled.as_ref().map_or(&[][..], |s| &s.outcomes[..]);
-            if settled.as_ref().is_some_and(|s| s.report.retried > 0) {
-                // A nacked event is sent again before anything after it: the batch
-                // published meanwhile stays pending too.
-                if let Some(batch) = sent {
-                    batch.abandon(publisher).await?;
-                }
-                self.bounded(outbox.record(&pg.client, outcomes)).await?;
-                self.pause(pause_after_nack, amqp_failed, shutdown).await?;
-                continue;
-            }
             in_flight = sent;
-            let skip = in_flight.as_ref().and_then(InFlight::ids);
+            let skip = in_flight.as_ref().map_or(&[][..], InFlight::ids);
             let (_, next) = tokio::try_join!(
                 self.bounded(outbox.record(&pg.client, outcomes)),
                 self.prepare(&pg.client, &outbox, &mut floor, skip),
@@ -263,6 +275,7 @@ impl Relay {
                         pg,
                         &outbox,
                         &mut floor,
+                        &mut gates,
                         amqp_failed,
                         shutdown,
                         &mut notified,
@@ -273,15 +286,32 @@ impl Relay {
         }
     }
 
-    /// Flags the relay idle, so that triggers NOTIFY, and waits for work: a notification
-    /// or an event found by the fallback poll. Events committed while the flag flips are
-    /// caught by the look that goes with the flip. Returns the claimed batch, if any, with
-    /// the flag cleared again.
+    /// Settles the batch in flight and records its outcomes.
+    async fn finish(
+        &self,
+        pg: &PgSession,
+        outbox: &Outbox,
+        publisher: &Publisher,
+        batch: InFlight<'_>,
+        gates: &mut Gates,
+    ) -> Result<(), SessionError> {
+        let settled = self.settle(publisher, batch, gates).await?;
+        self.bounded(outbox.record(&pg.client, &settled.outcomes))
+            .await
+            .map(drop)
+    }
+
+    /// Flags the relay idle, so that triggers NOTIFY, and waits for work: a notification,
+    /// an event found by the fallback poll, or a waiting copy falling due. Events
+    /// committed while the flag flips are caught by the look that goes with the flip.
+    /// Returns the claimed batch, if any, with the flag cleared again.
+    #[allow(clippy::too_many_arguments)]
     async fn idle(
         &self,
         pg: &mut PgSession,
         outbox: &Outbox,
         floor: &mut ClaimFloor,
+        gates: &mut Gates,
         amqp_failed: &Notify,
         shutdown: &CancellationToken,
         notified: &mut Vec<String>,
@@ -289,32 +319,30 @@ impl Relay {
         let fallback_poll = Duration::from_millis(self.settings.relay.poll_interval_ms);
         let (_, mut next) = tokio::try_join!(
             self.bounded(outbox.set_idle(&pg.client, true)),
-            self.prepare(&pg.client, outbox, floor, None),
+            self.prepare(&pg.client, outbox, floor, &[]),
         )?;
         while next.claimed() == 0 {
+            let mut wait = fallback_poll.min(BACKLOG_EVERY);
+            if let Some(until_due) = gates.until_due(Instant::now()) {
+                wait = wait.min(until_due);
+            }
             let woken = self
-                .wait_for_notice(
-                    pg,
-                    amqp_failed,
-                    shutdown,
-                    fallback_poll.min(BACKLOG_EVERY),
-                    notified,
-                    floor,
-                )
+                .wait_for_notice(pg, amqp_failed, shutdown, wait, notified, floor, gates)
                 .await?;
-            if shutdown.is_cancelled() {
-                // No relay listens any more: triggers need not NOTIFY.
+            if shutdown.is_cancelled() || gates.due(Instant::now()) {
+                // Shut down: no relay listens any more, triggers need not NOTIFY. A copy
+                // due: the loop sends it, busy again.
                 self.bounded(outbox.set_idle(&pg.client, false)).await?;
                 return Ok(None);
             }
             if woken {
                 let (_, claimed) = tokio::try_join!(
                     self.bounded(outbox.set_idle(&pg.client, false)),
-                    self.prepare(&pg.client, outbox, floor, None),
+                    self.prepare(&pg.client, outbox, floor, &[]),
                 )?;
                 return Ok(Some(claimed).filter(|batch| batch.claimed() > 0));
             }
-            next = self.prepare(&pg.client, outbox, floor, None).await?;
+            next = self.prepare(&pg.client, outbox, floor, &[]).await?;
         }
         self.bounded(outbox.set_idle(&pg.client, false)).await?;
         Ok(Some(next))
@@ -336,6 +364,7 @@ impl Relay {
 
     /// Waits for a notification, the fallback poll or shutdown, and takes the
     /// notification in ([`take_notice`]). True if a notification came.
+    #[allow(clippy::too_many_arguments)]
     async fn wait_for_notice(
         &self,
         pg: &mut PgSession,
@@ -344,6 +373,7 @@ impl Relay {
         fallback_poll: Duration,
         notified: &mut Vec<String>,
         floor: &mut ClaimFloor,
+        gates: &mut Gates,
     ) -> Result<bool, SessionError> {
         tokio::select! {
             _ = shutdown.cancelled() => Ok(false),
@@ -351,7 +381,7 @@ impl Relay {
             notice = pg.next_notice() => match notice {
                 None => Err(SessionError::PostgresClosed),
                 Some(notice) => {
-                    take_notice(notice, notified, floor);
+                    take_notice(notice, notified, floor, gates);
                     Ok(true)
                 }
             },
@@ -367,9 +397,10 @@ impl Relay {
         outbox: &Outbox,
         notified: &mut Vec<String>,
         floor: &mut ClaimFloor,
+        gates: &mut Gates,
     ) -> Result<(), SessionError> {
         while let Some(notice) = pg.try_next_notice() {
-            take_notice(notice, notified, floor);
+            take_notice(notice, notified, floor, gates);
         }
         if !notified.is_empty() {
             let stored = self
@@ -384,11 +415,20 @@ impl Relay {
 }
 
 /// Keeps a whole-event notification in `notified`, to be stored; a replay's wake-up
-/// lowers the floor to the rows it put back to pending.
-fn take_notice(notice: Notice, notified: &mut Vec<String>, floor: &mut ClaimFloor) {
+/// lowers the floor to the rows it put back to pending, and makes the copies it put back
+/// to waiting due.
+fn take_notice(
+    notice: Notice,
+    notified: &mut Vec<String>,
+    floor: &mut ClaimFloor,
+    gates: &mut Gates,
+) {
     match notice {
         Notice::Event(text) => notified.push(text),
-        Notice::Wake { from_id: Some(id) } => floor.lower_to(id),
+        Notice::Wake { from_id: Some(id) } => {
+            floor.lower_to(id);
+            gates.due_now(Instant::now());
+        }
         Notice::Wake { from_id: None } => {}
     }
 }

@@ -120,11 +120,11 @@ async fn unknown_and_foreign_references_are_dead_lettered_at_enrichment() {
 }
 
 #[tokio::test]
-async fn unroutable_event_is_dead_lettered() {
+async fn unroutable_copy_is_dead_lettered_for_its_module_alone() {
     let mut env = TestEnv::new().await;
     env.seed().await;
-    // Tickets go to a module whose exchange has no queue bound.
-    env.start_relay(&[("ITRELAY__ROUTES__IT_TICKET_CREATED", "NOBODY")]);
+    // Tickets go to PF-10 and to a module whose exchange has no queue bound.
+    env.start_relay(&[("ITRELAY__ROUTES__IT_TICKET_CREATED", "PF-10,NOBODY")]);
     env.execute(&ticket_insert("TCK-lost")).await;
     env.execute(&format!(
         "UPDATE it_assets SET status = 'disposed', disposal_method = 'donated', disposal_date = '2026-03-02',
@@ -132,22 +132,53 @@ async fn unroutable_event_is_dead_lettered() {
     ))
     .await;
     env.wait_until_settled(2).await;
-    let failed = failed_rows(&env).await;
+    assert!(
+        failed_rows(&env).await.is_empty(),
+        "no event failed as a whole"
+    );
+    let failed = itrelay::ops::dead_letters(&env.client, 10).await.unwrap();
     assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].module.as_deref(), Some("NOBODY"));
+    let reason = failed[0].reason.clone().unwrap_or_default();
     assert!(
-        failed[0].1.starts_with("unroutable: returned by exchange"),
-        "{}",
-        failed[0].1
+        reason.starts_with("unroutable: returned by exchange"),
+        "{reason}"
     );
-    assert!(
-        failed[0].1.contains(&env.exchange("NOBODY")),
-        "{}",
-        failed[0].1
-    );
+    assert!(reason.contains(&env.exchange("NOBODY")), "{reason}");
     let dead = env.drain(&env.dead_letter_exchange()).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body["ticket_number"], "TCK-lost");
+    assert_eq!(
+        dead[0].header("x-rejected-for-module").as_deref(),
+        Some("NOBODY")
+    );
+    // The subscribers with a queue got their copies.
+    let tickets = env.drain(&env.exchange("PF-10")).await;
+    assert_eq!(tickets.len(), 1);
     assert_eq!(env.drain(&env.exchange("FA")).await.len(), 1);
+
+    // Once a queue is bound, a replay sends the dead-lettered copy again, to its module
+    // alone.
+    let nobody = env.exchange("NOBODY");
+    env.bind_queue(&nobody).await;
+    let replayed = itrelay::ops::replay(
+        &env.client,
+        "it_events",
+        &itrelay::ops::ReplaySelection {
+            event_ids: vec![dead[0].message_id().parse().unwrap()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(replayed, 1);
+    env.wait_until_settled(2).await;
+    assert_eq!(env.drain(&nobody).await.len(), 1);
+    assert!(env.drain(&env.exchange("PF-10")).await.is_empty());
+    assert!(itrelay::ops::dead_letters(&env.client, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -211,4 +242,55 @@ async fn whole_event_notifications_are_relayed_and_bad_ones_dead_lettered() {
         .count("SELECT count(*) FROM itrelay.outbox WHERE payload::text LIKE '%SECRET-KEY-9%'")
         .await;
     assert_eq!(stored, 0, "the license key reached the outbox");
+}
+
+#[tokio::test]
+async fn unroutable_copy_waits_for_a_queue_under_the_wait_policy() {
+    let mut env = TestEnv::new().await;
+    env.seed().await;
+    env.start_relay(&[
+        ("ITRELAY__ROUTES__IT_TICKET_CREATED", "PF-10,NOBODY"),
+        ("ITRELAY__DELIVERY__UNROUTABLE_BY_MODULE__NOBODY", "wait"),
+        ("ITRELAY__DELIVERY__RETRY_MIN_MS", "50"),
+        ("ITRELAY__DELIVERY__RETRY_MAX_MS", "200"),
+    ]);
+    env.execute(&ticket_insert("TCK-1")).await;
+    env.execute(&ticket_insert("TCK-2")).await;
+    // PF-10 gets both at once; NOBODY's copies wait, in order, until a queue is bound.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut pf10 = Vec::new();
+    while pf10.len() < 2 && tokio::time::Instant::now() < deadline {
+        pf10.extend(env.drain(&env.exchange("PF-10")).await);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(pf10.len(), 2);
+    let waiting = env
+        .count("SELECT count(*) FROM itrelay.copies WHERE state = 'waiting' AND module = 'NOBODY'")
+        .await;
+    assert_eq!(waiting, 2, "both NOBODY copies wait");
+    assert_eq!(
+        env.count("SELECT count(*) FROM itrelay.outbox WHERE state = 'held'")
+            .await,
+        2
+    );
+    let nobody = env.exchange("NOBODY");
+    env.bind_queue(&nobody).await;
+    env.wait_until_settled(2).await;
+    let numbers: Vec<String> = env
+        .drain(&nobody)
+        .await
+        .iter()
+        .map(|m| {
+            m.body["ticket_number"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(numbers, ["TCK-1", "TCK-2"]);
+    assert!(
+        env.drain(&env.exchange("PF-10")).await.is_empty(),
+        "PF-10 got nothing twice"
+    );
+    assert!(env.drain(&env.dead_letter_exchange()).await.is_empty());
 }
