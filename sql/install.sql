@@ -163,6 +163,9 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON itrelay.outbox (id) WHERE state = '
 -- Retention deletes delivered rows by age.
 CREATE INDEX IF NOT EXISTS outbox_delivered ON itrelay.outbox (delivered_at) WHERE state = 'delivered';
 
+-- Failed rows are counted for /metrics (itrelay_outbox_failed_rows) every few seconds.
+CREATE INDEX IF NOT EXISTS outbox_failed ON itrelay.outbox (id) WHERE state = 'failed';
+
 -- Whether the relay is idle, waiting for a notification. While it drains (under load)
 -- it is not, and triggers skip NOTIFY: NOTIFY takes a database-wide lock at commit
 -- that would serialise every business transaction. Unlogged: after a crash the table is

@@ -252,7 +252,11 @@ impl Relay {
                 },
         } = prepared;
         let app_id = &self.settings.amqp.app_id;
-        let messages: Vec<Message> = events.iter().map(|e| envelope(e, app_id)).collect();
+        let cloudevents = &self.settings.cloudevents;
+        let messages: Vec<Message> = events
+            .iter()
+            .map(|e| envelope(e, app_id, cloudevents))
+            .collect();
         let dead_messages = self.dead_letter_messages(&dead);
         let canary_messages: Vec<Message> = canaries
             .iter()

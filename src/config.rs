@@ -49,6 +49,7 @@ pub struct Settings {
     pub canary: CanarySettings,
     pub scan: ScanSettings,
     pub delivery: DeliverySettings,
+    pub cloudevents: crate::cloudevents::CloudEventsSettings,
     /// Event type → subscriber modules.
     pub routes: BTreeMap<String, Vec<String>>,
 }
@@ -295,6 +296,9 @@ impl Settings {
         check_exchange_name(&self.dead_letter_exchange())
             .map_err(|reason| ConfigError::invalid("amqp.dead_letter", reason))?;
         check_not_empty(&self.amqp.app_id).map_err(|r| ConfigError::invalid("amqp.app_id", r))?;
+        self.cloudevents
+            .check()
+            .map_err(|reason| ConfigError::invalid("cloudevents.type_prefix", reason))?;
         if self.postgres.query_timeout_secs == 0 {
             return Err(ConfigError::invalid(
                 "postgres.query_timeout_secs",
@@ -709,6 +713,20 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let message = error_of(&[("ITRELAY__POSTGRES__HOSTNAME", "db")]);
         assert!(message.contains("hostname"), "{message}");
+    }
+
+    #[test]
+    fn cloudevents_settings_load_and_are_checked() {
+        let settings = load(&[
+            ("ITRELAY__CLOUDEVENTS__HEADER_PREFIX", "cloudEvents:"),
+            ("ITRELAY__CLOUDEVENTS__TYPE_PREFIX", "com.example.it"),
+        ])
+        .unwrap();
+        assert_eq!(settings.cloudevents.header("id"), "cloudEvents:id");
+        let message = error_of(&[("ITRELAY__CLOUDEVENTS__TYPE_PREFIX", "Example")]);
+        assert!(message.contains("cloudevents.type_prefix"), "{message}");
+        let message = error_of(&[("ITRELAY__CLOUDEVENTS__HEADER_PREFIX", "ce_")]);
+        assert!(message.contains("header_prefix"), "{message}");
     }
 
     #[test]

@@ -5,6 +5,13 @@
 //! message, body included, at warn; the Postgres driver logs statement parameters (event
 //! bodies) at debug. [`DEPENDENCY_CAPS`] caps those targets whatever `RUST_LOG` says: it
 //! is a second filter that every log line must also pass.
+//!
+//! Text is coloured only on a terminal (and never with `NO_COLOR` set), so that files and
+//! journals get plain lines. JSON lines carry one `message` key each, next to the event's
+//! fields (which must not be named like the keys the format adds: `timestamp`, `level`,
+//! `message`, `target`).
+
+use std::io::IsTerminal;
 
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
@@ -43,7 +50,11 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").is_some(),
+        ));
     match format {
         LogFormat::Text => builder.finish().with(dependency_caps()).init(),
         LogFormat::Json => builder
@@ -53,6 +64,11 @@ pub fn init(format: LogFormat) {
             .with(dependency_caps())
             .init(),
     }
+}
+
+/// Colour only for a terminal whose user did not ask for none (<https://no-color.org>).
+fn colour(terminal: bool, no_color: bool) -> bool {
+    terminal && !no_color
 }
 
 #[cfg(test)]
@@ -69,5 +85,12 @@ mod tests {
         assert!(caps.would_enable("lapin::channel", &Level::ERROR));
         assert!(!caps.would_enable("tokio_postgres::query", &Level::DEBUG));
         assert!(caps.would_enable("itrelay::relay", &Level::TRACE));
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, false));
+        assert!(!colour(false, false));
+        assert!(!colour(true, true));
     }
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -17,6 +16,7 @@ use crate::config::Settings;
 use crate::copies::Copies;
 use crate::delivery::Gates;
 use crate::floor::ClaimFloor;
+use crate::health::{Health, Role};
 use crate::listen::{Notice, PgSession};
 use crate::metrics::{Service, METRICS};
 use crate::notified::NotifyEvents;
@@ -29,8 +29,10 @@ use crate::validate::Validators;
 /// a row find nothing, it goes idle and waits for NOTIFY.
 const BUSY_POLL: Duration = Duration::from_millis(1);
 const QUIET_POLLS: u32 = 32;
-/// How often the leader measures the backlog for `/metrics`.
+/// The longest idle wait between two looks at the outbox.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+/// How often the broker connection's blocked state is looked at, for `/readyz`.
+const BLOCKED_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a session with the services ended.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,7 @@ pub struct Relay {
     pub(crate) settings: Settings,
     pub(crate) router: Router,
     pub(crate) validators: Validators,
+    pub(crate) health: Health,
 }
 
 impl Relay {
@@ -74,7 +77,14 @@ impl Relay {
             router: Router::from_settings(&settings),
             validators: Validators::for_catalog()?,
             settings,
+            health: Health::default(),
         })
+    }
+
+    /// Reports readiness to `health` (shared with `/readyz`) instead of a private one.
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
     }
 
     /// Relays until `shutdown` is cancelled, reconnecting as often as it takes.
@@ -114,24 +124,26 @@ impl Relay {
             self.settings.confirm_timeout(),
         )
         .await?;
-        METRICS.set_connected(Service::Rabbitmq, true);
+        self.health.set_connected(Service::Rabbitmq, true);
         let amqp_failed = publisher.failure_signal();
-        let outcome = async {
+        let work = async {
             let mut pg = self
                 .bounded(PgSession::connect(&self.settings.postgres))
                 .await?;
-            METRICS.set_connected(Service::Postgres, true);
+            self.health.set_connected(Service::Postgres, true);
             if !self.await_leadership(&pg, shutdown).await? {
                 return Ok(());
             }
             backoff.reset();
             self.lead(&mut pg, &publisher, &amqp_failed, shutdown).await
-        }
-        .await;
-        METRICS.leader.set(0);
-        METRICS.standby.set(0);
-        METRICS.set_connected(Service::Postgres, false);
-        METRICS.set_connected(Service::Rabbitmq, false);
+        };
+        let outcome = tokio::select! {
+            outcome = work => outcome,
+            () = self.health.watch_broker(BLOCKED_EVERY, || publisher.blocked()) => Ok(()),
+        };
+        self.health.set_role(Role::None);
+        self.health.set_connected(Service::Postgres, false);
+        self.health.set_connected(Service::Rabbitmq, false);
         publisher.close().await;
         outcome
     }
@@ -160,7 +172,7 @@ impl Relay {
         while !self.bounded(pg.try_lead(channel)).await? {
             if !announced {
                 info!(%channel, "another relay leads this channel; standing by");
-                METRICS.standby.set(1);
+                self.health.set_role(Role::Standby);
                 announced = true;
             }
             tokio::select! {
@@ -168,8 +180,7 @@ impl Relay {
                 _ = tokio::time::sleep(retry) => {}
             }
         }
-        METRICS.standby.set(0);
-        METRICS.leader.set(1);
+        self.health.set_role(Role::Leader);
         Ok(true)
     }
 
@@ -203,7 +214,6 @@ impl Relay {
         let mut notify_events = NotifyEvents::new(self.settings.relay.accept_notify_events);
         notify_events.announce(channel);
         let mut quiet_polls = 0;
-        let mut backlog_measured = Instant::now() - BACKLOG_EVERY;
         let mut floor = ClaimFloor::new(Instant::now());
         // Claimed and through the pipeline, not yet published.
         let mut prepared: Option<Prepared> = None;
@@ -217,10 +227,6 @@ impl Relay {
                         .await?;
                 }
                 return Ok(());
-            }
-            if backlog_measured.elapsed() >= BACKLOG_EVERY {
-                self.measure_backlog(&pg.client).await?;
-                backlog_measured = Instant::now();
             }
             floor.rewind_if_due(Instant::now());
             self.take_in_notified(
@@ -364,20 +370,6 @@ impl Relay {
             _ = amqp_failed.notified() => Err(SessionError::AmqpClosed),
             _ = tokio::time::sleep(wait) => Ok(()),
         }
-    }
-
-    /// Updates the backlog gauges: pending rows and the age of the oldest.
-    async fn measure_backlog(&self, client: &Client) -> Result<(), SessionError> {
-        let row = self
-            .bounded(client.query_one(
-                "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE isfinite(created_at))), 0)::float8
-                 FROM itrelay.outbox WHERE state = 'pending'",
-                &[],
-            ))
-            .await?;
-        METRICS.backlog_rows.set(row.try_get(0)?);
-        METRICS.backlog_oldest_age_seconds.set(row.try_get(1)?);
-        Ok(())
     }
 
     /// Waits for a notification, the fallback poll or shutdown, and takes the

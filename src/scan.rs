@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::listen::{ConnectError, PgSession};
+use crate::metrics::METRICS;
 
 /// The statement each scan runs: every time-based scan, as of the database's `now()`,
 /// with `scan.license_grace_days` as $1.
@@ -47,6 +48,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             outcome = scan_once(&settings, &mut session) => outcome,
         };
+        METRICS.scan_runs.inc();
         let delay = match outcome {
             Ok(recorded) => {
                 debug!(recorded, "due-event scan done");
@@ -54,6 +56,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) {
                 settings.scan_interval()
             }
             Err(error) => {
+                METRICS.scan_failures.inc();
                 let delay = if keeps_session(&error, session.as_ref()) {
                     // The SQL failed on a live connection (say, a missing table): retrying
                     // sooner than the schedule would only fail again.

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test binary uses its own part of the harness.
 
+pub mod process;
 pub mod proxy;
 pub mod role;
 
