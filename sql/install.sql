@@ -1,7 +1,8 @@
 -- itrelay install, schema version 1.
 --
 -- Creates the relay's own schema `itrelay` (the outbox and its bookkeeping) and one
--- trigger per event on the IT module's tables. Each trigger writes the event to the
+-- trigger per event on the IT module's tables, each named itrelay_..._trigger so that it
+-- never replaces a trigger of the IT module's own. Each trigger writes the event to the
 -- outbox in the business transaction and wakes the relay with NOTIFY on `it_events`:
 -- the event commits with the business write or not at all.
 --
@@ -17,6 +18,33 @@ BEGIN;
 DO $$ BEGIN PERFORM pg_advisory_xact_lock(hashtext('itrelay install')); END $$;
 
 CREATE SCHEMA IF NOT EXISTS itrelay;
+
+-- Everything itrelay puts on the IT tables is named itrelay_...: the IT module names its
+-- own triggers it_..._trigger. Installs before this one used such names too; their
+-- triggers go (only those whose function is itrelay's), then their trigger functions.
+DO $$
+DECLARE
+    old record;
+BEGIN
+    FOR old IN
+        SELECT t.tgname, t.tgrelid::regclass AS on_table
+        FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+        WHERE p.pronamespace = 'itrelay'::regnamespace AND NOT t.tgisinternal
+          AND t.tgname NOT LIKE 'itrelay\_%'
+        ORDER BY 2, 1
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', old.tgname, old.on_table);
+    END LOOP;
+    FOR old IN
+        SELECT p.oid::regprocedure AS function
+        FROM pg_proc p
+        WHERE p.pronamespace = 'itrelay'::regnamespace AND p.prorettype = 'trigger'::regtype
+          AND p.proname LIKE 'it\_notify\_%'
+    LOOP
+        EXECUTE format('DROP FUNCTION %s', old.function);
+    END LOOP;
+END;
+$$;
 
 CREATE TABLE IF NOT EXISTS itrelay.schema_version (
     version      integer PRIMARY KEY,
@@ -135,6 +163,9 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON itrelay.outbox (id) WHERE state = '
 -- Retention deletes delivered rows by age.
 CREATE INDEX IF NOT EXISTS outbox_delivered ON itrelay.outbox (delivered_at) WHERE state = 'delivered';
 
+-- Failed rows are counted for /metrics (itrelay_outbox_failed_rows) every few seconds.
+CREATE INDEX IF NOT EXISTS outbox_failed ON itrelay.outbox (id) WHERE state = 'failed';
+
 -- Whether the relay is idle, waiting for a notification. While it drains (under load)
 -- it is not, and triggers skip NOTIFY: NOTIFY takes a database-wide lock at commit
 -- that would serialise every business transaction. Unlogged: after a crash the table is
@@ -143,6 +174,70 @@ CREATE UNLOGGED TABLE IF NOT EXISTS itrelay.relay_state (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     idle      boolean NOT NULL
 );
+
+-- Secrets never enter the outbox: license_key, in any case, is removed at any depth and
+-- replaced by license_key_ref (it_licenses/<license_id>/license_key); a string that is
+-- itself JSON is redacted the same way; other text that uses the name as a key (followed
+-- by : or =, escapes of letters, digits and _ decoded) is cut there and ends in ***.
+-- The relay applies the same rules again (src/redact.rs). Payloads that cannot hold the
+-- name (no "license" and no \u00 escape in their text) are returned as they are.
+CREATE OR REPLACE FUNCTION itrelay.redact(p_value jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_result jsonb;
+    v_key text;
+    v_item jsonb;
+    v_text text;
+    v_hex text;
+    v_at integer;
+BEGIN
+    IF p_value::text !~* '(license|\\u00)' THEN
+        RETURN p_value;
+    END IF;
+    CASE jsonb_typeof(p_value)
+    WHEN 'object' THEN
+        v_result := '{}';
+        FOR v_key, v_item IN SELECT key, value FROM jsonb_each(p_value) LOOP
+            IF lower(v_key) = 'license_key' THEN
+                v_result := v_result || jsonb_build_object('license_key_ref', 'it_licenses/'
+                    || CASE WHEN p_value->>'license_id' ~ '^[A-Za-z0-9_-]{1,64}$'
+                            THEN p_value->>'license_id' ELSE 'unknown' END
+                    || '/license_key');
+            ELSE
+                v_result := v_result || jsonb_build_object(v_key, itrelay.redact(v_item));
+            END IF;
+        END LOOP;
+        RETURN v_result;
+    WHEN 'array' THEN
+        RETURN (SELECT coalesce(jsonb_agg(itrelay.redact(a.value) ORDER BY a.n), '[]'::jsonb)
+                FROM jsonb_array_elements(p_value) WITH ORDINALITY AS a(value, n));
+    WHEN 'string' THEN
+        v_text := p_value #>> '{}';
+        IF ltrim(v_text) ~ '^[{\["]' THEN
+            BEGIN
+                v_item := v_text::jsonb;
+                v_result := itrelay.redact(v_item);
+                RETURN CASE WHEN v_result = v_item THEN p_value ELSE to_jsonb(v_result::text) END;
+            EXCEPTION WHEN invalid_text_representation THEN
+                NULL; -- not JSON: masked as text below
+            END;
+        END IF;
+        FOR v_hex IN SELECT DISTINCT m[1] FROM regexp_matches(v_text, '\\u00([0-9A-Fa-f]{2})', 'g') AS m LOOP
+            IF chr(('x' || v_hex)::bit(8)::integer) ~ '^[A-Za-z0-9_]$' THEN
+                v_text := replace(v_text, '\u00' || v_hex, chr(('x' || v_hex)::bit(8)::integer));
+            END IF;
+        END LOOP;
+        v_at := regexp_instr(v_text, 'license_key["''\\[:space:]]*[:=]', 1, 1, 0, 'i');
+        RETURN CASE WHEN v_at > 0 THEN to_jsonb(left(v_text, v_at - 1) || '***') ELSE p_value END;
+    ELSE
+        RETURN p_value;
+    END CASE;
+END;
+$$;
 
 -- Records one event, and wakes the relay if it is idle. At most one NOTIFY per
 -- transaction: identical notifications in a transaction are folded into one.
@@ -173,11 +268,26 @@ BEGIN
         ON CONFLICT (entity) DO UPDATE SET entity = excluded.entity WHERE false;
     END IF;
     INSERT INTO itrelay.outbox (event_type, payload, source_table, entity)
-    VALUES (p_event_type, p_payload, p_source_table, v_entity);
+    VALUES (p_event_type, itrelay.redact(p_payload), p_source_table, v_entity);
     IF (SELECT idle FROM itrelay.relay_state) THEN
         PERFORM pg_notify('it_events', '');
     END IF;
 END;
+$$;
+
+-- The durable API for a DBA's own triggers and producers: records one event, with
+-- source_table 'enqueue'. Nobody may call it until a DBA grants it to a producing role:
+--   GRANT USAGE ON SCHEMA itrelay TO app_writer;
+--   GRANT EXECUTE ON FUNCTION itrelay.enqueue(text, jsonb) TO app_writer;
+-- Events come only from the installed triggers and the roles granted this (or the
+-- three-argument form above, which also names the source table).
+CREATE OR REPLACE FUNCTION itrelay.enqueue(p_event_type text, p_payload jsonb)
+RETURNS void
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT itrelay.enqueue(p_event_type, 'enqueue', p_payload);
 $$;
 
 -- ==== Row-change events: one trigger function and trigger(s) per event ====
@@ -185,14 +295,17 @@ $$;
 -- it_asset_purchased: reads it_assets.asset_id, asset_tag, asset_type, asset_name,
 -- purchase_cost, purchase_date, vendor_id, po_number, serial_number, warranty_months,
 -- organization_id, site_id. The relay adds vendor_name from it_vendors.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_asset_purchased()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_asset_purchased()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM itrelay.enqueue('it_asset_purchased', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
+    -- Once per asset, ever: clearing purchase_cost or purchase_date and setting it again
+    -- does not capitalise the asset a second time.
+    PERFORM itrelay.record_due('it_asset_purchased', NEW.asset_id, 'first set', 0, TG_TABLE_NAME,
+        jsonb_strip_nulls(jsonb_build_object(
         'event_type', 'it_asset_purchased',
         'asset_id', NEW.asset_id,
         'asset_tag', NEW.asset_tag,
@@ -211,17 +324,18 @@ END;
 $$;
 
 -- Fires when purchase_cost and purchase_date are first both set: on insert with both,
--- or on the update that sets the second of them.
+-- or on the update that sets the second of them; once per asset (itrelay.due_events
+-- remembers it), so setting them again after clearing one fires nothing.
 DO $$
 BEGIN
     IF to_regclass('it_assets') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_assets, so no trigger it_asset_purchased_insert_trigger';
+        RAISE NOTICE 'itrelay: no table it_assets, so no trigger itrelay_asset_purchased_insert_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_asset_purchased_insert_trigger
+        CREATE OR REPLACE TRIGGER itrelay_asset_purchased_insert_trigger
             AFTER INSERT ON it_assets
             FOR EACH ROW
             WHEN (NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL)
-            EXECUTE FUNCTION itrelay.it_notify_asset_purchased();
+            EXECUTE FUNCTION itrelay.itrelay_notify_asset_purchased();
     END IF;
 END;
 $$;
@@ -229,14 +343,14 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_assets') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_assets, so no trigger it_asset_purchased_trigger';
+        RAISE NOTICE 'itrelay: no table it_assets, so no trigger itrelay_asset_purchased_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_asset_purchased_trigger
+        CREATE OR REPLACE TRIGGER itrelay_asset_purchased_trigger
             AFTER UPDATE ON it_assets
             FOR EACH ROW
             WHEN (NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL
                   AND (OLD.purchase_cost IS NULL OR OLD.purchase_date IS NULL))
-            EXECUTE FUNCTION itrelay.it_notify_asset_purchased();
+            EXECUTE FUNCTION itrelay.itrelay_notify_asset_purchased();
     END IF;
 END;
 $$;
@@ -244,7 +358,7 @@ $$;
 -- it_asset_disposed: reads it_assets.asset_id, asset_tag, asset_name, disposal_method,
 -- disposal_date, disposal_value, data_sanitization_method, certificate_of_destruction,
 -- updated_by (as disposed_by), organization_id.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_asset_disposed()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_asset_disposed()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -271,13 +385,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_assets') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_assets, so no trigger it_asset_disposed_trigger';
+        RAISE NOTICE 'itrelay: no table it_assets, so no trigger itrelay_asset_disposed_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_asset_disposed_trigger
+        CREATE OR REPLACE TRIGGER itrelay_asset_disposed_trigger
             AFTER UPDATE ON it_assets
             FOR EACH ROW
             WHEN (NEW.status = 'disposed' AND OLD.status IS DISTINCT FROM 'disposed')
-            EXECUTE FUNCTION itrelay.it_notify_asset_disposed();
+            EXECUTE FUNCTION itrelay.itrelay_notify_asset_disposed();
     END IF;
 END;
 $$;
@@ -286,7 +400,7 @@ $$;
 -- previous_assignee_id, site_id, building, room (as location), organization_id,
 -- assigned_by. The relay adds asset_tag, asset_name, asset_type (and the location, when
 -- the assignment has no site) from it_assets, and employee_name from employees.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_asset_assigned()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_asset_assigned()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -313,12 +427,12 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_asset_assignments') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_asset_assignments, so no trigger it_asset_assigned_trigger';
+        RAISE NOTICE 'itrelay: no table it_asset_assignments, so no trigger itrelay_asset_assigned_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_asset_assigned_trigger
+        CREATE OR REPLACE TRIGGER itrelay_asset_assigned_trigger
             AFTER INSERT ON it_asset_assignments
             FOR EACH ROW
-            EXECUTE FUNCTION itrelay.it_notify_asset_assigned();
+            EXECUTE FUNCTION itrelay.itrelay_notify_asset_assigned();
     END IF;
 END;
 $$;
@@ -326,7 +440,7 @@ $$;
 -- it_ticket_created: reads it_tickets.ticket_id, ticket_number, category, subcategory,
 -- priority, subject, description, requester_id, affected_asset_id, organization_id,
 -- site_id. The relay adds requester_name and requester_email from employees.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_ticket_created()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_ticket_created()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -354,12 +468,12 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_tickets') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_tickets, so no trigger it_ticket_created_trigger';
+        RAISE NOTICE 'itrelay: no table it_tickets, so no trigger itrelay_ticket_created_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_ticket_created_trigger
+        CREATE OR REPLACE TRIGGER itrelay_ticket_created_trigger
             AFTER INSERT ON it_tickets
             FOR EACH ROW
-            EXECUTE FUNCTION itrelay.it_notify_ticket_created();
+            EXECUTE FUNCTION itrelay.itrelay_notify_ticket_created();
     END IF;
 END;
 $$;
@@ -367,7 +481,7 @@ $$;
 -- it_ticket_status_changed: reads it_tickets.ticket_id, ticket_number, status (old and
 -- new), requester_id, assigned_to_id, updated_by (as changed_by), resolution_notes,
 -- organization_id.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_ticket_status_changed()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_ticket_status_changed()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -393,13 +507,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_tickets') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_tickets, so no trigger it_ticket_status_changed_trigger';
+        RAISE NOTICE 'itrelay: no table it_tickets, so no trigger itrelay_ticket_status_changed_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_ticket_status_changed_trigger
+        CREATE OR REPLACE TRIGGER itrelay_ticket_status_changed_trigger
             AFTER UPDATE ON it_tickets
             FOR EACH ROW
             WHEN (NEW.status IS DISTINCT FROM OLD.status)
-            EXECUTE FUNCTION itrelay.it_notify_ticket_status_changed();
+            EXECUTE FUNCTION itrelay.itrelay_notify_ticket_status_changed();
     END IF;
 END;
 $$;
@@ -407,7 +521,7 @@ $$;
 -- it_license_renewed: reads it_licenses.license_id, software_name, software_vendor,
 -- expiration_date (old and new), renewal_cost, updated_by (as renewed_by),
 -- organization_id; renewal_date is the day of the update.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_license_renewed()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_license_renewed()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -433,13 +547,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_licenses') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_licenses, so no trigger it_license_renewed_trigger';
+        RAISE NOTICE 'itrelay: no table it_licenses, so no trigger itrelay_license_renewed_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_license_renewed_trigger
+        CREATE OR REPLACE TRIGGER itrelay_license_renewed_trigger
             AFTER UPDATE ON it_licenses
             FOR EACH ROW
             WHEN (NEW.expiration_date > OLD.expiration_date)
-            EXECUTE FUNCTION itrelay.it_notify_license_renewed();
+            EXECUTE FUNCTION itrelay.itrelay_notify_license_renewed();
     END IF;
 END;
 $$;
@@ -447,7 +561,7 @@ $$;
 -- it_asset_maintenance_required: reads it_maintenance_requests.asset_id, maintenance_type,
 -- description, priority, requested_by, organization_id. The relay adds asset_tag,
 -- asset_name and location from it_assets.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_asset_maintenance_required()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_asset_maintenance_required()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -470,12 +584,12 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_maintenance_requests') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_maintenance_requests, so no trigger it_asset_maintenance_required_trigger';
+        RAISE NOTICE 'itrelay: no table it_maintenance_requests, so no trigger itrelay_asset_maintenance_required_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_asset_maintenance_required_trigger
+        CREATE OR REPLACE TRIGGER itrelay_asset_maintenance_required_trigger
             AFTER INSERT ON it_maintenance_requests
             FOR EACH ROW
-            EXECUTE FUNCTION itrelay.it_notify_asset_maintenance_required();
+            EXECUTE FUNCTION itrelay.itrelay_notify_asset_maintenance_required();
     END IF;
 END;
 $$;
@@ -485,7 +599,7 @@ $$;
 -- vendor_id, organization_id; total_cost = license_count * cost_per_license. The
 -- license_key itself is never copied (the contract marks it sensitive): a row that has
 -- one gets license_key_ref = 'it_licenses/<license_id>/license_key' instead.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_license_created()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_license_created()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -515,12 +629,12 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_licenses') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_licenses, so no trigger it_license_created_trigger';
+        RAISE NOTICE 'itrelay: no table it_licenses, so no trigger itrelay_license_created_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_license_created_trigger
+        CREATE OR REPLACE TRIGGER itrelay_license_created_trigger
             AFTER INSERT ON it_licenses
             FOR EACH ROW
-            EXECUTE FUNCTION itrelay.it_notify_license_created();
+            EXECUTE FUNCTION itrelay.itrelay_notify_license_created();
     END IF;
 END;
 $$;
@@ -528,7 +642,7 @@ $$;
 -- it_security_incident_created: reads it_security_incidents.incident_id, incident_number,
 -- incident_type, severity, description, affected_asset_ids, affected_user_ids (uuid[]),
 -- detected_at, reported_by, organization_id, site_id.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_security_incident_created()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_security_incident_created()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -556,12 +670,12 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_security_incidents') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_security_incidents, so no trigger it_security_incident_created_trigger';
+        RAISE NOTICE 'itrelay: no table it_security_incidents, so no trigger itrelay_security_incident_created_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_security_incident_created_trigger
+        CREATE OR REPLACE TRIGGER itrelay_security_incident_created_trigger
             AFTER INSERT ON it_security_incidents
             FOR EACH ROW
-            EXECUTE FUNCTION itrelay.it_notify_security_incident_created();
+            EXECUTE FUNCTION itrelay.itrelay_notify_security_incident_created();
     END IF;
 END;
 $$;
@@ -569,7 +683,7 @@ $$;
 -- it_critical_vulnerability_detected: reads it_vulnerabilities.vulnerability_id, cve_id,
 -- vulnerability_name, severity, cvss_score, affected_asset_ids (uuid[]; its cardinality
 -- is affected_asset_count), remediation_available, patch_id, organization_id.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_critical_vulnerability_detected()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_critical_vulnerability_detected()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -597,13 +711,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_vulnerabilities') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_vulnerabilities, so no trigger it_critical_vulnerability_detected_insert_trigger';
+        RAISE NOTICE 'itrelay: no table it_vulnerabilities, so no trigger itrelay_critical_vulnerability_detected_insert_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_critical_vulnerability_detected_insert_trigger
+        CREATE OR REPLACE TRIGGER itrelay_critical_vulnerability_detected_insert_trigger
             AFTER INSERT ON it_vulnerabilities
             FOR EACH ROW
             WHEN (NEW.severity = 'critical')
-            EXECUTE FUNCTION itrelay.it_notify_critical_vulnerability_detected();
+            EXECUTE FUNCTION itrelay.itrelay_notify_critical_vulnerability_detected();
     END IF;
 END;
 $$;
@@ -611,13 +725,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_vulnerabilities') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_vulnerabilities, so no trigger it_critical_vulnerability_detected_trigger';
+        RAISE NOTICE 'itrelay: no table it_vulnerabilities, so no trigger itrelay_critical_vulnerability_detected_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_critical_vulnerability_detected_trigger
+        CREATE OR REPLACE TRIGGER itrelay_critical_vulnerability_detected_trigger
             AFTER UPDATE ON it_vulnerabilities
             FOR EACH ROW
             WHEN (NEW.severity = 'critical' AND OLD.severity IS DISTINCT FROM 'critical')
-            EXECUTE FUNCTION itrelay.it_notify_critical_vulnerability_detected();
+            EXECUTE FUNCTION itrelay.itrelay_notify_critical_vulnerability_detected();
     END IF;
 END;
 $$;
@@ -626,7 +740,7 @@ $$;
 -- requester_id, request_type, estimated_cost, justification, vendor_id, organization_id,
 -- site_id. The relay adds requester_name from employees and, when there is a vendor,
 -- vendor_name from it_vendors.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_purchase_request_submitted()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_purchase_request_submitted()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -652,13 +766,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_purchase_requests') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger it_purchase_request_submitted_insert_trigger';
+        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger itrelay_purchase_request_submitted_insert_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_purchase_request_submitted_insert_trigger
+        CREATE OR REPLACE TRIGGER itrelay_purchase_request_submitted_insert_trigger
             AFTER INSERT ON it_purchase_requests
             FOR EACH ROW
             WHEN (NEW.approval_status = 'submitted')
-            EXECUTE FUNCTION itrelay.it_notify_purchase_request_submitted();
+            EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_submitted();
     END IF;
 END;
 $$;
@@ -666,13 +780,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_purchase_requests') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger it_purchase_request_submitted_trigger';
+        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger itrelay_purchase_request_submitted_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_purchase_request_submitted_trigger
+        CREATE OR REPLACE TRIGGER itrelay_purchase_request_submitted_trigger
             AFTER UPDATE ON it_purchase_requests
             FOR EACH ROW
             WHEN (NEW.approval_status = 'submitted' AND OLD.approval_status IS DISTINCT FROM 'submitted')
-            EXECUTE FUNCTION itrelay.it_notify_purchase_request_submitted();
+            EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_submitted();
     END IF;
 END;
 $$;
@@ -681,7 +795,7 @@ $$;
 -- requester_id, request_type, estimated_cost, vendor_id, updated_by (as approved_by),
 -- approval_notes, organization_id; approved_at is the transaction time. The relay adds
 -- vendor_name from it_vendors when there is a vendor.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_purchase_request_approved()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_purchase_request_approved()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -708,13 +822,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_purchase_requests') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger it_purchase_request_approved_insert_trigger';
+        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger itrelay_purchase_request_approved_insert_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_purchase_request_approved_insert_trigger
+        CREATE OR REPLACE TRIGGER itrelay_purchase_request_approved_insert_trigger
             AFTER INSERT ON it_purchase_requests
             FOR EACH ROW
             WHEN (NEW.approval_status = 'approved')
-            EXECUTE FUNCTION itrelay.it_notify_purchase_request_approved();
+            EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_approved();
     END IF;
 END;
 $$;
@@ -722,13 +836,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_purchase_requests') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger it_purchase_request_approved_trigger';
+        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger itrelay_purchase_request_approved_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_purchase_request_approved_trigger
+        CREATE OR REPLACE TRIGGER itrelay_purchase_request_approved_trigger
             AFTER UPDATE ON it_purchase_requests
             FOR EACH ROW
             WHEN (NEW.approval_status = 'approved' AND OLD.approval_status IS DISTINCT FROM 'approved')
-            EXECUTE FUNCTION itrelay.it_notify_purchase_request_approved();
+            EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_approved();
     END IF;
 END;
 $$;
@@ -738,7 +852,7 @@ $$;
 -- the request's it_purchase_request_items with quantity_received > 0 (item_description,
 -- quantity_received as quantity, serial_numbers), in line_number order. Record the
 -- items before (or in the same statement as) setting received_date.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_purchase_request_received()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_purchase_request_received()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -774,13 +888,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_purchase_requests') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger it_purchase_request_received_trigger';
+        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger itrelay_purchase_request_received_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_purchase_request_received_trigger
+        CREATE OR REPLACE TRIGGER itrelay_purchase_request_received_trigger
             AFTER UPDATE ON it_purchase_requests
             FOR EACH ROW
             WHEN (NEW.received_date IS NOT NULL AND OLD.received_date IS NULL)
-            EXECUTE FUNCTION itrelay.it_notify_purchase_request_received();
+            EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_received();
     END IF;
 END;
 $$;
@@ -788,7 +902,7 @@ $$;
 -- it_provisioning_started / it_provisioning_completed: reads
 -- it_onboarding_instances.onboarding_instance_id, employee_id, status (old and new),
 -- updated_by (as changed_by), completed_at (completed only), organization_id.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_provisioning_status()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_provisioning_status()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -815,13 +929,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_onboarding_instances') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_onboarding_instances, so no trigger it_provisioning_status_trigger';
+        RAISE NOTICE 'itrelay: no table it_onboarding_instances, so no trigger itrelay_provisioning_status_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_provisioning_status_trigger
+        CREATE OR REPLACE TRIGGER itrelay_provisioning_status_trigger
             AFTER UPDATE ON it_onboarding_instances
             FOR EACH ROW
             WHEN (NEW.status IN ('in_progress', 'completed') AND NEW.status IS DISTINCT FROM OLD.status)
-            EXECUTE FUNCTION itrelay.it_notify_provisioning_status();
+            EXECUTE FUNCTION itrelay.itrelay_notify_provisioning_status();
     END IF;
 END;
 $$;
@@ -829,7 +943,7 @@ $$;
 -- it_account_provisioned / it_account_deactivated: reads it_access_accounts.account_id,
 -- employee_id, system_name, account_username, status (old and new), updated_by (as
 -- changed_by), deactivation_reason (as reason, deactivated only), organization_id.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_account_status()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_account_status()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -858,13 +972,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_access_accounts') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_access_accounts, so no trigger it_account_status_trigger';
+        RAISE NOTICE 'itrelay: no table it_access_accounts, so no trigger itrelay_account_status_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_account_status_trigger
+        CREATE OR REPLACE TRIGGER itrelay_account_status_trigger
             AFTER UPDATE ON it_access_accounts
             FOR EACH ROW
             WHEN (NEW.status IN ('active', 'deactivated') AND NEW.status IS DISTINCT FROM OLD.status)
-            EXECUTE FUNCTION itrelay.it_notify_account_status();
+            EXECUTE FUNCTION itrelay.itrelay_notify_account_status();
     END IF;
 END;
 $$;
@@ -872,7 +986,7 @@ $$;
 -- it_report_generated / it_report_failed (draft): reads it_report_runs.run_id, report_id,
 -- report_name, format, status, requested_by, organization_id; generated also
 -- document_id; failed also error_code, error_message, retryable.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_report_run_status()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_report_run_status()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -903,13 +1017,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_report_runs') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_report_runs, so no trigger it_report_run_status_insert_trigger';
+        RAISE NOTICE 'itrelay: no table it_report_runs, so no trigger itrelay_report_run_status_insert_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_report_run_status_insert_trigger
+        CREATE OR REPLACE TRIGGER itrelay_report_run_status_insert_trigger
             AFTER INSERT ON it_report_runs
             FOR EACH ROW
             WHEN (NEW.status IN ('completed', 'failed'))
-            EXECUTE FUNCTION itrelay.it_notify_report_run_status();
+            EXECUTE FUNCTION itrelay.itrelay_notify_report_run_status();
     END IF;
 END;
 $$;
@@ -917,13 +1031,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_report_runs') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_report_runs, so no trigger it_report_run_status_trigger';
+        RAISE NOTICE 'itrelay: no table it_report_runs, so no trigger itrelay_report_run_status_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_report_run_status_trigger
+        CREATE OR REPLACE TRIGGER itrelay_report_run_status_trigger
             AFTER UPDATE ON it_report_runs
             FOR EACH ROW
             WHEN (NEW.status IN ('completed', 'failed') AND NEW.status IS DISTINCT FROM OLD.status)
-            EXECUTE FUNCTION itrelay.it_notify_report_run_status();
+            EXECUTE FUNCTION itrelay.itrelay_notify_report_run_status();
     END IF;
 END;
 $$;
@@ -936,7 +1050,7 @@ $$;
 -- reason, rejected and rolled_back only), cab_review_required, cab_review_reason,
 -- organization_id. A submission also asks for a CAB review when risk_level is high or
 -- critical or cab_review_required is set; that event follows it_change_submitted.
-CREATE OR REPLACE FUNCTION itrelay.it_notify_change_status()
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_change_status()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -985,13 +1099,13 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_changes') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_changes, so no trigger it_change_status_insert_trigger';
+        RAISE NOTICE 'itrelay: no table it_changes, so no trigger itrelay_change_status_insert_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_change_status_insert_trigger
+        CREATE OR REPLACE TRIGGER itrelay_change_status_insert_trigger
             AFTER INSERT ON it_changes
             FOR EACH ROW
             WHEN (NEW.status = 'submitted')
-            EXECUTE FUNCTION itrelay.it_notify_change_status();
+            EXECUTE FUNCTION itrelay.itrelay_notify_change_status();
     END IF;
 END;
 $$;
@@ -999,14 +1113,14 @@ $$;
 DO $$
 BEGIN
     IF to_regclass('it_changes') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_changes, so no trigger it_change_status_trigger';
+        RAISE NOTICE 'itrelay: no table it_changes, so no trigger itrelay_change_status_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER it_change_status_trigger
+        CREATE OR REPLACE TRIGGER itrelay_change_status_trigger
             AFTER UPDATE ON it_changes
             FOR EACH ROW
             WHEN (NEW.status IN ('submitted', 'approved', 'rejected', 'scheduled', 'implemented', 'rolled_back')
                   AND NEW.status IS DISTINCT FROM OLD.status)
-            EXECUTE FUNCTION itrelay.it_notify_change_status();
+            EXECUTE FUNCTION itrelay.itrelay_notify_change_status();
     END IF;
 END;
 $$;
@@ -1023,7 +1137,8 @@ $$;
 -- was recorded under a unique key, and an event is enqueued only by the scan whose
 -- insert of that key succeeded, so neither a restart nor two concurrent scans repeat it.
 
--- What the scans have recorded. basis is what the due time derives from (an expiration
+-- What the scans have recorded, and the row events that fire once per subject ever
+-- (it_asset_purchased, basis 'first set'). basis is what the due time derives from (an expiration
 -- or target date, an SLA type, a compliance status): a new basis re-arms the event.
 -- threshold orders the thresholds of one basis, the tightest lowest (days before
 -- expiration; 0 critical, 1 warning): a threshold fires only while no tighter or equal
@@ -1143,7 +1258,11 @@ $$;
 -- it_sla_policies row (organization_id, priority): response_hours, resolution_hours.
 -- A target is breached once created_at + its hours has passed without a response
 -- (resolution) by then; a late response (resolution) counts, so a scan that was not
--- running at the time catches up. Basis: the SLA type; fires once per ticket and type.
+-- running at the time catches up. The response is met at the earlier of
+-- first_response_at and resolved_at: resolving a ticket answers it. A ticket whose status
+-- is 'resolved' or 'closed' without the time it was met has no measurable breach and
+-- fires nothing (actual_hours would otherwise run to the scan time). Basis: the SLA
+-- type; fires once per ticket and type.
 CREATE OR REPLACE FUNCTION itrelay.scan_sla_breaches(p_now timestamptz DEFAULT now())
 RETURNS integer
 LANGUAGE plpgsql
@@ -1167,11 +1286,12 @@ BEGIN
         FROM it_tickets t
         JOIN it_sla_policies p ON p.organization_id = t.organization_id AND p.priority = t.priority
         CROSS JOIN LATERAL (VALUES
-            ('response', p.response_hours, t.first_response_at),
+            ('response', p.response_hours, least(t.first_response_at, t.resolved_at)),
             ('resolution', p.resolution_hours, t.resolved_at)) AS s(sla_type, target_hours, met_at)
         CROSS JOIN LATERAL (
             SELECT t.created_at + s.target_hours::double precision * interval '1 hour' AS breach_time) b
-        WHERE b.breach_time < p_now AND (s.met_at IS NULL OR s.met_at > b.breach_time));
+        WHERE b.breach_time < p_now AND (s.met_at IS NULL OR s.met_at > b.breach_time)
+          AND NOT (s.met_at IS NULL AND t.status IN ('resolved', 'closed')));
 END;
 $$;
 
@@ -1233,7 +1353,14 @@ AS $$
     DELETE FROM itrelay.due_events WHERE event_type = p_event_type AND subject_id = p_subject_id;
 $$;
 
-CREATE OR REPLACE FUNCTION itrelay.scan_license_compliance(p_now timestamptz DEFAULT now())
+-- A new license has no seats assigned yet: for p_grace_days after its purchase_date it
+-- is not reported under-utilized (over-deployment is reported at any age).
+-- Earlier versions had no grace parameter.
+DROP FUNCTION IF EXISTS itrelay.scan_due_events(timestamptz);
+DROP FUNCTION IF EXISTS itrelay.scan_license_compliance(timestamptz);
+
+CREATE OR REPLACE FUNCTION itrelay.scan_license_compliance(p_now timestamptz DEFAULT now(),
+    p_grace_days integer DEFAULT 30)
 RETURNS integer
 LANGUAGE plpgsql
 AS $$
@@ -1247,6 +1374,9 @@ BEGIN
                itrelay.compliance_threshold(c.compliance_status, c.variance_percent) AS level
         FROM (SELECT DISTINCT organization_id FROM it_licenses) o
         CROSS JOIN LATERAL it_check_license_compliance(o.organization_id) c
+        JOIN it_licenses l ON l.license_id = c.license_id
+        WHERE NOT (c.compliance_status = 'under_utilized'
+                   AND (p_now AT TIME ZONE 'UTC')::date - l.purchase_date < p_grace_days)
     LOOP
         IF r.level IS NULL THEN
             PERFORM itrelay.rearm_due('it_license_compliance_alert', r.license_id);
@@ -1271,9 +1401,11 @@ BEGIN
 END;
 $$;
 
--- Every scan above, as of p_now; how many events they recorded. From pg_cron:
+-- Every scan above, as of p_now, with p_license_grace_days for new licenses (the
+-- daemon passes scan.license_grace_days); how many events they recorded. From pg_cron:
 --   SELECT cron.schedule('itrelay-due-events', '* * * * *', 'SELECT itrelay.scan_due_events()');
-CREATE OR REPLACE FUNCTION itrelay.scan_due_events(p_now timestamptz DEFAULT now())
+CREATE OR REPLACE FUNCTION itrelay.scan_due_events(p_now timestamptz DEFAULT now(),
+    p_license_grace_days integer DEFAULT 30)
 RETURNS integer
 LANGUAGE sql
 AS $$
@@ -1281,13 +1413,14 @@ AS $$
          + itrelay.scan_licenses_expiring(p_now)
          + itrelay.scan_sla_breaches(p_now)
          + itrelay.scan_patches_overdue(p_now)
-         + itrelay.scan_license_compliance(p_now);
+         + itrelay.scan_license_compliance(p_now, p_license_grace_days);
 $$;
 
 -- ==== Privileges ====
 
 -- Only the owner, and the roles sql/role.sql grants, may call these functions directly
--- (triggers call them as the owner).
+-- (triggers call them as the owner). itrelay.enqueue in particular is granted by a DBA
+-- to named producing roles only.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA itrelay FROM PUBLIC;
 
 -- ==== Version ====

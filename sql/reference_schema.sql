@@ -191,6 +191,11 @@ AS $$
       AND (p_license_id IS NULL OR l.license_id = p_license_id);
 $$;
 
+-- SECURITY DEFINER reads every organization's licenses for whoever calls it, and the
+-- organization is the caller's argument: no role may call it unless granted (the relay's
+-- role is, by sql/role.sql; grant the IT-04 dashboard's role as well).
+REVOKE EXECUTE ON FUNCTION it_check_license_compliance(uuid, uuid) FROM PUBLIC;
+
 -- Maintenance needs raised against an asset (it_asset_maintenance_required).
 CREATE TABLE IF NOT EXISTS it_maintenance_requests (
     maintenance_request_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),

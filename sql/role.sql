@@ -22,7 +22,9 @@
 --                           SELECT: the names the relay adds to events (vendor, employee, asset).
 --   itrelay functions       EXECUTE on those that are not triggers: the time-based scans
 --                           (itrelay.scan_due_events and what it calls) run with the caller's
---                           rights, so the role also reads the tables they scan, if present.
+--                           rights, so the role also reads the tables they scan, if present,
+--                           and executes it_check_license_compliance; itrelay.enqueue is
+--                           what the canary writes its synthetic events with.
 -- What it cannot do: superuser, create roles or databases, replicate, bypass row security,
 -- own or create anything, write a business table, change the outbox's definition. LISTEN
 -- and the leader's advisory lock need no grant. The triggers are SECURITY DEFINER
@@ -60,6 +62,11 @@ SELECT format('GRANT SELECT ON %s TO %I', to_regclass(name), :'relay_role')
 FROM unnest(ARRAY['it_vendor_contracts', 'it_licenses', 'it_tickets', 'it_sla_policies',
                   'it_patches']) AS name
 WHERE to_regclass(name) IS NOT NULL
+\gexec
+
+-- ... the IT module's compliance check, which the compliance scan calls ...
+SELECT format('GRANT EXECUTE ON FUNCTION %s TO %I', to_regprocedure('it_check_license_compliance(uuid, uuid)'), :'relay_role')
+WHERE to_regprocedure('it_check_license_compliance(uuid, uuid)') IS NOT NULL
 \gexec
 
 -- ... and the itrelay functions, trigger functions excepted.

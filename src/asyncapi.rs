@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 use crate::catalog::{self, EventSpec};
+use crate::cloudevents::CloudEventsSettings;
 use crate::config::Settings;
 use crate::describe::{schema, schema_status};
 use crate::envelope::headers;
@@ -29,10 +30,11 @@ pub fn document(settings: &Settings) -> Value {
     let mut operations = Map::new();
     let mut messages = Map::new();
     let mut schemas = Map::new();
-    schemas.insert(HEADERS.into(), headers_schema());
+    let ce = &settings.cloudevents;
+    schemas.insert(HEADERS.into(), headers_schema(ce));
     schemas.insert(PROPERTIES.into(), properties_schema(&settings.amqp.app_id));
     for spec in catalog::EVENTS {
-        messages.insert(spec.event_type.into(), message(spec));
+        messages.insert(spec.event_type.into(), message(spec, ce));
         schemas.insert(spec.schema_ref(), schema(spec));
         for destination in router.destinations(spec) {
             let exchange = destination.exchange.as_str();
@@ -163,7 +165,7 @@ fn operation(
     })
 }
 
-fn message(spec: &EventSpec) -> Value {
+fn message(spec: &EventSpec, ce: &CloudEventsSettings) -> Value {
     let schema_ref = spec.schema_ref();
     let status = schema_status(&schema(spec)).to_owned();
     json!({
@@ -178,7 +180,7 @@ fn message(spec: &EventSpec) -> Value {
                 { "type": "object", "properties": {
                     headers::SCHEMA_REF: { "const": schema_ref },
                     headers::SOURCE_TABLE: { "const": spec.source_table },
-                    "cloudEvents:type": { "const": spec.event_type },
+                    ce.header("type"): { "const": ce.event_type(spec.event_type) },
                 }},
             ],
         },
@@ -210,28 +212,28 @@ fn dead_letter_message() -> Value {
     })
 }
 
-fn headers_schema() -> Value {
+fn headers_schema(ce: &CloudEventsSettings) -> Value {
+    let h = |attribute: &str| ce.header(attribute);
     let string = |description: &str| json!({ "type": "string", "description": description });
     json!({
         "type": "object",
         "description": "AMQP headers of every event message, with the CloudEvents AMQP binding.",
         "required": [
             headers::SCHEMA_REF, headers::ORGANIZATION_ID, headers::SOURCE_TABLE, headers::OUTBOX_ID,
-            "cloudEvents:specversion", "cloudEvents:id", "cloudEvents:type", "cloudEvents:source",
-            "cloudEvents:time", "cloudEvents:dataschema",
+            h("specversion"), h("id"), h("type"), h("source"), h("time"), h("dataschema"),
         ],
         "properties": {
             headers::SCHEMA_REF: string("Versioned payload schema, e.g. payload.ItAssetPurchased.v1."),
             headers::ORGANIZATION_ID: { "type": "string", "format": "uuid" },
             headers::SOURCE_TABLE: string("The business table the event came from."),
             headers::OUTBOX_ID: { "type": "integer", "description": "The itrelay.outbox row id." },
-            "cloudEvents:specversion": { "const": "1.0" },
-            "cloudEvents:id": { "type": "string", "format": "uuid", "description": "Same as message_id." },
-            "cloudEvents:type": string("The event type."),
-            "cloudEvents:source": string("/itrelay/<source table>."),
-            "cloudEvents:time": { "type": "string", "format": "date-time" },
-            "cloudEvents:dataschema": string("urn:itrelay:schema:<schema_ref>."),
-            "cloudEvents:subject": string("The id of the entity the event is about, when it has one."),
+            h("specversion"): { "const": "1.0" },
+            h("id"): { "type": "string", "format": "uuid", "description": "Same as message_id." },
+            h("type"): string("The event type, after cloudevents.type_prefix and a dot when one is set."),
+            h("source"): string("/itrelay/<source table>."),
+            h("time"): { "type": "string", "format": "date-time" },
+            h("dataschema"): string("urn:itrelay:schema:<schema_ref>: the $id of the payload schema."),
+            h("subject"): string("The id of the entity the event is about, when it has one."),
         },
     })
 }

@@ -252,7 +252,11 @@ impl Relay {
                 },
         } = prepared;
         let app_id = &self.settings.amqp.app_id;
-        let messages: Vec<Message> = events.iter().map(|e| envelope(e, app_id)).collect();
+        let cloudevents = &self.settings.cloudevents;
+        let messages: Vec<Message> = events
+            .iter()
+            .map(|e| envelope(e, app_id, cloudevents))
+            .collect();
         let dead_messages = self.dead_letter_messages(&dead);
         let canary_messages: Vec<Message> = canaries
             .iter()
@@ -322,10 +326,12 @@ impl Relay {
             });
         }
         let mut relayed: HashMap<(&'static str, &str), u64> = HashMap::new();
+        let mut confirmed = vec![false; events.len()];
         for (&(index, destination), verdict) in outgoing.copies.iter().zip(verdicts) {
             let event = &events[index];
             let (state, error) = match verdict {
                 Verdict::Confirmed => {
+                    confirmed[index] = true;
                     *relayed
                         .entry((event.spec.event_type, destination.module.as_str()))
                         .or_default() += 1;
@@ -355,15 +361,23 @@ impl Relay {
             claimed: ids.len(),
             ..BatchReport::default()
         };
-        for (event, records) in events.iter().zip(records) {
-            report.waiting += records
+        for ((event, records), confirmed) in events.iter().zip(records).zip(confirmed) {
+            let waiting = records
                 .iter()
                 .filter(|r| r.state == CopyState::Waiting)
                 .count();
-            if records.is_empty() {
-                debug!(event_id = %event.event_id, event_type = event.spec.event_type, "event delivered");
-            }
-            outcomes.push((event.outbox_id, Outcome::Delivered(records)));
+            report.waiting += waiting;
+            let outcome = match records.first() {
+                None => {
+                    debug!(event_id = %event.event_id, event_type = event.spec.event_type, "event delivered");
+                    Outcome::Delivered(records)
+                }
+                // Dead-lettered for every subscriber: the event failed as a whole, and a
+                // replay sends it to them all.
+                Some(first) if !confirmed && waiting == 0 => Outcome::Failed(first.error.clone()),
+                Some(_) => Outcome::Delivered(records),
+            };
+            outcomes.push((event.outbox_id, outcome));
         }
         dead_letter_outcomes(dead, dead_confirmations, &mut outcomes);
         for (id, confirmation) in canary_ids.into_iter().zip(canary_confirmations) {

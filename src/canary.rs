@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::config::Settings;
+use crate::health::{Health, Role};
 use crate::listen::{ConnectError, PgSession};
 use crate::metrics::METRICS;
 use crate::publish::{
@@ -69,8 +70,9 @@ async fn write(pg: Arc<PgSession>, id: Uuid, limit: Duration, failed: mpsc::Send
     let _ = failed.send(error).await;
 }
 
-/// Runs the canary until `shutdown`, if `canary.enabled`.
-pub async fn run(settings: Settings, shutdown: CancellationToken) {
+/// Runs the canary until `shutdown`, if `canary.enabled`: while `health` says this relay
+/// leads, and reporting overdue canaries to it.
+pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken) {
     if !settings.canary.enabled {
         return;
     }
@@ -79,7 +81,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) {
         Duration::from_millis(settings.relay.reconnect_max_ms),
     );
     loop {
-        match watch(&settings, &shutdown).await {
+        match watch(&settings, &health, &shutdown).await {
             Ok(()) => return,
             Err(error) => {
                 let delay = backoff.next_delay();
@@ -93,7 +95,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) {
     }
 }
 
-async fn watch(settings: &Settings, shutdown: &CancellationToken) -> Result<(), CanaryError> {
+async fn watch(
+    settings: &Settings,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Result<(), CanaryError> {
     let canary = &settings.canary;
     let router = Router::from_settings(settings);
     let connection = open_connection(&settings.amqp, "itrelay-canary").await?;
@@ -132,7 +138,7 @@ async fn watch(settings: &Settings, shutdown: &CancellationToken) -> Result<(), 
                 return Ok(());
             }
             _ = send.tick() => {
-                if METRICS.leader.get() != 1 {
+                if health.role() != Role::Leader {
                     // Only the leader's path is watched.
                     in_flight.clear();
                     continue;
@@ -163,12 +169,11 @@ async fn watch(settings: &Settings, shutdown: &CancellationToken) -> Result<(), 
             _ = check.tick() => {}
         }
         let stalled = in_flight.values().any(|sent| sent.elapsed() > stall_after);
-        if stalled && METRICS.canary_stalled.get() == 0 {
+        if health.set_canary_overdue(stalled) && stalled {
             warn!(
                 stall_after_secs = canary.stall_after_secs,
                 "canary overdue: not ready"
             );
         }
-        METRICS.canary_stalled.set(i64::from(stalled));
     }
 }

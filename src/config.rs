@@ -49,6 +49,7 @@ pub struct Settings {
     pub canary: CanarySettings,
     pub scan: ScanSettings,
     pub delivery: DeliverySettings,
+    pub cloudevents: crate::cloudevents::CloudEventsSettings,
     /// Event type → subscriber modules.
     pub routes: BTreeMap<String, Vec<String>>,
 }
@@ -168,6 +169,8 @@ pub struct RelaySettings {
     pub standby_retry_ms: u64,
     /// After SIGTERM or SIGINT, the process ends within this, finished or not.
     pub stop_timeout_secs: u64,
+    /// Relay whole JSON events sent with NOTIFY (unauthenticated, lossy); off by default.
+    pub accept_notify_events: bool,
 }
 
 /// What becomes of copies (event × subscriber module) not confirmed at the first try.
@@ -292,6 +295,8 @@ pub struct ScanSettings {
     pub enabled: bool,
     /// Seconds between two scans.
     pub interval_secs: u64,
+    /// Days after its purchase_date during which a license is not reported under-utilized.
+    pub license_grace_days: i32,
 }
 
 impl Settings {
@@ -410,6 +415,9 @@ impl Settings {
         check_exchange_name(&self.amqp.dead_letter_queue())
             .map_err(|reason| ConfigError::invalid("amqp.dead_letter_queue", reason))?;
         check_not_empty(&self.amqp.app_id).map_err(|r| ConfigError::invalid("amqp.app_id", r))?;
+        self.cloudevents
+            .check()
+            .map_err(|reason| ConfigError::invalid("cloudevents.type_prefix", reason))?;
         if self.postgres.query_timeout_secs == 0 {
             return Err(ConfigError::invalid(
                 "postgres.query_timeout_secs",
@@ -452,6 +460,12 @@ impl Settings {
         }
         self.validate_relay()?;
         self.validate_delivery()?;
+        if !(0..=3650).contains(&self.scan.license_grace_days) {
+            return Err(ConfigError::invalid(
+                "scan.license_grace_days",
+                "must be between 0 and 3650 (ten years)",
+            ));
+        }
         if !(1..=86_400).contains(&self.scan.interval_secs) {
             return Err(ConfigError::invalid(
                 "scan.interval_secs",
@@ -890,6 +904,20 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let message = error_of(&[("ITRELAY__POSTGRES__HOSTNAME", "db")]);
         assert!(message.contains("hostname"), "{message}");
+    }
+
+    #[test]
+    fn cloudevents_settings_load_and_are_checked() {
+        let settings = load(&[
+            ("ITRELAY__CLOUDEVENTS__HEADER_PREFIX", "cloudEvents:"),
+            ("ITRELAY__CLOUDEVENTS__TYPE_PREFIX", "com.example.it"),
+        ])
+        .unwrap();
+        assert_eq!(settings.cloudevents.header("id"), "cloudEvents:id");
+        let message = error_of(&[("ITRELAY__CLOUDEVENTS__TYPE_PREFIX", "Example")]);
+        assert!(message.contains("cloudevents.type_prefix"), "{message}");
+        let message = error_of(&[("ITRELAY__CLOUDEVENTS__HEADER_PREFIX", "ce_")]);
+        assert!(message.contains("header_prefix"), "{message}");
     }
 
     #[test]

@@ -5,7 +5,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::catalog::{self, EventSpec};
-use crate::event::{truncate, DeadLetter, Event, OutboxRow, Rejection, Stage};
+use crate::event::{DeadLetter, Event, OutboxRow, Rejection, Stage};
+use crate::redact::redact;
 
 /// Longest piece of untrusted input quoted back in a rejection.
 const QUOTE_MAX: usize = 80;
@@ -15,7 +16,11 @@ pub fn decode(mut row: OutboxRow) -> Result<Event, Box<DeadLetter>> {
     if let Value::String(text) = &row.payload {
         // Notifications that did not parse are kept as text so they can be dead-lettered.
         match serde_json::from_str(text) {
-            Ok(parsed) => row.payload = parsed,
+            Ok(parsed) => {
+                row.payload = parsed;
+                // Whatever the text held is redacted as a structure too.
+                redact(&mut row.payload);
+            }
             Err(e) => {
                 let rejection = reject(format!("payload is not valid JSON: {e}"));
                 return Err(dead_letter(row, rejection));
@@ -62,9 +67,9 @@ fn inspect(row: &OutboxRow) -> Result<(&'static EventSpec, Uuid), Rejection> {
         }
         Some(Value::String(named)) => {
             return Err(reject(format!(
-                "payload event_type {:?} differs from the outbox row's {:?}",
-                truncate(named, QUOTE_MAX),
-                row.event_type
+                "payload event_type {} differs from the outbox row's {}",
+                quoted_name(named),
+                quoted_name(&row.event_type)
             )))
         }
         Some(other) => {
@@ -74,12 +79,8 @@ fn inspect(row: &OutboxRow) -> Result<(&'static EventSpec, Uuid), Rejection> {
             )))
         }
     };
-    let spec = catalog::find(event_type).ok_or_else(|| {
-        reject(format!(
-            "unknown event type {:?}",
-            truncate(event_type, QUOTE_MAX)
-        ))
-    })?;
+    let spec = catalog::find(event_type)
+        .ok_or_else(|| reject(format!("unknown event type {}", quoted_name(event_type))))?;
     let organization_id = payload
         .get("organization_id")
         .and_then(Value::as_str)
@@ -98,6 +99,21 @@ fn dead_letter(row: OutboxRow, rejection: Rejection) -> Box<DeadLetter> {
         rejection,
         module: None,
     })
+}
+
+/// An event type as a rejection may quote it: only a short name of lower-case letters,
+/// digits and `_`; anything else in that field is input, and input is never quoted.
+fn quoted_name(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name.len() <= QUOTE_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if plain {
+        format!("{name:?}")
+    } else {
+        "(not a plain name, not shown)".to_owned()
+    }
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -205,6 +221,27 @@ mod tests {
         assert_eq!(dead.body, json!("{oops"));
         assert_eq!(dead.event_type, "it_asset_disposed");
         assert_eq!(dead.outbox_id, 7);
+    }
+
+    #[test]
+    fn escaped_secrets_in_text_payloads_stay_out_of_the_dead_letter() {
+        // Text that is JSON, with an escaped key: decode parses it; the key must not return.
+        let mut payload = json!("{\"event_type\": \"it_nope\", \"license\\u005fkey\": \"SECRET\"}");
+        redact(&mut payload);
+        let dead = decode(row("", payload)).unwrap_err();
+        assert!(!dead.body.to_string().contains("SECRET"), "{}", dead.body);
+        assert!(!dead.rejection.reason.contains("SECRET"));
+    }
+
+    #[test]
+    fn event_types_that_are_not_names_are_not_quoted() {
+        let rejection = decode(row(
+            "",
+            json!({"event_type": "SECRET value", "organization_id": ORG}),
+        ))
+        .unwrap_err()
+        .rejection;
+        assert!(!rejection.reason.contains("SECRET"), "{}", rejection.reason);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! the publish [`rounds`]), and copies for other modules go on. [`crate::copies`] keeps
 //! the waiting copies in Postgres.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -120,20 +120,24 @@ pub fn retry_delay(attempts: u32, min: Duration, max: Duration) -> Duration {
 }
 
 /// The publish round of each copy, in send order (`copies[i]` is a copy's module and
-/// entity): round k holds the k-th copy of each (module, entity), so no two copies of one
-/// entity are ever unconfirmed at once for one module. Were they, the broker could nack
-/// the first and take the second. Copies without an entity all go in round 0.
+/// entity): a new round starts at the first copy whose (module, entity) already has a
+/// copy in the current round. So copies go out in send order (id order), and no two
+/// copies of one entity are ever unconfirmed at once for one module: were they, the
+/// broker could nack the first and take the second.
 pub fn rounds(copies: &[(&str, Option<&str>)]) -> Vec<usize> {
-    let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut round = 0;
+    let mut in_round: HashSet<(&str, &str)> = HashSet::new();
     copies
         .iter()
-        .map(|&(module, entity)| match entity {
-            None => 0,
-            Some(entity) => {
-                let count = seen.entry((module, entity)).or_default();
-                *count += 1;
-                *count - 1
+        .map(|&(module, entity)| {
+            if let Some(entity) = entity {
+                if !in_round.insert((module, entity)) {
+                    round += 1;
+                    in_round.clear();
+                    in_round.insert((module, entity));
+                }
             }
+            round
         })
         .collect()
 }
@@ -160,7 +164,7 @@ mod tests {
     const SECOND: Duration = Duration::from_secs(1);
 
     #[test]
-    fn an_entity_has_one_copy_per_module_in_each_round() {
+    fn rounds_keep_send_order_with_one_copy_per_entity_and_module() {
         let copies = [
             ("FA", Some("asset_id:1")),
             ("PF-10", Some("asset_id:1")),
@@ -170,7 +174,7 @@ mod tests {
             ("FA", Some("asset_id:1")),
             ("FA", None),
         ];
-        assert_eq!(rounds(&copies), vec![0, 0, 0, 1, 0, 2, 0]);
+        assert_eq!(rounds(&copies), vec![0, 0, 0, 1, 1, 2, 2]);
     }
 
     #[test]

@@ -7,7 +7,9 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::cloudevents::CloudEventsSettings;
 use crate::event::{DeadLetter, Event, OutboxRow};
+use crate::outbox::NOTIFY_SOURCE;
 
 /// A message ready to publish to one or more exchanges.
 #[derive(Debug, Clone)]
@@ -27,10 +29,14 @@ pub mod headers {
     pub const REJECTION_REASON: &str = "x-rejection-reason";
     /// On a dead letter that stands for one subscriber's copy: that subscriber module.
     pub const REJECTED_FOR_MODULE: &str = "x-rejected-for-module";
+    /// `true` on events that arrived as a whole JSON notification, which any role that
+    /// can connect may send (`relay.accept_notify_events`).
+    pub const UNAUTHENTICATED: &str = "x-unauthenticated";
 }
 
-/// The message every subscriber of `event` receives.
-pub fn envelope(event: &Event, app_id: &str) -> Message {
+/// The message every subscriber of `event` receives; `cloudevents` names the CloudEvents
+/// headers and the `type` attribute.
+pub fn envelope(event: &Event, app_id: &str, cloudevents: &CloudEventsSettings) -> Message {
     let event_type = event.spec.event_type;
     let schema_ref = event.spec.schema_ref();
     let time = rfc3339(event.occurred_at);
@@ -44,17 +50,24 @@ pub fn envelope(event: &Event, app_id: &str) -> Message {
         long_string(&event.organization_id.to_string()),
     );
     put(headers::SOURCE_TABLE, long_string(&event.source_table));
+    if event.source_table == NOTIFY_SOURCE {
+        put(headers::UNAUTHENTICATED, AMQPValue::Boolean(true));
+    }
     put(headers::OUTBOX_ID, AMQPValue::LongLongInt(event.outbox_id));
-    put("cloudEvents:specversion", long_string("1.0"));
-    put("cloudEvents:id", long_string(&event.event_id.to_string()));
-    put("cloudEvents:type", long_string(event_type));
+    let ce = |attribute: &str| cloudevents.header(attribute);
+    put(&ce("specversion"), long_string("1.0"));
+    put(&ce("id"), long_string(&event.event_id.to_string()));
     put(
-        "cloudEvents:source",
+        &ce("type"),
+        long_string(&cloudevents.event_type(event_type)),
+    );
+    put(
+        &ce("source"),
         long_string(&format!("/itrelay/{}", event.source_table)),
     );
-    put("cloudEvents:time", long_string(&time));
+    put(&ce("time"), long_string(&time));
     put(
-        "cloudEvents:dataschema",
+        &ce("dataschema"),
         long_string(&format!("urn:itrelay:schema:{schema_ref}")),
     );
     if let Some(subject) = event
@@ -62,7 +75,7 @@ pub fn envelope(event: &Event, app_id: &str) -> Message {
         .get(event.spec.entity_key)
         .and_then(Value::as_str)
     {
-        put("cloudEvents:subject", long_string(subject));
+        put(&ce("subject"), long_string(subject));
     }
     // Cannot fail: a map of JSON values always serializes.
     let body = serde_json::to_vec(&event.payload).unwrap_or_default();
@@ -100,6 +113,9 @@ pub fn dead_letter(dead: &DeadLetter, app_id: &str, now: OffsetDateTime) -> Mess
         long_string(&dead.rejection.reason),
     );
     put(headers::SOURCE_TABLE, long_string(&dead.source_table));
+    if dead.source_table == NOTIFY_SOURCE {
+        put(headers::UNAUTHENTICATED, AMQPValue::Boolean(true));
+    }
     put(headers::OUTBOX_ID, AMQPValue::LongLongInt(dead.outbox_id));
     if let Some(module) = &dead.module {
         put(headers::REJECTED_FOR_MODULE, long_string(module));
@@ -191,7 +207,7 @@ mod tests {
             entity: None,
             payload: payload.as_object().unwrap().clone(),
         };
-        let message = envelope(&event, "itrelay");
+        let message = envelope(&event, "itrelay", &CloudEventsSettings::default());
         let p = &message.properties;
         assert_eq!(message.routing_key, "it_asset_disposed");
         assert_eq!(
@@ -217,12 +233,34 @@ mod tests {
         );
         assert_eq!(text(header(p, "source_table")), "it_assets");
         assert_eq!(*header(p, "outbox_id"), AMQPValue::LongLongInt(42));
+        assert_eq!(text(header(p, "cloudEvents_id")), EVENT_ID.to_string());
+        assert_eq!(text(header(p, "cloudEvents_type")), "it_asset_disposed");
+        assert_eq!(text(header(p, "cloudEvents_specversion")), "1.0");
+        assert_eq!(text(header(p, "cloudEvents_time")), "2026-03-01T12:00:00Z");
+        assert_eq!(text(header(p, "cloudEvents_source")), "/itrelay/it_assets");
+        assert_eq!(text(header(p, "cloudEvents_subject")), "A-1");
+
+        // The older header form and a type prefix, as configured.
+        let legacy = CloudEventsSettings {
+            header_prefix: crate::cloudevents::HeaderPrefix::Colon,
+            type_prefix: "com.example.it".into(),
+        };
+        let message = envelope(&event, "itrelay", &legacy);
+        let p = &message.properties;
+        assert_eq!(
+            text(header(p, "cloudEvents:type")),
+            "com.example.it.it_asset_disposed"
+        );
         assert_eq!(text(header(p, "cloudEvents:id")), EVENT_ID.to_string());
-        assert_eq!(text(header(p, "cloudEvents:type")), "it_asset_disposed");
-        assert_eq!(text(header(p, "cloudEvents:specversion")), "1.0");
-        assert_eq!(text(header(p, "cloudEvents:time")), "2026-03-01T12:00:00Z");
-        assert_eq!(text(header(p, "cloudEvents:source")), "/itrelay/it_assets");
-        assert_eq!(text(header(p, "cloudEvents:subject")), "A-1");
+        assert!(p
+            .headers()
+            .as_ref()
+            .unwrap()
+            .inner()
+            .get("cloudEvents_id")
+            .is_none());
+        assert_eq!(message.routing_key, "it_asset_disposed");
+        assert_eq!(p.kind().as_ref().unwrap().as_str(), "it_asset_disposed");
     }
 
     #[test]
@@ -249,5 +287,6 @@ mod tests {
             text(header(p, "x-rejection-reason")),
             "payload is not valid JSON"
         );
+        assert_eq!(*header(p, "x-unauthenticated"), AMQPValue::Boolean(true));
     }
 }

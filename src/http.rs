@@ -1,10 +1,12 @@
-//! The operations endpoint: `/healthz` (the process is alive), `/readyz` (connected to
-//! both services and leading or standing by), `/metrics` (Prometheus text format).
+//! The operations endpoint: `/healthz` (the process is alive), `/readyz` (ready, or which
+//! check failed: text, or JSON for `Accept: application/json` or `?format=json`),
+//! `/metrics` (OpenMetrics or Prometheus text, as the scraper asks).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::http::{header, StatusCode};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -12,18 +14,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Health;
 use crate::metrics::METRICS;
 
-/// Binds `address` (failing at once if it cannot) and serves until `shutdown`.
+/// Binds `address` (failing at once if it cannot) and serves until `shutdown`; `/readyz`
+/// answers from `health`.
 pub async fn bind(
     address: SocketAddr,
+    health: Health,
     shutdown: CancellationToken,
 ) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
     let listener = TcpListener::bind(address).await?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .with_state(health);
     Ok(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -31,25 +37,37 @@ pub async fn bind(
     })
 }
 
-async fn readyz() -> impl IntoResponse {
-    if METRICS.ready() {
-        (StatusCode::OK, "ready\n")
+async fn readyz(State(health): State<Health>, uri: Uri, headers: HeaderMap) -> impl IntoResponse {
+    let readiness = health.readiness();
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let json = uri
+        .query()
+        .is_some_and(|query| query.split('&').any(|pair| pair == "format=json"))
+        || accept(&headers).is_some_and(|accept| accept.contains("application/json"));
+    if json {
+        // Cannot fail: the readiness is plain strings and booleans.
+        let body = serde_json::to_string(&readiness).unwrap_or_default() + "\n";
+        (status, [(header::CONTENT_TYPE, "application/json")], body)
     } else {
         (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: not connected to Postgres and RabbitMQ, or neither leading nor standing by\n",
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            readiness.text(),
         )
     }
 }
 
-async fn metrics() -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        METRICS.encode(),
-    )
+fn accept(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::ACCEPT)?.to_str().ok()
+}
+
+async fn metrics(headers: HeaderMap) -> impl IntoResponse {
+    let (content_type, text) = METRICS.negotiate(accept(&headers));
+    ([(header::CONTENT_TYPE, content_type)], text)
 }
 
 /// GETs `path` on `address` and returns the HTTP status code. For `itrelay healthcheck`,
@@ -104,11 +122,19 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         drop(listener);
-        let server = bind(address, shutdown.clone()).await.unwrap();
+        let health = Health::default();
+        let server = bind(address, health.clone(), shutdown.clone())
+            .await
+            .unwrap();
         let running = tokio::spawn(server);
         assert_eq!(probe(address, "/healthz").await.unwrap(), 200);
         assert_eq!(probe(address, "/metrics").await.unwrap(), 200);
         assert_eq!(probe(address, "/nope").await.unwrap(), 404);
+        assert_eq!(probe(address, "/readyz").await.unwrap(), 503);
+        health.set_connected(crate::metrics::Service::Postgres, true);
+        health.set_connected(crate::metrics::Service::Rabbitmq, true);
+        health.set_role(crate::health::Role::Standby);
+        assert_eq!(probe(address, "/readyz").await.unwrap(), 200);
         shutdown.cancel();
         running.await.unwrap().unwrap();
     }

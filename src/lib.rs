@@ -27,12 +27,15 @@
 //! embedded SQL that DBAs apply, [`tls`] how both connections are secured.
 //! [`scan`] runs the SQL scans that record time-based events (expirations, SLA breaches).
 //! [`describe`] and [`asyncapi`] render the catalog for people and for tools.
+//! [`health`] holds readiness for `/readyz` ([`http`]); [`metrics`], [`gauges`] and
+//! [`process`] what `/metrics` exports; [`systemd`] tells a `Type=notify` unit.
 
 pub mod asyncapi;
 pub mod backoff;
 pub mod batch;
 pub mod canary;
 pub mod catalog;
+pub mod cloudevents;
 pub mod config;
 pub mod copies;
 pub mod decode;
@@ -43,12 +46,16 @@ pub mod enrich;
 pub mod envelope;
 pub mod event;
 pub mod floor;
+pub mod gauges;
+pub mod health;
 pub mod http;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
+pub mod notified;
 pub mod ops;
 pub mod outbox;
+pub mod process;
 pub mod publish;
 pub mod redact;
 pub mod relay;
@@ -59,6 +66,7 @@ pub mod scan;
 pub mod secret;
 pub mod shutdown;
 pub mod sql;
+pub mod systemd;
 pub mod tls;
 pub mod topology;
 pub mod validate;

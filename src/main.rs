@@ -7,13 +7,17 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use itrelay::config::{LogFormat, Settings};
+use itrelay::health::Health;
 use itrelay::listen::PgSession;
+use itrelay::metrics::METRICS;
 use itrelay::publish::{self, Publisher};
 use itrelay::relay::Relay;
 use itrelay::route::Router;
 use itrelay::{
-    asyncapi, canary, demo, describe, http, logging, ops, retention, scan, shutdown, sql, topology,
+    asyncapi, canary, demo, describe, gauges, http, logging, ops, retention, scan, shutdown, sql,
+    systemd, topology,
 };
+use tracing::info;
 
 /// Relays IT-module events from Postgres to RabbitMQ: validated, enriched, confirmed.
 #[derive(Debug, Parser)]
@@ -179,23 +183,45 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
     match command {
         Command::Run => {
             let shutdown = shutdown::on_signals().context("installing signal handlers")?;
+            let listen = if settings.http.enabled {
+                settings.http.address()?.to_string()
+            } else {
+                "disabled".to_owned()
+            };
+            // The settings' Debug masks every password and URL password.
+            info!(
+                version = env!("CARGO_PKG_VERSION"),
+                %listen,
+                config = ?settings,
+                "itrelay starting"
+            );
+            let health = Health::default();
             let server = if settings.http.enabled {
                 let address = settings.http.address()?;
-                let server = http::bind(address, shutdown.clone())
+                let server = http::bind(address, health.clone(), shutdown.clone())
                     .await
                     .with_context(|| format!("http.listen: cannot listen on {address}"))?;
                 Some(tokio::spawn(server))
             } else {
                 None
             };
-            let relay = Relay::new(settings.clone())?;
+            let relay = Relay::new(settings.clone())?.with_health(health.clone());
+            METRICS.prime(&Router::from_settings(&settings));
             let stop_timeout = settings.stop_timeout();
             let retention = tokio::spawn(retention::run(settings.clone(), shutdown.clone()));
-            let canary = tokio::spawn(canary::run(settings.clone(), shutdown.clone()));
+            let canary = tokio::spawn(canary::run(
+                settings.clone(),
+                health.clone(),
+                shutdown.clone(),
+            ));
+            let gauges = tokio::spawn(gauges::run(settings.clone(), shutdown.clone()));
+            let notifier = tokio::spawn(systemd::run(health.clone(), shutdown.clone()));
             let scans = tokio::spawn(scan::run(settings, shutdown.clone()));
             let running = async {
                 relay.run(shutdown.clone()).await;
                 scans.await.context("due-event scans")?;
+                gauges.await.context("outbox gauges")?;
+                notifier.await.context("systemd notifications")?;
                 retention.await.context("retention")?;
                 canary.await.context("canary")?;
                 if let Some(server) = server {
@@ -207,6 +233,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
                 Some(finished) => finished?,
                 None => return Ok(ExitCode::FAILURE),
             }
+            info!("itrelay stopped");
         }
         Command::Healthcheck => {
             let address = settings.http.address()?;

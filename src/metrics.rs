@@ -1,6 +1,6 @@
-//! The relay's metrics, in one registry scraped at `/metrics`, and the readiness they
-//! imply. Label values are event types of the catalog, module names, stages and service
-//! names: never payload data.
+//! The relay's metrics, in one registry scraped at `/metrics`. Label values are event
+//! types of the catalog, module names, stages, service names and the version: never
+//! payload data. Readiness is not read from here but from [`crate::health`].
 
 use std::sync::LazyLock;
 
@@ -40,6 +40,11 @@ pub struct DeadLetterLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ServiceLabels {
     /// [`Service::as_str`].
     pub service: &'static str,
@@ -67,9 +72,22 @@ pub struct Metrics {
     pub leader: Gauge,
     pub standby: Gauge,
     pub scan_runs: Counter,
+    pub scan_failures: Counter,
+    pub failed_rows: Gauge,
+    pub failed_copies: Gauge,
     pub canary_seconds: Histogram,
     pub canary_stalled: Gauge,
+    pub broker_blocked: Gauge,
+    pub build_info: Family<BuildLabels, Gauge>,
 }
+
+/// The OpenMetrics content type, for scrapers that ask for it.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The Prometheus text format 0.0.4, for every other client.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Both services, so that their series exist from the start.
+const SERVICES: [Service; 2] = [Service::Postgres, Service::Rabbitmq];
 
 /// The process's metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -78,7 +96,7 @@ impl Metrics {
     fn new() -> Self {
         let latency = || Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
         let metrics = Self {
-            registry: Registry::with_prefix("itrelay"),
+            registry: Registry::default(),
             relayed: Family::default(),
             dead_lettered: Family::default(),
             notified_events: Counter::default(),
@@ -91,11 +109,29 @@ impl Metrics {
             leader: Gauge::default(),
             standby: Gauge::default(),
             scan_runs: Counter::default(),
+            scan_failures: Counter::default(),
+            failed_rows: Gauge::default(),
+            failed_copies: Gauge::default(),
             canary_seconds: latency(),
             canary_stalled: Gauge::default(),
+            broker_blocked: Gauge::default(),
+            build_info: Family::default(),
         };
         let mut metrics = metrics;
-        let registry = &mut metrics.registry;
+        for service in SERVICES {
+            drop(metrics.reconnects.get_or_create(&service.into()));
+            drop(metrics.connected.get_or_create(&service.into()));
+        }
+        metrics
+            .build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        metrics
+            .registry
+            .register_collector(Box::new(crate::process::ProcessCollector));
+        let registry = metrics.registry.sub_registry_with_prefix("itrelay");
         registry.register(
             "events_relayed",
             "Events confirmed by the broker, per event type and subscriber module",
@@ -153,6 +189,31 @@ impl Metrics {
             metrics.scan_runs.clone(),
         );
         registry.register(
+            "scan_failures",
+            "Runs of the due-event scan that failed (connection lost, SQL error, timeout)",
+            metrics.scan_failures.clone(),
+        );
+        registry.register(
+            "outbox_failed_rows",
+            "Outbox rows dead-lettered and not replayed (state failed)",
+            metrics.failed_rows.clone(),
+        );
+        registry.register(
+            "outbox_failed_copies",
+            "Copies dead-lettered for one subscriber alone (itrelay.copies state failed), not replayed",
+            metrics.failed_copies.clone(),
+        );
+        registry.register(
+            "broker_blocked",
+            "1 while RabbitMQ blocks this relay's publishing (a memory or disk alarm)",
+            metrics.broker_blocked.clone(),
+        );
+        registry.register(
+            "build_info",
+            "Always 1; the label says which version runs",
+            metrics.build_info.clone(),
+        );
+        registry.register(
             "canary_seconds",
             "Canary round trip: from its commit through the outbox and the broker back to this relay",
             metrics.canary_seconds.clone(),
@@ -165,7 +226,7 @@ impl Metrics {
         metrics
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Every metric in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut text = String::new();
         // Cannot fail: writing to a String does not fail.
@@ -173,22 +234,111 @@ impl Metrics {
         text
     }
 
+    /// Every metric in the format an `Accept` header asks for (OpenMetrics if it names
+    /// it, else the Prometheus text format): the content type and the text.
+    pub fn negotiate(&self, accept: Option<&str>) -> (&'static str, String) {
+        let text = self.encode();
+        if accept.is_some_and(|accept| accept.contains("application/openmetrics-text")) {
+            (OPENMETRICS, text)
+        } else {
+            (PROMETHEUS_TEXT, prometheus_text(&text))
+        }
+    }
+
+    /// Creates a zero `itrelay_events_relayed_total` series for every event type and
+    /// subscriber module `router` knows, so that each exists before its first event.
+    pub fn prime(&self, router: &crate::route::Router) {
+        for spec in crate::catalog::EVENTS {
+            for destination in router.destinations(spec) {
+                drop(self.relayed.get_or_create(&RelayedLabels {
+                    event_type: spec.event_type,
+                    module: destination.module.clone(),
+                }));
+            }
+        }
+    }
+
     pub fn set_connected(&self, service: Service, connected: bool) {
         self.connected
             .get_or_create(&service.into())
             .set(i64::from(connected));
     }
+}
 
-    fn is_connected(&self, service: Service) -> bool {
-        self.connected.get_or_create(&service.into()).get() == 1
+/// The Prometheus text format 0.0.4 of an OpenMetrics text: a counter family is named
+/// with its `_total` suffix, and there are no `# UNIT` or `# EOF` lines.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match descriptor {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                text.push_str(&format!("{prefix}{name}{suffix} {tail}"));
+            }
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counters_with_their_suffix() {
+        let openmetrics = "# HELP a_runs Runs.\n# TYPE a_runs counter\na_runs_total 3\n\
+                           # HELP b Bytes.\n# TYPE b gauge\n# UNIT b bytes\nb 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "# HELP a_runs_total Runs.\n# TYPE a_runs_total counter\na_runs_total 3\n\
+             # HELP b Bytes.\n# TYPE b gauge\nb 1\n"
+        );
     }
 
-    /// Ready: connected to both services, either leading or standing by, and canaries
-    /// coming back.
-    pub fn ready(&self) -> bool {
-        self.is_connected(Service::Postgres)
-            && self.is_connected(Service::Rabbitmq)
-            && (self.leader.get() == 1 || self.standby.get() == 1)
-            && self.canary_stalled.get() == 0
+    #[test]
+    fn counters_and_build_info_exist_from_the_start() {
+        let text = METRICS.encode();
+        for series in [
+            "itrelay_reconnects_total{service=\"postgres\"} 0",
+            "itrelay_reconnects_total{service=\"rabbitmq\"} 0",
+            "itrelay_scan_runs_total 0",
+            "itrelay_scan_failures_total 0",
+            "itrelay_build_info{version=\"",
+            "process_resident_memory_bytes ",
+            "process_cpu_seconds_total ",
+            "process_open_fds ",
+        ] {
+            assert!(text.contains(series), "{series} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_scraper_gets_the_format_it_asks_for() {
+        let prometheus =
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+        let (content_type, text) = METRICS.negotiate(Some(prometheus));
+        assert_eq!(content_type, OPENMETRICS);
+        assert!(text.ends_with("# EOF\n"));
+        let (content_type, text) = METRICS.negotiate(None);
+        assert_eq!(content_type, PROMETHEUS_TEXT);
+        assert!(!text.contains("# EOF"));
+        assert!(text.contains("# TYPE itrelay_reconnects_total counter"));
     }
 }

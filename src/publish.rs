@@ -153,6 +153,12 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// Whether the broker blocks this connection's publishing (`connection.blocked`,
+    /// sent during a memory or disk alarm) right now.
+    pub fn blocked(&self) -> bool {
+        self.connection.status().blocked()
+    }
+
     /// Connects, turns on publisher confirms and declares every exchange of `router`,
     /// plus the dead-letter exchange and its queue.
     pub async fn connect(

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -17,8 +16,10 @@ use crate::config::Settings;
 use crate::copies::Copies;
 use crate::delivery::Gates;
 use crate::floor::ClaimFloor;
+use crate::health::{Health, Role};
 use crate::listen::{Notice, PgSession};
 use crate::metrics::{Service, METRICS};
+use crate::notified::NotifyEvents;
 use crate::outbox::Outbox;
 use crate::publish::{PublishError, Publisher};
 use crate::route::Router;
@@ -28,8 +29,10 @@ use crate::validate::Validators;
 /// a row find nothing, it goes idle and waits for NOTIFY.
 const BUSY_POLL: Duration = Duration::from_millis(1);
 const QUIET_POLLS: u32 = 32;
-/// How often the leader measures the backlog for `/metrics`.
+/// The longest idle wait between two looks at the outbox.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+/// How often the broker connection's blocked state is looked at, for `/readyz`.
+const BLOCKED_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a session with the services ended.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +68,7 @@ pub struct Relay {
     pub(crate) settings: Settings,
     pub(crate) router: Router,
     pub(crate) validators: Validators,
+    pub(crate) health: Health,
 }
 
 impl Relay {
@@ -73,7 +77,14 @@ impl Relay {
             router: Router::from_settings(&settings),
             validators: Validators::for_catalog()?,
             settings,
+            health: Health::default(),
         })
+    }
+
+    /// Reports readiness to `health` (shared with `/readyz`) instead of a private one.
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
     }
 
     /// Relays until `shutdown` is cancelled, reconnecting as often as it takes.
@@ -113,24 +124,26 @@ impl Relay {
             self.settings.confirm_timeout(),
         )
         .await?;
-        METRICS.set_connected(Service::Rabbitmq, true);
+        self.health.set_connected(Service::Rabbitmq, true);
         let amqp_failed = publisher.failure_signal();
-        let outcome = async {
+        let work = async {
             let mut pg = self
                 .bounded(PgSession::connect(&self.settings.postgres))
                 .await?;
-            METRICS.set_connected(Service::Postgres, true);
+            self.health.set_connected(Service::Postgres, true);
             if !self.await_leadership(&pg, shutdown).await? {
                 return Ok(());
             }
             backoff.reset();
             self.lead(&mut pg, &publisher, &amqp_failed, shutdown).await
-        }
-        .await;
-        METRICS.leader.set(0);
-        METRICS.standby.set(0);
-        METRICS.set_connected(Service::Postgres, false);
-        METRICS.set_connected(Service::Rabbitmq, false);
+        };
+        let outcome = tokio::select! {
+            outcome = work => outcome,
+            () = self.health.watch_broker(BLOCKED_EVERY, || publisher.blocked()) => Ok(()),
+        };
+        self.health.set_role(Role::None);
+        self.health.set_connected(Service::Postgres, false);
+        self.health.set_connected(Service::Rabbitmq, false);
         publisher.close().await;
         outcome
     }
@@ -159,7 +172,7 @@ impl Relay {
         while !self.bounded(pg.try_lead(channel)).await? {
             if !announced {
                 info!(%channel, "another relay leads this channel; standing by");
-                METRICS.standby.set(1);
+                self.health.set_role(Role::Standby);
                 announced = true;
             }
             tokio::select! {
@@ -167,8 +180,7 @@ impl Relay {
                 _ = tokio::time::sleep(retry) => {}
             }
         }
-        METRICS.standby.set(0);
-        METRICS.leader.set(1);
+        self.health.set_role(Role::Leader);
         Ok(true)
     }
 
@@ -199,8 +211,9 @@ impl Relay {
         self.bounded(outbox.set_idle(&pg.client, false)).await?;
         info!(%channel, "leading: relaying events");
         let mut notified = Vec::new();
+        let mut notify_events = NotifyEvents::new(self.settings.relay.accept_notify_events);
+        notify_events.announce(channel);
         let mut quiet_polls = 0;
-        let mut backlog_measured = Instant::now() - BACKLOG_EVERY;
         let mut floor = ClaimFloor::new(Instant::now());
         // Claimed and through the pipeline, not yet published.
         let mut prepared: Option<Prepared> = None;
@@ -215,13 +228,16 @@ impl Relay {
                 }
                 return Ok(());
             }
-            if backlog_measured.elapsed() >= BACKLOG_EVERY {
-                self.measure_backlog(&pg.client).await?;
-                backlog_measured = Instant::now();
-            }
             floor.rewind_if_due(Instant::now());
-            self.take_in_notified(pg, &outbox, &mut notified, &mut floor, &mut gates)
-                .await?;
+            self.take_in_notified(
+                pg,
+                &outbox,
+                &mut notified,
+                &mut notify_events,
+                &mut floor,
+                &mut gates,
+            )
+            .await?;
             let must_settle_first = in_flight.as_ref().is_some_and(|batch| {
                 gates.due(Instant::now())
                     || prepared
@@ -356,20 +372,6 @@ impl Relay {
         }
     }
 
-    /// Updates the backlog gauges: pending rows and the age of the oldest.
-    async fn measure_backlog(&self, client: &Client) -> Result<(), SessionError> {
-        let row = self
-            .bounded(client.query_one(
-                "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE isfinite(created_at))), 0)::float8
-                 FROM itrelay.outbox WHERE state = 'pending'",
-                &[],
-            ))
-            .await?;
-        METRICS.backlog_rows.set(row.try_get(0)?);
-        METRICS.backlog_oldest_age_seconds.set(row.try_get(1)?);
-        Ok(())
-    }
-
     /// Waits for a notification, the fallback poll or shutdown, and takes the
     /// notification in ([`take_notice`]). True if a notification came.
     #[allow(clippy::too_many_arguments)]
@@ -398,18 +400,20 @@ impl Relay {
     }
 
     /// Takes in the notifications received so far ([`take_notice`]) and stores the
-    /// whole-event ones as outbox rows.
+    /// whole-event ones as outbox rows, if they are accepted ([`NotifyEvents`]).
     async fn take_in_notified(
         &self,
         pg: &mut PgSession,
         outbox: &Outbox,
         notified: &mut Vec<String>,
+        notify_events: &mut NotifyEvents,
         floor: &mut ClaimFloor,
         gates: &mut Gates,
     ) -> Result<(), SessionError> {
         while let Some(notice) = pg.try_next_notice() {
             take_notice(notice, notified, floor, gates);
         }
+        notify_events.admit(notified, Instant::now());
         if !notified.is_empty() {
             let stored = self
                 .bounded(outbox.insert_notified(&pg.client, notified))

@@ -124,7 +124,7 @@ impl Relay {
         let messages: Vec<Message> = processed
             .events
             .iter()
-            .map(|e| envelope(e, app_id))
+            .map(|e| envelope(e, app_id, &self.settings.cloudevents))
             .collect();
         let outgoing = Outgoing::new(processed.events, messages, copies);
         let first_round = publisher.publish(&outgoing.round(0).1).await?;

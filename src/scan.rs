@@ -14,9 +14,11 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::listen::{ConnectError, PgSession};
+use crate::metrics::METRICS;
 
-/// The statement each scan runs: every time-based scan, as of the database's `now()`.
-pub const SCAN_SQL: &str = "SELECT itrelay.scan_due_events()";
+/// The statement each scan runs: every time-based scan, as of the database's `now()`,
+/// with `scan.license_grace_days` as $1.
+pub const SCAN_SQL: &str = "SELECT itrelay.scan_due_events(now(), $1)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -46,6 +48,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             outcome = scan_once(&settings, &mut session) => outcome,
         };
+        METRICS.scan_runs.inc();
         let delay = match outcome {
             Ok(recorded) => {
                 debug!(recorded, "due-event scan done");
@@ -53,6 +56,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) {
                 settings.scan_interval()
             }
             Err(error) => {
+                METRICS.scan_failures.inc();
                 let delay = if keeps_session(&error, session.as_ref()) {
                     // The SQL failed on a live connection (say, a missing table): retrying
                     // sooner than the schedule would only fail again.
@@ -84,7 +88,8 @@ async fn scan_once(settings: &Settings, session: &mut Option<PgSession>) -> Resu
         None => session.insert(PgSession::connect(&settings.postgres).await?),
     };
     let limit = settings.query_timeout();
-    let row = tokio::time::timeout(limit, pg.client.query_one(SCAN_SQL, &[]))
+    let grace = settings.scan.license_grace_days;
+    let row = tokio::time::timeout(limit, pg.client.query_one(SCAN_SQL, &[&grace]))
         .await
         .map_err(|_| ScanError::Timeout(limit))??;
     Ok(row.try_get(0)?)

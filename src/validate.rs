@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use jsonschema::error::ValidationErrorKind;
+use jsonschema::ValidationError;
 use serde_json::Value;
 
 use crate::catalog::{self, EventSpec};
@@ -40,11 +42,7 @@ impl Validators {
             validator
                 .iter_errors(&body)
                 .take(ERRORS_SHOWN + 1)
-                .map(|error| {
-                    let path = error.instance_path().to_string();
-                    let at = if path.is_empty() { "/" } else { &path };
-                    truncate(&format!("{at}: {error}"), ERROR_MAX)
-                })
+                .map(|error| truncate(&describe(&error), ERROR_MAX))
                 .collect()
         };
         if let Value::Object(payload) = body {
@@ -63,6 +61,43 @@ impl Validators {
         }
         Err(Rejection::new(Stage::Validate, reason))
     }
+}
+
+/// A violation as its path in the body and the rule it breaks, from the schema: never
+/// the offending value, which may be anything (a secret under a misspelt name).
+fn describe(error: &ValidationError) -> String {
+    let path = error.instance_path().to_string();
+    let at = if path.is_empty() { "/" } else { &path };
+    let rule = match error.kind() {
+        ValidationErrorKind::Required { property } => {
+            format!("required property {property} is missing")
+        }
+        ValidationErrorKind::Format { format } => format!("is not a valid {format}"),
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            let names: Vec<&str> = unexpected
+                .iter()
+                .map(|name| {
+                    if is_plain_name(name) {
+                        name.as_str()
+                    } else {
+                        "(not shown)"
+                    }
+                })
+                .collect();
+            format!("properties the schema does not allow: {}", names.join(", "))
+        }
+        kind => format!("breaks `{}`", kind.keyword()),
+    };
+    format!("{at}: {rule} (schema {})", error.schema_path())
+}
+
+/// A property name short and plain enough to show: lower-case letters, digits and `_`.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 fn compile(spec: &EventSpec) -> anyhow::Result<jsonschema::Validator> {
@@ -141,6 +176,41 @@ mod tests {
             assert!(rejection.reason.contains("payload.ItAssetDisposed.v1"));
             assert!(rejection.reason.contains(expected), "{}", rejection.reason);
         }
+    }
+
+    #[test]
+    fn violations_never_quote_the_offending_value() {
+        let validators = Validators::for_catalog().unwrap();
+        for field in [
+            "asset_id",
+            "disposal_method",
+            "disposal_date",
+            "disposal_value",
+        ] {
+            for value in [
+                json!("SECRET-VALUE"),
+                json!({"k": "SECRET-VALUE"}),
+                json!(["SECRET-VALUE"]),
+            ] {
+                let mut body = valid_disposed();
+                body[field] = value;
+                let rejection = validators.validate(&mut disposed(body)).unwrap_err();
+                assert!(
+                    !rejection.reason.contains("SECRET"),
+                    "{field}: {}",
+                    rejection.reason
+                );
+                assert!(
+                    rejection.reason.contains(&format!("/{field}")),
+                    "{}",
+                    rejection.reason
+                );
+            }
+        }
+        let mut body = valid_disposed();
+        body["SECRET-VALUE"] = json!(1);
+        let rejection = validators.validate(&mut disposed(body)).unwrap_err();
+        assert!(!rejection.reason.contains("SECRET"), "{}", rejection.reason);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::process::Command;
 async fn large_multibyte_text_is_relayed_intact() {
     let mut env = TestEnv::new().await;
     env.seed().await;
-    env.start_relay(&[]);
+    env.start_relay(&[("ITRELAY__RELAY__ACCEPT_NOTIFY_EVENTS", "true")]);
     // 200 KB of multibyte text in the outbox; a 7,900-byte notification, close to
     // Postgres's 8,000-byte limit, cut only at character boundaries.
     let long_text = "Ünïcödé 漢字 🙂 ".repeat(10_000);
@@ -223,6 +223,7 @@ async fn license_keys_never_reach_logs_even_at_debug_level() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_itrelay"))
         .arg("run")
         .envs(env.env_vars())
+        .env("ITRELAY__RELAY__ACCEPT_NOTIFY_EVENTS", "true")
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -329,4 +330,63 @@ async fn rows_the_relay_cannot_read_are_dead_lettered_one_by_one() {
         .await
         .unwrap();
     assert_eq!(status.failed, 3);
+}
+
+#[tokio::test]
+async fn at_trace_level_no_password_nor_event_body_reaches_the_log() {
+    let env = TestEnv::new().await;
+    env.seed().await;
+    let mut child = spawn_run(
+        &env,
+        "trace",
+        &[
+            // Unroutable: the broker returns the message, body and all, to the relay.
+            ("ITRELAY__ROUTES__IT_TICKET_CREATED", "NOBODY"),
+            // A whole-event notification is stored with its body as a statement parameter.
+            ("ITRELAY__RELAY__ACCEPT_NOTIFY_EVENTS", "true"),
+        ],
+    );
+    let log = read_stderr(&mut child);
+    env.execute(&format!(
+        "INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)
+             VALUES ('{ORG}', 'TCK-T', 'other', 'low', 'S', 'BODY-MARKER-7731', '{EMPLOYEE}');
+         INSERT INTO it_assets (organization_id, asset_tag, asset_name, asset_type, purchase_cost, purchase_date, vendor_id)
+             VALUES ('{ORG}', 'BODY-MARKER-7731', 'Monitor', 'monitor', 300, '2026-03-02', '{VENDOR}');"
+    ))
+    .await;
+    env.wait_until_settled(2).await;
+    let notified = json!({
+        "event_type": "it_ticket_status_changed", "ticket_id": ACTOR, "ticket_number": "EXT-T",
+        "old_status": "open", "new_status": "closed", "requester_id": EMPLOYEE,
+        "changed_by": ACTOR, "organization_id": ORG, "resolution_notes": "BODY-MARKER-7731"
+    });
+    env.client
+        .execute(
+            "SELECT pg_notify('it_events', $1)",
+            &[&notified.to_string()],
+        )
+        .await
+        .unwrap();
+    env.wait_until_settled(3).await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let log = log.await.unwrap();
+    let _ = env
+        .channel
+        .exchange_delete(
+            env.exchange("NOBODY").into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await;
+    assert!(log.contains("TRACE"), "trace logging was not on:\n{log}");
+    assert_eq!(env.outbox_states().await.get("failed"), Some(&1));
+    assert!(
+        !log.contains("BODY-MARKER"),
+        "an event body reached the log"
+    );
+    // The user name is shown in the masked URL (`guest:***`); the password never.
+    assert!(
+        !log.replace("guest:***", "").contains("guest"),
+        "the AMQP password reached the log"
+    );
 }

@@ -185,7 +185,7 @@ async fn unroutable_copy_is_dead_lettered_for_its_module_alone() {
 async fn whole_event_notifications_are_relayed_and_bad_ones_dead_lettered() {
     let mut env = TestEnv::new().await;
     env.seed().await;
-    env.start_relay(&[]);
+    env.start_relay(&[("ITRELAY__RELAY__ACCEPT_NOTIFY_EVENTS", "true")]);
     // Once a first event is through, the relay leads and listens.
     env.execute(&ticket_insert("TCK-first")).await;
     env.wait_until_settled(1).await;
@@ -218,6 +218,10 @@ async fn whole_event_notifications_are_relayed_and_bad_ones_dead_lettered() {
     assert_eq!(
         delivered[0].header("source_table").as_deref(),
         Some("notify")
+    );
+    assert_eq!(
+        delivered[0].header("x-unauthenticated").as_deref(),
+        Some("Boolean(true)")
     );
     let dead = env.drain(&env.dead_letter_exchange()).await;
     assert_eq!(dead.len(), 2);
@@ -264,9 +268,15 @@ async fn unroutable_copy_waits_for_a_queue_under_the_wait_policy() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(pf10.len(), 2);
-    let waiting = env
-        .count("SELECT count(*) FROM itrelay.copies WHERE state = 'waiting' AND module = 'NOBODY'")
-        .await;
+    let mut waiting = 0;
+    while waiting < 2 && tokio::time::Instant::now() < deadline {
+        waiting = env
+            .count(
+                "SELECT count(*) FROM itrelay.copies WHERE state = 'waiting' AND module = 'NOBODY'",
+            )
+            .await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(waiting, 2, "both NOBODY copies wait");
     assert_eq!(
         env.count("SELECT count(*) FROM itrelay.outbox WHERE state = 'held'")

@@ -101,11 +101,11 @@ async fn messages_carry_the_documented_properties_and_headers() {
             ("organization_id", ORG),
             ("source_table", "it_assets"),
             ("outbox_id", outbox_id.as_str()),
-            ("cloudEvents:id", event_id.as_str()),
-            ("cloudEvents:type", "it_asset_disposed"),
-            ("cloudEvents:specversion", "1.0"),
-            ("cloudEvents:source", "/itrelay/it_assets"),
-            ("cloudEvents:subject", ASSET),
+            ("cloudEvents_id", event_id.as_str()),
+            ("cloudEvents_type", "it_asset_disposed"),
+            ("cloudEvents_specversion", "1.0"),
+            ("cloudEvents_source", "/itrelay/it_assets"),
+            ("cloudEvents_subject", ASSET),
         ];
         for (name, value) in headers {
             assert_eq!(
@@ -115,7 +115,7 @@ async fn messages_carry_the_documented_properties_and_headers() {
             );
         }
         assert_eq!(
-            message.header("cloudEvents:time"),
+            message.header("cloudEvents_time"),
             message.body["timestamp"].as_str().map(str::to_owned)
         );
     }

@@ -51,7 +51,7 @@ fn stdout(output: &Output) -> String {
 async fn install_twice_changes_nothing_and_uninstall_removes_exactly_it() {
     let env = TestEnv::new().await;
     let installed = catalog_snapshot(&env).await;
-    assert!(installed.contains("trigger it_asset_purchased_trigger"));
+    assert!(installed.contains("trigger itrelay_asset_purchased_trigger"));
 
     let again = itrelay(&env, &["install"]).await;
     assert!(again.status.success(), "{again:?}");
@@ -223,6 +223,6 @@ async fn install_skips_triggers_of_missing_tables_and_check_names_them() {
         .find(|line| line.contains("triggers"))
         .unwrap_or_else(|| panic!("no triggers line in {report}"));
     assert!(line.contains("not installed"), "{line}");
-    assert!(line.contains("it_change"), "{line}");
-    assert!(!line.contains("it_asset_disposed_trigger"), "{line}");
+    assert!(line.contains("itrelay_change"), "{line}");
+    assert!(!line.contains("itrelay_asset_disposed_trigger"), "{line}");
 }

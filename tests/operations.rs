@@ -4,82 +4,12 @@
 
 mod common;
 
-use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use common::process::*;
 use common::proxy::{Mode, Proxy};
 use common::*;
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, Command};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn_relay(env: &TestEnv, extra: &[(&str, String)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_itrelay"))
-        .args(["--log-format", "json", "run"])
-        .envs(env.env_vars())
-        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn itrelay run")
-}
-
-async fn itrelay(env: &TestEnv, args: &[&str], extra: &[(&str, String)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_itrelay"))
-        .args(args)
-        .envs(env.env_vars())
-        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .await
-        .expect("run itrelay")
-}
-
-/// GETs `path` from the relay's HTTP endpoint: status and body.
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::AsyncWriteExt;
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    Some((status, body))
-}
-
-/// Polls `path` until it answers `status`.
-async fn wait_for_status(port: u16, path: &str, status: u16) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some((got, _)) = get(port, path).await {
-            if got == status {
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{path} never answered {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn ticket(number: &str) -> String {
     format!(
@@ -94,17 +24,8 @@ async fn health_readiness_metrics_and_graceful_shutdown() {
     env.seed().await;
     let rabbitmq = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let port = free_port();
-    let extra = [
-        ("ITRELAY__HTTP__ENABLED", "true".to_owned()),
-        ("ITRELAY__HTTP__LISTEN", format!("127.0.0.1:{port}")),
-        (
-            "ITRELAY__AMQP__URL",
-            format!(
-                "amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=1",
-                rabbitmq.port
-            ),
-        ),
-    ];
+    let [enabled, listen] = http_on(port);
+    let extra = [enabled, listen, amqp_through(&rabbitmq)];
     let mut relay = spawn_relay(&env, &extra);
     wait_for_status(port, "/healthz", 200).await;
     wait_for_status(port, "/readyz", 200).await;
@@ -176,15 +97,6 @@ async fn health_readiness_metrics_and_graceful_shutdown() {
             .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
     }
     assert!(logs.contains("shutting down"), "{logs}");
-}
-
-/// Sends `signal` to `pid` via the `kill` command (no libc dependency in the tests).
-fn unsafe_kill(pid: i32, signal: i32) -> i32 {
-    std::process::Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .map(|status| status.code().unwrap_or(1))
-        .unwrap_or(1)
 }
 
 #[tokio::test]

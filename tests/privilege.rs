@@ -4,51 +4,8 @@
 
 mod common;
 
-use std::process::Command;
-
+use common::role::TestRole;
 use common::*;
-
-/// A login role of this test. Roles are cluster-wide: dropped at the end, after the
-/// test's database (declare it before the [`TestEnv`], so it is dropped after).
-struct TestRole(String);
-
-impl TestRole {
-    fn new() -> Self {
-        Self(format!(
-            "itrelay_role_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        ))
-    }
-
-    /// Applies sql/role.sql for this role with psql, as the file's header says.
-    fn apply(&self, db_url: &str) {
-        let output = Command::new("psql")
-            .arg(db_url)
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-v"])
-            .arg(format!("relay_role={}", self.0))
-            .args(["-f", concat!(env!("CARGO_MANIFEST_DIR"), "/sql/role.sql")])
-            .output()
-            .expect("run psql");
-        assert!(
-            output.status.success(),
-            "psql -f sql/role.sql: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    fn url(&self, database: &str) -> String {
-        format!("postgres://{}@127.0.0.1:5432/{database}", self.0)
-    }
-}
-
-impl Drop for TestRole {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([PG_ADMIN_URL, "-X", "-q", "-c"])
-            .arg(format!("DROP ROLE IF EXISTS \"{}\"", self.0))
-            .output();
-    }
-}
 
 #[tokio::test]
 async fn the_relay_role_delivers_events_and_can_do_nothing_else() {
@@ -101,7 +58,7 @@ async fn the_relay_role_delivers_events_and_can_do_nothing_else() {
         "DROP TABLE itrelay.outbox".to_owned(),
         "CREATE TABLE itrelay.extra (x integer)".to_owned(),
         "CREATE TABLE public.extra (x integer)".to_owned(),
-        "DROP TRIGGER it_asset_purchased_trigger ON it_assets".to_owned(),
+        "DROP TRIGGER itrelay_asset_purchased_trigger ON it_assets".to_owned(),
     ];
     for sql in &forbidden {
         let error = relay

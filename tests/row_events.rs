@@ -310,3 +310,27 @@ async fn purchase_request_is_submitted_approved_and_received() {
         })
     );
 }
+
+#[tokio::test]
+async fn an_asset_is_purchased_once_ever() {
+    let env = TestEnv::new().await;
+    env.seed().await;
+    let purchases = "SELECT count(*) FROM itrelay.outbox WHERE event_type = 'it_asset_purchased'";
+    // The seeded asset has neither cost nor date yet; the second asset is bought at insert.
+    env.execute(&format!(
+        "UPDATE it_assets SET purchase_cost = 1200, purchase_date = '2026-03-01' WHERE asset_id = '{ASSET}';
+         INSERT INTO it_assets (organization_id, asset_tag, asset_name, asset_type, purchase_cost, purchase_date)
+             VALUES ('{ORG}', 'MN-2', 'Monitor', 'monitor', 300, '2026-03-02');"
+    ))
+    .await;
+    assert_eq!(env.count(purchases).await, 2);
+    // Cleared and entered again, each field, on both: no new capitalisation.
+    for field in ["purchase_cost", "purchase_date"] {
+        env.execute(&format!(
+            "UPDATE it_assets SET {field} = NULL;
+             UPDATE it_assets SET purchase_cost = 1250, purchase_date = '2026-03-03';"
+        ))
+        .await;
+    }
+    assert_eq!(env.count(purchases).await, 2);
+}

@@ -531,3 +531,140 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// (ticket_number, sla_type, actual_hours) of every recorded breach, sorted.
+async fn breaches(env: &TestEnv) -> Vec<(String, String, f64)> {
+    let mut found: Vec<(String, String, f64)> = env
+        .client
+        .query(
+            "SELECT payload->>'ticket_number', payload->>'sla_type', (payload->>'actual_hours')::float8
+             FROM itrelay.outbox WHERE event_type = 'it_sla_breached'",
+            &[],
+        )
+        .await
+        .expect("breaches")
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    found.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    found
+}
+
+#[tokio::test]
+async fn each_sla_path_and_a_resolution_counts_as_the_response() {
+    // All created at midnight; targets: response 4 hours, resolution 24 hours.
+    let tickets = [
+        (
+            "e1000000-0000-4000-8000-000000000001",
+            "first_response_at = '2026-03-01T02:00:00Z'",
+        ),
+        (
+            "e2000000-0000-4000-8000-000000000001",
+            "resolved_at = '2026-03-01T03:00:00Z', status = 'resolved'",
+        ),
+        (
+            "e3000000-0000-4000-8000-000000000001",
+            "first_response_at = '2026-03-01T06:00:00Z'",
+        ),
+        (
+            "e4000000-0000-4000-8000-000000000001",
+            "resolved_at = '2026-03-01T05:00:00Z', status = 'resolved'",
+        ),
+        ("e5000000-0000-4000-8000-000000000001", "status = 'closed'"),
+        ("e6000000-0000-4000-8000-000000000001", "status = 'open'"),
+    ];
+    let setup: String = tickets
+        .iter()
+        .map(|(id, update)| {
+            format!(
+                "{}UPDATE it_tickets SET {update} WHERE ticket_id = '{id}';",
+                ticket(id, "2026-03-01T00:00:00Z")
+            )
+        })
+        .collect();
+    let env = scan_env(&format!("{SLA_POLICY}{setup}")).await;
+    let breach = |number: &str, sla_type: &str, hours: f64| {
+        (format!("TCK-{number}"), sla_type.to_owned(), hours)
+    };
+    // Answered in time (e1), resolved in time without an answer (e2), closed without
+    // times (e5): no response breach. Answered late (e3), resolved late without an
+    // answer (e4, measured to the resolution), never answered (e6, to the scan).
+    assert_eq!(scan(&env, "2026-03-01T12:00:00Z").await, 3);
+    assert_eq!(
+        breaches(&env).await,
+        [
+            breach("e3000000", "response", 6.0),
+            breach("e4000000", "response", 5.0),
+            breach("e6000000", "response", 12.0),
+        ]
+    );
+    // Unresolved past 24 hours: e1, e3, e6; e2 and e4 were resolved in time, e5 is closed.
+    assert_eq!(scan(&env, "2026-03-02T12:00:00Z").await, 3);
+    let resolution: Vec<_> = breaches(&env)
+        .await
+        .into_iter()
+        .filter(|(_, sla_type, _)| sla_type == "resolution")
+        .collect();
+    assert_eq!(
+        resolution,
+        [
+            breach("e1000000", "resolution", 36.0),
+            breach("e3000000", "resolution", 36.0),
+            breach("e6000000", "resolution", 36.0),
+        ]
+    );
+}
+
+/// The license ids of the outbox's events, sorted.
+async fn alerted_licenses(env: &TestEnv) -> Vec<String> {
+    env.client
+        .query(
+            "SELECT payload->>'license_id' FROM itrelay.outbox ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("alerts")
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn new_licenses_are_not_under_utilized_during_their_grace_period() {
+    let new = "d1000000-0000-4000-8000-000000000001";
+    let old = "d2000000-0000-4000-8000-000000000001";
+    let new_over = "d3000000-0000-4000-8000-000000000001";
+    let env = scan_env(&format!(
+        "{}{}{}
+         UPDATE it_licenses SET purchase_date = '2026-02-20' WHERE license_id = '{new}';
+         UPDATE it_licenses SET purchase_date = '2026-02-25' WHERE license_id = '{new_over}';",
+        license(new, "2027-06-01", 10, 0),
+        license(old, "2027-06-01", 10, 0),
+        license(new_over, "2027-06-01", 2, 3),
+    ))
+    .await;
+    // Nine days old and unused: within the default 30 days. Over-deployed is reported
+    // whatever the age.
+    assert_eq!(scan(&env, NOW).await, 2);
+    assert_eq!(alerted_licenses(&env).await, [old, new_over]);
+    // 31 days old.
+    assert_eq!(scan(&env, "2026-03-23T09:00:00Z").await, 1);
+    assert_eq!(alerted_licenses(&env).await, [new, old, new_over]);
+
+    // The grace is a parameter (the daemon passes scan.license_grace_days).
+    let env = scan_env(&license(new, "2027-06-01", 10, 0)).await;
+    env.execute(&format!(
+        "UPDATE it_licenses SET purchase_date = '2026-02-20' WHERE license_id = '{new}'"
+    ))
+    .await;
+    let recorded: i32 = env
+        .client
+        .query_one(
+            "SELECT itrelay.scan_due_events($1::text::timestamptz, 5)",
+            &[&NOW],
+        )
+        .await
+        .expect("scan with a grace of 5 days")
+        .get(0);
+    assert_eq!(recorded, 1);
+}

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use itrelay::catalog::Reference;
+use itrelay::cloudevents::CloudEventsSettings;
 use itrelay::decode::decode;
 use itrelay::enrich::{enrich, ReferenceData, ReferenceRow};
 use itrelay::envelope::{envelope, Message};
@@ -81,5 +82,5 @@ pub fn pipeline(
     let mut event = decode(row).map_err(|dead| dead.rejection.to_string())?;
     enrich(&mut event, references).map_err(|r| r.to_string())?;
     validators.validate(&mut event).map_err(|r| r.to_string())?;
-    Ok(envelope(&event, APP_ID))
+    Ok(envelope(&event, APP_ID, &CloudEventsSettings::default()))
 }

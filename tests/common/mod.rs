@@ -3,7 +3,9 @@
 
 #![allow(dead_code)] // Each test binary uses its own part of the harness.
 
+pub mod process;
 pub mod proxy;
+pub mod role;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -534,6 +536,32 @@ pub fn without_timestamp(body: &Value) -> Value {
     )
     .expect("RFC 3339 timestamp");
     body
+}
+
+/// `itrelay run` as a child process with this test's settings, `extra` variables and
+/// `RUST_LOG` = `log_level`; stderr piped (read it with [`read_stderr`]), killed on drop.
+pub fn spawn_run(env: &TestEnv, log_level: &str, extra: &[(&str, &str)]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_itrelay"))
+        .arg("run")
+        .envs(env.env_vars())
+        .envs(extra.iter().copied())
+        .env("RUST_LOG", log_level)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn itrelay run")
+}
+
+/// Reads a child's stderr to its end in a task, so that a verbose child (logging at
+/// trace) never blocks on a full pipe; the task yields the text once the child exits.
+pub fn read_stderr(child: &mut tokio::process::Child) -> JoinHandle<String> {
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    tokio::spawn(async move {
+        let mut log = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut log).await;
+        String::from_utf8_lossy(&log).into_owned()
+    })
 }
 
 pub async fn connect(url: &str) -> Client {

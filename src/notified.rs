@@ -1,0 +1,99 @@
+//! Whole-event notifications: events sent as the JSON payload of a NOTIFY.
+//!
+//! Any role that can connect may NOTIFY, so such an event proves nothing about who made
+//! it, and one sent while no relay listens is gone. They are refused unless
+//! `relay.accept_notify_events` is on; refused ones are dropped with a warning at most
+//! once a minute that counts them and never shows a payload.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::warn;
+
+/// The shortest time between two warnings about refused notifications.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Decides what happens to whole-event notifications.
+#[derive(Debug)]
+pub struct NotifyEvents {
+    accept: bool,
+    refused_unreported: u64,
+    last_warning: Option<Instant>,
+}
+
+impl NotifyEvents {
+    pub fn new(accept: bool) -> Self {
+        Self {
+            accept,
+            refused_unreported: 0,
+            last_warning: None,
+        }
+    }
+
+    /// Says at start what whole-event notifications will do, loudly when they are accepted.
+    pub fn announce(&self, channel: &str) {
+        if self.accept {
+            warn!(
+                %channel,
+                "relay.accept_notify_events is on: whole JSON events sent with NOTIFY are relayed, \
+                 marked source_table \"notify\" and header x-unauthenticated; any role that can \
+                 connect can send them (unauthenticated) and those sent while no relay listens \
+                 are lost (lossy)"
+            );
+        }
+    }
+
+    /// Keeps `notified` to be stored when accepted; otherwise empties it, and warns when
+    /// a warning is due. Returns whether a warning was logged.
+    pub fn admit(&mut self, notified: &mut Vec<String>, now: Instant) -> bool {
+        if self.accept || notified.is_empty() {
+            return false;
+        }
+        self.refused_unreported += notified.len() as u64;
+        notified.clear();
+        if self
+            .last_warning
+            .is_some_and(|last| now.duration_since(last) < WARN_EVERY)
+        {
+            return false;
+        }
+        warn!(
+            refused = self.refused_unreported,
+            "whole-event notifications ignored: events come only from the installed triggers \
+             and itrelay.enqueue (set relay.accept_notify_events = true to accept them, \
+             unauthenticated)"
+        );
+        self.refused_unreported = 0;
+        self.last_warning = Some(now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_notifications_are_dropped_with_a_warning_at_most_once_a_minute() {
+        let mut gate = NotifyEvents::new(false);
+        let start = Instant::now();
+        let mut notified = vec!["{\"event_type\":\"x\"}".to_owned()];
+        assert!(gate.admit(&mut notified, start));
+        assert!(notified.is_empty());
+        notified.push("{}".to_owned());
+        assert!(!gate.admit(&mut notified, start + Duration::from_secs(30)));
+        assert!(notified.is_empty());
+        assert_eq!(gate.refused_unreported, 1);
+        notified.push("{}".to_owned());
+        assert!(gate.admit(&mut notified, start + Duration::from_secs(61)));
+        assert_eq!(gate.refused_unreported, 0);
+    }
+
+    #[test]
+    fn accepted_notifications_are_kept() {
+        let mut gate = NotifyEvents::new(true);
+        let mut notified = vec!["{}".to_owned()];
+        assert!(!gate.admit(&mut notified, Instant::now()));
+        assert_eq!(notified.len(), 1);
+    }
+}
