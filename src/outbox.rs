@@ -135,10 +135,11 @@ impl Outbox {
         floor: i64,
         skip: Option<IdRange>,
     ) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
-        // Nothing to skip: every id is below i64::MAX.
+        // Nothing to skip: the first scan takes every id below i64::MAX, the second the
+        // one id above i64::MAX - 1, so that i64::MAX itself is claimed too.
         let IdRange { first, last } = skip.unwrap_or(IdRange {
             first: i64::MAX,
-            last: i64::MAX,
+            last: i64::MAX - 1,
         });
         let rows = client
             .query(&self.claim, &[&i64::from(limit), &first, &last, &floor])
