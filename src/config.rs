@@ -250,7 +250,10 @@ impl Settings {
         check_channel(&self.postgres.channel)
             .map_err(|reason| ConfigError::invalid("postgres.channel", reason))?;
         tls::amqp(&self.amqp).map_err(|e| ConfigError::invalid(e.key, e.reason))?;
-        check_exchange_name(&format!("{}{}", self.amqp.exchange_prefix, "x"))
+        // Empty, every module's exchange would be the bare module name, shared with
+        // anything else on the broker that publishes there.
+        check_not_empty(&self.amqp.exchange_prefix)
+            .and_then(|()| check_exchange_name(&format!("{}{}", self.amqp.exchange_prefix, "x")))
             .map_err(|reason| ConfigError::invalid("amqp.exchange_prefix", reason))?;
         check_exchange_name(&self.dead_letter_exchange())
             .map_err(|reason| ConfigError::invalid("amqp.dead_letter", reason))?;
@@ -542,6 +545,10 @@ mod tests {
             (&[("ITRELAY__AMQP__URL", "http://broker")], "amqp.url"),
             (
                 &[("ITRELAY__AMQP__EXCHANGE_PREFIX", "it events")],
+                "amqp.exchange_prefix",
+            ),
+            (
+                &[("ITRELAY__AMQP__EXCHANGE_PREFIX", "")],
                 "amqp.exchange_prefix",
             ),
             (
