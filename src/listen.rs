@@ -14,6 +14,7 @@ use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 use tracing::{debug, warn};
 
 use crate::config::PostgresSettings;
+use crate::redact::redact_text;
 use crate::tls::{self, SettingError};
 
 /// Notices buffered between the connection and the relay; past this, notices are
@@ -55,7 +56,7 @@ pub enum ConnectError {
     Setting(#[from] SettingError),
     /// The driver's message with its causes: its own `Display` leaves out why (the
     /// certificate rejected, the authentication refused).
-    #[error("{}", with_causes(.0))]
+    #[error("{}", describe(.0))]
     Postgres(tokio_postgres::Error),
 }
 
@@ -63,6 +64,24 @@ impl From<tokio_postgres::Error> for ConnectError {
     fn from(error: tokio_postgres::Error) -> Self {
         Self::Postgres(error)
     }
+}
+
+/// A Postgres error as a log line or message can show it: what the server said (severity,
+/// SQLSTATE code, message, detail, hint), where the driver's own `Display` says only
+/// `db error`; otherwise the driver's message with its causes. The statement's parameters
+/// are never part of it. The detail can quote a row, so sensitive fields are masked.
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    let Some(db) = error.as_db_error() else {
+        return with_causes(error);
+    };
+    let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    if let Some(detail) = db.detail() {
+        text = format!("{text}; detail: {}", redact_text(detail));
+    }
+    if let Some(hint) = db.hint() {
+        text = format!("{text}; hint: {hint}");
+    }
+    text
 }
 
 fn with_causes(error: &tokio_postgres::Error) -> String {
