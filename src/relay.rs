@@ -32,7 +32,7 @@ const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 /// Why a session with the services ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", crate::listen::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres: {0}")]
     PostgresConnect(#[from] crate::listen::ConnectError),
@@ -121,8 +121,8 @@ impl Relay {
             if !self.await_leadership(&pg, shutdown).await? {
                 return Ok(());
             }
-            backoff.reset();
-            self.lead(&mut pg, &publisher, &amqp_failed, shutdown).await
+            self.lead(&mut pg, &publisher, &amqp_failed, shutdown, backoff)
+                .await
         }
         .await;
         METRICS.leader.set(0);
@@ -174,13 +174,16 @@ impl Relay {
     /// way, the previous batch's outcomes are recorded and the next batch is claimed, in
     /// one pipelined round trip. Once `QUIET_POLLS` polls in a row find nothing, flags
     /// itself idle (so triggers NOTIFY again) and waits for a notification or the
-    /// fallback poll.
+    /// fallback poll. The reconnect `backoff` starts over only after real progress (a
+    /// batch recorded, or a full idle cycle): an error that recurs right after leadership
+    /// is taken (a missing grant or schema) keeps backing off.
     async fn lead(
         &self,
         pg: &mut PgSession,
         publisher: &Publisher,
         amqp_failed: &Notify,
         shutdown: &CancellationToken,
+        backoff: &mut Backoff,
     ) -> Result<(), SessionError> {
         let channel = &self.settings.postgres.channel;
         // The relay's own writes (delivered marks, the idle flag) need not wait for the
@@ -243,6 +246,9 @@ impl Relay {
                 self.bounded(outbox.record(&pg.client, outcomes)),
                 self.prepare(&pg.client, &outbox, &mut floor, skip),
             )?;
+            if !outcomes.is_empty() {
+                backoff.reset();
+            }
             if next.claimed() > 0 {
                 prepared = Some(next);
                 quiet_polls = 0;
@@ -262,6 +268,7 @@ impl Relay {
                         &mut notified,
                     )
                     .await?;
+                backoff.reset();
                 quiet_polls = 0;
             }
         }
