@@ -2,11 +2,14 @@
 --
 -- Creates the relay's own schema `itrelay` (the outbox and its bookkeeping) and one
 -- trigger per event on the IT module's tables. Each trigger writes the event to the
--- outbox in the business transaction and wakes the relay with NOTIFY on `it_events`:
--- the event commits with the business write or not at all.
+-- outbox in the business transaction and wakes the relay with NOTIFY on the channel
+-- stored in `itrelay.settings`: the event commits with the business write or not at all.
 --
--- Idempotent: applying it again changes nothing. `itrelay install` applies this very file.
+-- Idempotent: applying it again changes nothing. `itrelay install` applies this very file,
+-- storing its `postgres.channel` (`it_events` by default); with psql, the channel is
+-- `it_events` on a first install and is kept afterwards, unless set for the session:
 --   psql -v ON_ERROR_STOP=1 -f sql/install.sql
+--   psql -v ON_ERROR_STOP=1 -c 'SET itrelay.channel = my_events' -f sql/install.sql
 -- The triggers go on the IT tables found on the search_path (see sql/reference_schema.sql
 -- for the columns each reads). A table that does not exist gets no trigger, with a NOTICE
 -- saying so; `itrelay check` lists the triggers installed and missing.
@@ -58,6 +61,28 @@ CREATE UNLOGGED TABLE IF NOT EXISTS itrelay.relay_state (
     idle      boolean NOT NULL
 );
 
+-- Settings fixed at install. channel: the NOTIFY channel the triggers wake the relay
+-- on; a relay configured for another channel refuses to start.
+CREATE TABLE IF NOT EXISTS itrelay.settings (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    channel   text NOT NULL CHECK (channel ~ '^[a-z_][a-z0-9_]{0,62}$')
+);
+INSERT INTO itrelay.settings (channel)
+VALUES (coalesce(nullif(current_setting('itrelay.channel', true), ''), 'it_events'))
+ON CONFLICT (singleton) DO UPDATE SET channel = excluded.channel
+    WHERE nullif(current_setting('itrelay.channel', true), '') IS NOT NULL;
+
+-- The leader's lease (src/lease.rs): the leading relay's backend, renewed through that
+-- backend every third of relay.lease_secs. A standby that finds it older than
+-- relay.lease_secs ends that backend, which releases the leader lock, and takes over.
+CREATE UNLOGGED TABLE IF NOT EXISTS itrelay.leader (
+    singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    pid           integer NOT NULL,
+    backend_start timestamptz NOT NULL,
+    channel       text NOT NULL,
+    renewed_at    timestamptz NOT NULL
+);
+
 -- Records one event, and wakes the relay if it is idle. At most one NOTIFY per
 -- transaction: identical notifications in a transaction are folded into one.
 CREATE OR REPLACE FUNCTION itrelay.enqueue(p_event_type text, p_source_table text, p_payload jsonb)
@@ -70,7 +95,7 @@ BEGIN
     INSERT INTO itrelay.outbox (event_type, payload, source_table)
     VALUES (p_event_type, p_payload, p_source_table);
     IF (SELECT idle FROM itrelay.relay_state) THEN
-        PERFORM pg_notify('it_events', '');
+        PERFORM pg_notify((SELECT channel FROM itrelay.settings), '');
     END IF;
 END;
 $$;

@@ -115,6 +115,8 @@ pub struct RelaySettings {
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
     pub standby_retry_ms: u64,
+    /// A leader's lease not renewed this long lets a standby end its session and take over.
+    pub lease_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -323,6 +325,18 @@ impl Settings {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
             }
         }
+        // The leader renews every third of the lease; a renewal unanswered within the
+        // query timeout ends its session. Both together fit in the lease, so a
+        // partitioned leader has given up before a standby takes over.
+        if relay.lease_secs * 2 < self.postgres.query_timeout_secs * 3 {
+            return Err(ConfigError::invalid(
+                "relay.lease_secs",
+                format!(
+                    "must be at least 1.5 × postgres.query_timeout_secs ({}), so that a partitioned leader gives up before a standby takes over",
+                    self.postgres.query_timeout_secs
+                ),
+            ));
+        }
         if relay.reconnect_max_ms < relay.reconnect_min_ms {
             return Err(ConfigError::invalid(
                 "relay.reconnect_max_ms",
@@ -381,6 +395,10 @@ impl Settings {
 
     pub fn query_timeout(&self) -> Duration {
         Duration::from_secs(self.postgres.query_timeout_secs)
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.relay.lease_secs)
     }
 
     pub fn confirm_timeout(&self) -> Duration {
@@ -565,6 +583,7 @@ mod tests {
                 &[("ITRELAY__RELAY__RECONNECT_MAX_MS", "1")],
                 "relay.reconnect_max_ms",
             ),
+            (&[("ITRELAY__RELAY__LEASE_SECS", "14")], "relay.lease_secs"),
         ];
         for (env, key) in cases {
             let message = error_of(env);

@@ -174,13 +174,16 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let retention = tokio::spawn(retention::run(settings.clone(), shutdown.clone()));
             let canary = tokio::spawn(canary::run(settings.clone(), shutdown.clone()));
             let scans = tokio::spawn(scan::run(settings, shutdown.clone()));
-            relay.run(shutdown).await;
+            let relayed = relay.run(shutdown.clone()).await;
+            // A fatal error stops every task, and then the process.
+            shutdown.cancel();
             scans.await.context("due-event scans")?;
             retention.await.context("retention")?;
             canary.await.context("canary")?;
             if let Some(server) = server {
                 server.await?.context("serving http")?;
             }
+            relayed?;
         }
         Command::Healthcheck => {
             let address = settings.http.address()?;
@@ -198,10 +201,14 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         }
         Command::Install => {
             let pg = connect_postgres(&settings).await?;
-            sql::install(&pg.client)
+            sql::install(&pg.client, &settings.postgres.channel)
                 .await
                 .context("applying sql/install.sql")?;
-            println!("itrelay schema version {} installed", sql::SCHEMA_VERSION);
+            println!(
+                "itrelay schema version {} installed, notifying channel {}",
+                sql::SCHEMA_VERSION,
+                settings.postgres.channel
+            );
         }
         Command::Uninstall { force } => {
             let pg = connect_postgres(&settings).await?;
@@ -232,7 +239,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         }
         Command::Status { json } => {
             let pg = connect_postgres(&settings).await?;
-            let status = ops::status(&pg.client, &settings.postgres.channel)
+            let status = ops::status(&pg.client, settings.lease())
                 .await
                 .context("reading the outbox")?;
             if json {

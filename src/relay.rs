@@ -15,11 +15,13 @@ use crate::backoff::Backoff;
 use crate::batch::{InFlight, Prepared};
 use crate::config::Settings;
 use crate::floor::ClaimFloor;
+use crate::lease::{self, LeaseError, Takeover};
 use crate::listen::{Notice, PgSession};
 use crate::metrics::{Service, METRICS};
 use crate::outbox::Outbox;
 use crate::publish::{PublishError, Publisher};
 use crate::route::Router;
+use crate::sql;
 use crate::validate::Validators;
 
 /// While busy the relay looks for new events this often; after `QUIET_POLLS` looks in
@@ -44,6 +46,17 @@ pub enum SessionError {
     PostgresTimeout(Duration),
     #[error("rabbitmq connection closed")]
     AmqpClosed,
+    #[error("postgres: {0}")]
+    Lease(#[from] LeaseError),
+    /// Fatal: the triggers would wake another channel than the one the relay listens on.
+    #[error(
+        "postgres.channel is {configured:?} but itrelay was installed with channel {installed:?}: \
+         set postgres.channel to {installed:?}, or run `itrelay install` with {configured:?}"
+    )]
+    ChannelMismatch {
+        installed: String,
+        configured: String,
+    },
 }
 
 impl SessionError {
@@ -54,8 +67,15 @@ impl SessionError {
             SessionError::Postgres(_)
             | SessionError::PostgresConnect(_)
             | SessionError::PostgresClosed
-            | SessionError::PostgresTimeout(_) => Service::Postgres,
+            | SessionError::PostgresTimeout(_)
+            | SessionError::Lease(_)
+            | SessionError::ChannelMismatch { .. } => Service::Postgres,
         }
+    }
+
+    /// An error that no retry can mend: the relay stops.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, SessionError::ChannelMismatch { .. })
     }
 }
 
@@ -74,8 +94,9 @@ impl Relay {
         })
     }
 
-    /// Relays until `shutdown` is cancelled, reconnecting as often as it takes.
-    pub async fn run(&self, shutdown: CancellationToken) {
+    /// Relays until `shutdown` is cancelled, reconnecting as often as it takes; returns
+    /// early only with a fatal error ([`SessionError::is_fatal`]).
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), SessionError> {
         let relay = &self.settings.relay;
         let mut backoff = Backoff::new(
             Duration::from_millis(relay.reconnect_min_ms),
@@ -83,7 +104,8 @@ impl Relay {
         );
         loop {
             match self.session(&shutdown, &mut backoff).await {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_fatal() => return Err(error),
                 Err(error) => {
                     METRICS
                         .reconnects
@@ -92,7 +114,7 @@ impl Relay {
                     let delay = backoff.next_delay();
                     warn!(%error, retry_in_ms = delay.as_millis() as u64, "relay interrupted; reconnecting");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -118,11 +140,17 @@ impl Relay {
                 .bounded(PgSession::connect(&self.settings.postgres))
                 .await?;
             METRICS.set_connected(Service::Postgres, true);
+            self.check_channel(&pg).await?;
             if !self.await_leadership(&pg, shutdown).await? {
                 return Ok(());
             }
-            self.lead(&mut pg, &publisher, &amqp_failed, shutdown, backoff)
-                .await
+            // The lease is renewed on this session while it leads; a renewal that fails
+            // or goes unanswered ends the session, and with it the leadership.
+            let client = pg.client.clone();
+            tokio::select! {
+                led = self.lead(&mut pg, &publisher, &amqp_failed, shutdown, backoff) => led,
+                lost = self.keep_lease(&client) => Err(lost),
+            }
         }
         .await;
         METRICS.leader.set(0);
@@ -145,7 +173,22 @@ impl Relay {
         }
     }
 
-    /// Waits until this relay holds the leader lock; `false` if shut down first.
+    /// Refuses a channel other than the one the triggers notify.
+    async fn check_channel(&self, pg: &PgSession) -> Result<(), SessionError> {
+        let installed = self.bounded(sql::installed_channel(&pg.client)).await?;
+        let configured = &self.settings.postgres.channel;
+        if installed == *configured {
+            Ok(())
+        } else {
+            Err(SessionError::ChannelMismatch {
+                installed,
+                configured: configured.clone(),
+            })
+        }
+    }
+
+    /// Waits until this relay holds the leader lock and its lease ([`crate::lease`]),
+    /// ending the session of a leader whose lease expired; `false` if shut down first.
     async fn await_leadership(
         &self,
         pg: &PgSession,
@@ -154,11 +197,30 @@ impl Relay {
         let channel = &self.settings.postgres.channel;
         let retry = Duration::from_millis(self.settings.relay.standby_retry_ms);
         let mut announced = false;
-        while !self.bounded(pg.try_lead(channel)).await? {
+        let mut refused = false;
+        while !self.bounded(lease::try_take(&pg.client, channel)).await? {
             if !announced {
-                info!(%channel, "another relay leads this channel; standing by");
+                info!("another relay leads this outbox; standing by");
                 METRICS.standby.set(1);
                 announced = true;
+            }
+            match self
+                .bounded(lease::end_stale(&pg.client, self.settings.lease()))
+                .await?
+            {
+                Takeover::Ended { pid } => {
+                    warn!(
+                        pid,
+                        lease_secs = self.settings.relay.lease_secs,
+                        "the leader's lease expired; ended its session to take over"
+                    );
+                    continue;
+                }
+                Takeover::NotPermitted { pid } if !refused => {
+                    warn!(pid, "the leader's lease expired, but this role may not end its session (needs the leader's role or pg_signal_backend)");
+                    refused = true;
+                }
+                Takeover::NotPermitted { .. } | Takeover::None => {}
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(false),
@@ -168,6 +230,18 @@ impl Relay {
         METRICS.standby.set(0);
         METRICS.leader.set(1);
         Ok(true)
+    }
+
+    /// Renews the lease every third of `relay.lease_secs`, each renewal bounded by
+    /// `postgres.query_timeout_secs`; returns why it could not.
+    async fn keep_lease(&self, client: &Client) -> SessionError {
+        let every = lease::renew_every(self.settings.lease());
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(error) = self.bounded(lease::renew(client)).await {
+                return error;
+            }
+        }
     }
 
     /// Drains the outbox in overlapping batches: while one batch's confirms are on their

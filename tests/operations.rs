@@ -7,18 +7,11 @@ mod common;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use common::http::{free_port, get, wait_for_status};
 use common::proxy::{Mode, Proxy};
 use common::*;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn spawn_relay(env: &TestEnv, extra: &[(&str, String)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_itrelay"))
@@ -41,44 +34,6 @@ async fn itrelay(env: &TestEnv, args: &[&str], extra: &[(&str, String)]) -> Outp
         .output()
         .await
         .expect("run itrelay")
-}
-
-/// GETs `path` from the relay's HTTP endpoint: status and body.
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::AsyncWriteExt;
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    Some((status, body))
-}
-
-/// Polls `path` until it answers `status`.
-async fn wait_for_status(port: u16, path: &str, status: u16) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some((got, _)) = get(port, path).await {
-            if got == status {
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{path} never answered {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn ticket(number: &str) -> String {
@@ -343,6 +298,7 @@ async fn canary_round_trips_and_readiness_fails_while_it_is_stuck() {
         ("ITRELAY__CANARY__INTERVAL_SECS", "1".to_owned()),
         ("ITRELAY__CANARY__STALL_AFTER_SECS", "2".to_owned()),
         ("ITRELAY__POSTGRES__QUERY_TIMEOUT_SECS", "60".to_owned()),
+        ("ITRELAY__RELAY__LEASE_SECS", "90".to_owned()),
     ];
     let relay = spawn_relay(&env, &extra);
     wait_for_status(port, "/readyz", 200).await;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test binary uses its own part of the harness.
 
+pub mod http;
 pub mod proxy;
 
 use std::collections::{HashMap, HashSet};
@@ -118,7 +119,9 @@ impl TestEnv {
             .batch_execute(itrelay::sql::REFERENCE_SCHEMA)
             .await
             .expect("reference schema");
-        itrelay::sql::install(&client).await.expect("install");
+        itrelay::sql::install(&client, "it_events")
+            .await
+            .expect("install");
         let prefix = format!("t{id}.");
         let relay_exchanges = vec![format!("{prefix}canary")];
         let amqp = Connection::connect(AMQP_URL, amqp_properties())
@@ -231,7 +234,11 @@ impl TestEnv {
         let relay = Relay::new(settings).expect("relay");
         let token = CancellationToken::new();
         let stop = token.clone();
-        let handle = tokio::spawn(async move { relay.run(stop).await });
+        let handle = tokio::spawn(async move {
+            if let Err(error) = relay.run(stop).await {
+                panic!("the relay stopped: {error}");
+            }
+        });
         self.relay = Some((token, handle));
     }
 
