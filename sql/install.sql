@@ -52,14 +52,17 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON itrelay.outbox (id) WHERE state = '
 -- Retention deletes delivered rows by age.
 CREATE INDEX IF NOT EXISTS outbox_delivered ON itrelay.outbox (delivered_at) WHERE state = 'delivered';
 
--- Whether the relay is idle, waiting for a notification. While it drains (under load)
--- it is not, and triggers skip NOTIFY: NOTIFY takes a database-wide lock at commit
--- that would serialise every business transaction. Unlogged: after a crash the table is
--- empty, triggers skip NOTIFY, and the relay sets the flag again when it starts.
-CREATE UNLOGGED TABLE IF NOT EXISTS itrelay.relay_state (
-    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    idle      boolean NOT NULL
-);
+-- Whether the relay is idle, waiting for a notification: the leader then holds the
+-- advisory lock `itrelay idle` (src/outbox.rs). While it drains (under load) it does not,
+-- and triggers skip NOTIFY: NOTIFY takes a database-wide lock at commit that would
+-- serialise every business transaction. A trigger that finds the relay busy holds that
+-- lock shared until its transaction ends, so the relay goes idle only once every such
+-- transaction has ended, and the claim it sends next sees their events: no event waits
+-- for a NOTIFY nobody sent. Lock state, unlike a row, reads the same under every
+-- isolation level, and ends with the relay's session.
+
+-- Schema version 1 before the idle lock kept the flag in a table.
+DROP TABLE IF EXISTS itrelay.relay_state;
 
 -- Settings fixed at install. channel: the NOTIFY channel the triggers wake the relay
 -- on; a relay configured for another channel refuses to start.
@@ -94,7 +97,7 @@ AS $$
 BEGIN
     INSERT INTO itrelay.outbox (event_type, payload, source_table)
     VALUES (p_event_type, p_payload, p_source_table);
-    IF (SELECT idle FROM itrelay.relay_state) THEN
+    IF NOT pg_try_advisory_xact_lock_shared(hashtextextended('itrelay idle', 0)) THEN
         PERFORM pg_notify((SELECT channel FROM itrelay.settings), '');
     END IF;
 END;

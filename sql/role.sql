@@ -15,8 +15,6 @@
 -- What the role can do, and why:
 --   itrelay.outbox          SELECT, UPDATE: claim pending rows, mark them delivered or failed;
 --                           INSERT: store whole-event notifications.
---   itrelay.relay_state     SELECT, INSERT, UPDATE: whether the relay is idle (the triggers
---                           send NOTIFY only then).
 --   itrelay.schema_version  SELECT: `itrelay check` compares the installed version.
 --   itrelay.settings        SELECT: the NOTIFY channel stored at install.
 --   itrelay.leader          SELECT, INSERT, UPDATE: the leader's lease.
@@ -27,7 +25,7 @@
 --                           rights, so the role also reads the tables they scan, if present.
 -- What it cannot do: superuser, create roles or databases, replicate, bypass row security,
 -- own or create anything, write a business table, change the outbox's definition. LISTEN
--- and the leader's advisory lock need no grant. A standby ends the backend of a leader
+-- and the advisory locks (leader, idle) need no grant. A standby ends the backend of a leader
 -- whose lease expired (pg_terminate_backend): allowed because every relay of a database
 -- runs as this same role; relays under different roles need pg_signal_backend. The triggers are SECURITY DEFINER
 -- functions of the installer, so business writes need nothing from this role.
@@ -51,7 +49,6 @@ GRANT USAGE ON SCHEMA itrelay TO :"relay_role";
 
 -- DELETE: retention removes old delivered rows.
 GRANT SELECT, INSERT, UPDATE, DELETE ON itrelay.outbox TO :"relay_role";
-GRANT SELECT, INSERT, UPDATE ON itrelay.relay_state TO :"relay_role";
 GRANT SELECT ON itrelay.schema_version TO :"relay_role";
 GRANT SELECT ON itrelay.settings TO :"relay_role";
 GRANT SELECT, INSERT, UPDATE ON itrelay.leader TO :"relay_role";

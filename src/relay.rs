@@ -28,6 +28,9 @@ use crate::validate::Validators;
 /// a row find nothing, it goes idle and waits for NOTIFY.
 const BUSY_POLL: Duration = Duration::from_millis(1);
 const QUIET_POLLS: u32 = 32;
+/// How often the relay looks while a transaction that will not NOTIFY keeps it from
+/// going idle.
+const NOT_YET_IDLE_POLL: Duration = Duration::from_millis(10);
 /// How often the leader measures the backlog for `/metrics`.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -228,7 +231,6 @@ impl Relay {
             }
         }
         METRICS.standby.set(0);
-        METRICS.leader.set(1);
         Ok(true)
     }
 
@@ -265,9 +267,18 @@ impl Relay {
         // which at-least-once allows. Business transactions are not affected.
         self.bounded(pg.client.batch_execute("SET synchronous_commit = off"))
             .await?;
+        // No event can be missed at start-up, by construction:
+        // - LISTEN comes before the first claim, so a transaction that commits after that
+        //   claim and sent NOTIFY wakes this session;
+        // - a transaction that sent no NOTIFY found the relay busy (it does not hold the
+        //   idle lock: a new session holds none) and holds the lock shared until it ends,
+        //   so the relay cannot go idle before it ends, and polls until then ([`Self::idle`]);
+        // - one that found a previous leader idle notified a channel nobody may have
+        //   listened on: it committed before this LISTEN, so before the first claim, which
+        //   sees it, or after, and then its NOTIFY reaches this session;
+        // - readiness (`itrelay_leader`) is reported only once the first claim has run.
         self.bounded(pg.listen(channel)).await?;
         let outbox = self.bounded(Outbox::prepare(&pg.client)).await?;
-        self.bounded(outbox.set_idle(&pg.client, false)).await?;
         info!(%channel, "leading: relaying events");
         let pause_after_nack = Duration::from_millis(self.settings.relay.reconnect_min_ms);
         let mut notified = Vec::new();
@@ -320,6 +331,7 @@ impl Relay {
                 self.bounded(outbox.record(&pg.client, outcomes)),
                 self.prepare(&pg.client, &outbox, &mut floor, skip),
             )?;
+            METRICS.leader.set(1);
             if !outcomes.is_empty() {
                 backoff.reset();
             }
@@ -349,9 +361,10 @@ impl Relay {
     }
 
     /// Flags the relay idle, so that triggers NOTIFY, and waits for work: a notification
-    /// or an event found by the fallback poll. Events committed while the flag flips are
-    /// caught by the look that goes with the flip. Returns the claimed batch, if any, with
-    /// the flag cleared again.
+    /// or an event found by the fallback poll. The flag is granted only once every
+    /// transaction that found the relay busy (and so sends no NOTIFY) has ended; until
+    /// then the relay keeps polling, and the look sent right after the grant sees their
+    /// events. Returns the claimed batch, if any, with the flag cleared again.
     async fn idle(
         &self,
         pg: &mut PgSession,
@@ -362,10 +375,20 @@ impl Relay {
         notified: &mut Vec<String>,
     ) -> Result<Option<Prepared>, SessionError> {
         let fallback_poll = Duration::from_millis(self.settings.relay.poll_interval_ms);
-        let (_, mut next) = tokio::try_join!(
-            self.bounded(outbox.set_idle(&pg.client, true)),
-            self.prepare(&pg.client, outbox, floor, None),
-        )?;
+        let mut next = loop {
+            // Sent first, the flag's grant precedes the claim's snapshot.
+            let (granted, next) = tokio::try_join!(
+                self.bounded(outbox.set_idle(&pg.client, true)),
+                self.prepare(&pg.client, outbox, floor, None),
+            )?;
+            if granted {
+                break next;
+            }
+            if next.claimed() > 0 || shutdown.is_cancelled() {
+                return Ok(Some(next).filter(|batch| batch.claimed() > 0));
+            }
+            self.pause(NOT_YET_IDLE_POLL, amqp_failed, shutdown).await?;
+        };
         while next.claimed() == 0 {
             let woken = self
                 .wait_for_notice(

@@ -4,25 +4,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use tokio::process::Command;
 
 const CHANNEL: &str = "ops_events";
-
-/// Polls until the relay has gone idle, so only a NOTIFY can wake it.
-async fn wait_until_idle(env: &TestEnv) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while env
-        .count("SELECT count(*) FROM itrelay.relay_state WHERE idle")
-        .await
-        == 0
-    {
-        assert!(tokio::time::Instant::now() < deadline, "relay never idle");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test]
 async fn triggers_notify_the_channel_stored_at_install() {
@@ -47,7 +32,7 @@ async fn triggers_notify_the_channel_stored_at_install() {
         ("ITRELAY__POSTGRES__CHANNEL", CHANNEL),
         ("ITRELAY__RELAY__POLL_INTERVAL_MS", "600000"),
     ]);
-    wait_until_idle(&env).await;
+    wait_for_idle(&env, true).await;
     insert_ticket(&env.client, "TCK-1").await;
     env.reconcile("PF-10", 1).await.assert_nothing_lost();
 }

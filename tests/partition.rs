@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::http::{free_port, get, metric, wait_for_metric};
+use common::http::{free_port, get, metric, spawn_serving, wait_for_metric};
 use common::proxy::{Mode, Proxy};
 use common::*;
 use tokio::process::{Child, Command};
@@ -21,20 +20,16 @@ const TAKEOVER_BOUND: Duration = Duration::from_secs(LEASE_SECS * 4);
 
 /// A relay process serving HTTP on `port`, reaching Postgres at `pg_url`.
 fn spawn_relay(env: &TestEnv, pg_url: &str, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_itrelay"))
-        .arg("run")
-        .envs(env.env_vars())
-        .env("ITRELAY__POSTGRES__URL", pg_url)
-        .env("ITRELAY__POSTGRES__QUERY_TIMEOUT_SECS", "2")
-        .env("ITRELAY__RELAY__LEASE_SECS", LEASE_SECS.to_string())
-        .env("ITRELAY__HTTP__ENABLED", "true")
-        .env("ITRELAY__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn itrelay run")
+    let lease = LEASE_SECS.to_string();
+    spawn_serving(
+        env,
+        port,
+        &[
+            ("ITRELAY__POSTGRES__URL", pg_url),
+            ("ITRELAY__POSTGRES__QUERY_TIMEOUT_SECS", "2"),
+            ("ITRELAY__RELAY__LEASE_SECS", &lease),
+        ],
+    )
 }
 
 async fn commit_tickets(env: &TestEnv, from: usize, count: usize) {

@@ -1,10 +1,30 @@
-//! The relay's HTTP endpoint, from a test: a free port, a GET, polling for a status.
+//! The relay as a process serving HTTP, from a test: a free port, a GET, polling for a
+//! status or a metric.
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
 
-use super::WAIT;
+use super::{TestEnv, WAIT};
+
+/// `itrelay run` with this test's settings and `extra`, serving HTTP on `port`; logs
+/// dropped, killed when dropped.
+pub fn spawn_serving(env: &TestEnv, port: u16, extra: &[(&str, &str)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_itrelay"))
+        .arg("run")
+        .envs(env.env_vars())
+        .env("ITRELAY__HTTP__ENABLED", "true")
+        .env("ITRELAY__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .envs(extra.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn itrelay run")
+}
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -465,6 +465,36 @@ impl Drop for TestEnv {
     }
 }
 
+/// Whether the leading relay is idle (holds the idle lock); `None` if no relay leads.
+pub async fn relay_idle(env: &TestEnv) -> Option<bool> {
+    env.client
+        .query_one(
+            "SELECT CASE WHEN bool_or(key = hashtextextended('itrelay idle', 0)) THEN true
+                         WHEN bool_or(key = hashtextextended('itrelay leader', 0)) THEN false END
+             FROM (SELECT (classid::bigint << 32) | objid::bigint AS key FROM pg_locks
+                   WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                     AND mode = 'ExclusiveLock'
+                     AND database = (SELECT oid FROM pg_database
+                                     WHERE datname = current_database())) AS held",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Polls until the relay is idle, or busy.
+pub async fn wait_for_idle(env: &TestEnv, idle: bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while relay_idle(env).await != Some(idle) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relay never became idle={idle}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Inserts ticket `number` (one `it_ticket_created` event for PF-10) on `client`: in its
 /// open transaction, if any.
 pub async fn insert_ticket(client: &Client, number: &str) {
