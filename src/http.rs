@@ -33,7 +33,12 @@ pub async fn bind(
 
 async fn readyz() -> impl IntoResponse {
     if METRICS.ready() {
-        (StatusCode::OK, "ready\n")
+        // Who leads, as this relay knows it: it leads only while its lease is renewed.
+        if METRICS.leader.get() == 1 {
+            (StatusCode::OK, "ready: leading\n")
+        } else {
+            (StatusCode::OK, "ready: standing by\n")
+        }
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -79,6 +79,10 @@ async fn a_standby_takes_over_from_a_partitioned_leader_within_the_lease() {
     commit_tickets(&env, 5, 10).await;
     env.wait_until_settled_within(15, TAKEOVER_BOUND).await;
     assert_eq!(metric(b_port, "itrelay_leader").await, Some(1));
+    assert_eq!(
+        get(b_port, "/readyz").await,
+        Some((200, "ready: leading\n".to_owned()))
+    );
     // A gave up before B took over, and is not ready: it reaches no Postgres.
     assert_eq!(metric(a_port, "itrelay_leader").await, Some(0));
     assert_eq!(
@@ -94,6 +98,10 @@ async fn a_standby_takes_over_from_a_partitioned_leader_within_the_lease() {
     proxy.cut();
     proxy.set(Mode::Forward);
     wait_for_metric(a_port, "itrelay_standby", 1).await;
+    assert_eq!(
+        get(a_port, "/readyz").await,
+        Some((200, "ready: standing by\n".to_owned()))
+    );
     commit_tickets(&env, 15, 5).await;
     env.reconcile("PF-10", 20).await.assert_nothing_lost();
 }
