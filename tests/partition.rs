@@ -38,9 +38,11 @@ async fn commit_tickets(env: &TestEnv, from: usize, count: usize) {
     }
 }
 
-async fn status(env: &TestEnv) -> serde_json::Value {
+/// `itrelay status` with `args`, and the relays' lease: its standard output.
+async fn status_output(env: &TestEnv, args: &[&str]) -> Vec<u8> {
     let output = Command::new(env!("CARGO_BIN_EXE_itrelay"))
-        .args(["status", "--json"])
+        .arg("status")
+        .args(args)
         .envs(env.env_vars())
         .env("ITRELAY__RELAY__LEASE_SECS", LEASE_SECS.to_string())
         .env("ITRELAY__POSTGRES__QUERY_TIMEOUT_SECS", "2")
@@ -48,7 +50,11 @@ async fn status(env: &TestEnv) -> serde_json::Value {
         .await
         .expect("itrelay status");
     assert!(output.status.success(), "{output:?}");
-    serde_json::from_slice(&output.stdout).expect("status JSON")
+    output.stdout
+}
+
+async fn status(env: &TestEnv) -> serde_json::Value {
+    serde_json::from_slice(&status_output(env, &["--json"]).await).expect("status JSON")
 }
 
 /// A relay whose Postgres connection is black-holed, and the proxy in between.
@@ -118,14 +124,7 @@ async fn status_flags_the_lease_of_a_partitioned_leader() {
     // The server still holds the lost session's lock: `status` says its lease is stale.
     assert_eq!(status["leader"]["pid"], status["lease"]["pid"], "{status}");
     assert_eq!(status["lease"]["stale"], true, "{status}");
-    let text = Command::new(env!("CARGO_BIN_EXE_itrelay"))
-        .arg("status")
-        .envs(env.env_vars())
-        .env("ITRELAY__RELAY__LEASE_SECS", LEASE_SECS.to_string())
-        .env("ITRELAY__POSTGRES__QUERY_TIMEOUT_SECS", "2")
-        .output()
-        .await
-        .expect("itrelay status");
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = status_output(&env, &[]).await;
+    let text = String::from_utf8_lossy(&text);
     assert!(text.contains("lease           STALE"), "{text}");
 }
