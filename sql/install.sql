@@ -37,13 +37,99 @@ CREATE TABLE IF NOT EXISTS itrelay.outbox (
     -- a whole JSON notification.
     source_table text NOT NULL,
     created_at   timestamptz NOT NULL DEFAULT now(),
-    -- pending: waiting; delivered: confirmed by the broker on every subscriber exchange;
-    -- failed: dead-lettered with last_error, kept for inspection and replay.
+    -- pending: waiting; held: confirmed on some subscriber exchanges, its other copies
+    -- wait in itrelay.copies for a retry; delivered: every copy confirmed (or
+    -- dead-lettered for its destination alone, see itrelay.copies); failed: the event
+    -- itself was dead-lettered with last_error, kept for inspection and replay.
     state        text NOT NULL DEFAULT 'pending'
-                 CHECK (state IN ('pending', 'delivered', 'failed')),
+                 CHECK (state IN ('pending', 'held', 'delivered', 'failed')),
     attempts     integer NOT NULL DEFAULT 0,
     last_error   text,
-    delivered_at timestamptz
+    delivered_at timestamptz,
+    -- The entity the event is about, as `<key field>:<value>` (`ticket_id:…`): events of
+    -- one entity reach each subscriber in the order of their ids.
+    entity       text
+);
+
+-- Installs made before per-entity order and per-destination copies.
+ALTER TABLE itrelay.outbox ADD COLUMN IF NOT EXISTS entity text;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                   WHERE conrelid = 'itrelay.outbox'::regclass AND conname = 'outbox_state_check'
+                     AND pg_get_constraintdef(oid) LIKE '%held%') THEN
+        ALTER TABLE itrelay.outbox DROP CONSTRAINT IF EXISTS outbox_state_check;
+        ALTER TABLE itrelay.outbox ADD CONSTRAINT outbox_state_check
+            CHECK (state IN ('pending', 'held', 'delivered', 'failed'));
+    END IF;
+END;
+$$;
+
+-- The copies (event x subscriber module) that were not confirmed at the first try:
+-- waiting: nacked by the broker (a full queue, ...) or held behind an earlier waiting
+-- copy of the same entity for the same module, sent again at next_attempt_at;
+-- failed: dead-lettered for this destination alone (returned: no queue bound), kept for
+-- inspection and replay. A confirmed copy leaves no row here.
+CREATE TABLE IF NOT EXISTS itrelay.copies (
+    outbox_id       bigint NOT NULL REFERENCES itrelay.outbox (id) ON DELETE CASCADE,
+    module          text NOT NULL,
+    entity          text,
+    state           text NOT NULL CHECK (state IN ('waiting', 'failed')),
+    attempts        integer NOT NULL DEFAULT 0,
+    last_error      text,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (outbox_id, module)
+);
+CREATE INDEX IF NOT EXISTS copies_waiting ON itrelay.copies (outbox_id) WHERE state = 'waiting';
+
+-- Which payload field names the entity of each event type (the catalog's entity key;
+-- a test checks the two agree), and whether itrelay.enqueue must lock the entity: true
+-- where the business write does not lock the entity's own row (an assignment's asset,
+-- a time-based scan's subject).
+CREATE TABLE IF NOT EXISTS itrelay.event_entities (
+    event_type   text PRIMARY KEY,
+    entity_field text NOT NULL,
+    lock_entity  boolean NOT NULL DEFAULT false
+);
+ALTER TABLE itrelay.event_entities ADD COLUMN IF NOT EXISTS lock_entity boolean NOT NULL DEFAULT false;
+INSERT INTO itrelay.event_entities (event_type, entity_field, lock_entity) VALUES
+    ('it_contract_expiring', 'contract_id', true),
+    ('it_license_expiring', 'license_id', true),
+    ('it_sla_breached', 'ticket_id', true),
+    ('it_patch_deployment_overdue', 'patch_id', true),
+    ('it_license_compliance_alert', 'license_id', true),
+    ('it_asset_purchased', 'asset_id', false),
+    ('it_asset_assigned', 'asset_id', true),
+    ('it_asset_disposed', 'asset_id', false),
+    ('it_ticket_created', 'ticket_id', false),
+    ('it_ticket_status_changed', 'ticket_id', false),
+    ('it_license_renewed', 'license_id', false),
+    ('it_asset_maintenance_required', 'asset_id', true),
+    ('it_license_created', 'license_id', false),
+    ('it_security_incident_created', 'incident_id', false),
+    ('it_critical_vulnerability_detected', 'vulnerability_id', false),
+    ('it_purchase_request_submitted', 'request_id', false),
+    ('it_purchase_request_approved', 'request_id', false),
+    ('it_purchase_request_received', 'request_id', false),
+    ('it_provisioning_started', 'onboarding_instance_id', false),
+    ('it_provisioning_completed', 'onboarding_instance_id', false),
+    ('it_account_provisioned', 'account_id', false),
+    ('it_account_deactivated', 'account_id', false),
+    ('it_report_generated', 'run_id', false),
+    ('it_report_failed', 'run_id', false),
+    ('it_change_submitted', 'change_id', false),
+    ('it_change_approved', 'change_id', false),
+    ('it_change_rejected', 'change_id', false),
+    ('it_change_scheduled', 'change_id', false),
+    ('it_change_implemented', 'change_id', false),
+    ('it_change_rolled_back', 'change_id', false),
+    ('it_cab_review_required', 'change_id', false)
+ON CONFLICT (event_type) DO UPDATE
+SET entity_field = excluded.entity_field, lock_entity = excluded.lock_entity;
+
+-- One row per entity whose events itrelay.enqueue orders with a row lock (see there).
+CREATE TABLE IF NOT EXISTS itrelay.entity_locks (
+    entity text PRIMARY KEY
 );
 
 -- The relay reads only pending rows, in id order.
@@ -88,15 +174,34 @@ CREATE UNLOGGED TABLE IF NOT EXISTS itrelay.leader (
 
 -- Records one event, and wakes the relay if it is idle. At most one NOTIFY per
 -- transaction: identical notifications in a transaction are folded into one.
+--
+-- Per-entity order: the relay publishes in id order, so of two transactions writing
+-- events of one entity, the second must take its ids after the first has committed or
+-- rolled back. Where the business write locks the entity's row (a ticket's UPDATE) the
+-- row lock does that. Where it does not (an assignment's asset, a scan's subject), this
+-- takes a row lock on the entity's row in itrelay.entity_locks, before the event takes
+-- its id, held until the transaction ends. A row lock, not an advisory lock: a
+-- transaction of a million events takes no shared lock memory.
 CREATE OR REPLACE FUNCTION itrelay.enqueue(p_event_type text, p_source_table text, p_payload jsonb)
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_entity text;
+    v_lock   boolean;
 BEGIN
-    INSERT INTO itrelay.outbox (event_type, payload, source_table)
-    VALUES (p_event_type, p_payload, p_source_table);
+    SELECT e.entity_field || ':' || (p_payload ->> e.entity_field), e.lock_entity
+    INTO v_entity, v_lock
+    FROM itrelay.event_entities AS e WHERE e.event_type = p_event_type;
+    IF v_lock AND v_entity IS NOT NULL THEN
+        -- Locks the row, inserting it first if need be; never rewrites it.
+        INSERT INTO itrelay.entity_locks (entity) VALUES (v_entity)
+        ON CONFLICT (entity) DO UPDATE SET entity = excluded.entity WHERE false;
+    END IF;
+    INSERT INTO itrelay.outbox (event_type, payload, source_table, entity)
+    VALUES (p_event_type, p_payload, p_source_table, v_entity);
     IF NOT pg_try_advisory_xact_lock_shared(hashtextextended('itrelay idle', 0)) THEN
         PERFORM pg_notify((SELECT channel FROM itrelay.settings), '');
     END IF;

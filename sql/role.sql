@@ -49,6 +49,8 @@ GRANT USAGE ON SCHEMA itrelay TO :"relay_role";
 
 -- DELETE: retention removes old delivered rows.
 GRANT SELECT, INSERT, UPDATE, DELETE ON itrelay.outbox TO :"relay_role";
+GRANT SELECT, INSERT, UPDATE, DELETE ON itrelay.copies TO :"relay_role";
+GRANT SELECT ON itrelay.event_entities TO :"relay_role";
 GRANT SELECT ON itrelay.schema_version TO :"relay_role";
 GRANT SELECT ON itrelay.settings TO :"relay_role";
 GRANT SELECT, INSERT, UPDATE ON itrelay.leader TO :"relay_role";

@@ -13,7 +13,7 @@ DO $$
 BEGIN
     IF to_regclass('itrelay.outbox') IS NOT NULL
        AND coalesce(current_setting('itrelay.force_uninstall', true), '') <> 'on'
-       AND EXISTS (SELECT 1 FROM itrelay.outbox WHERE state = 'pending') THEN
+       AND EXISTS (SELECT 1 FROM itrelay.outbox WHERE state IN ('pending', 'held')) THEN
         RAISE EXCEPTION 'itrelay.outbox still holds undelivered events'
             USING HINT = 'Let the relay deliver them, or SET itrelay.force_uninstall = on to drop them.';
     END IF;

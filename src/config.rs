@@ -48,6 +48,7 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub canary: CanarySettings,
     pub scan: ScanSettings,
+    pub delivery: DeliverySettings,
     /// Event type → subscriber modules.
     pub routes: BTreeMap<String, Vec<String>>,
 }
@@ -117,6 +118,41 @@ pub struct RelaySettings {
     pub standby_retry_ms: u64,
     /// A leader's lease not renewed this long lets a standby end its session and take over.
     pub lease_secs: u64,
+}
+
+/// What becomes of copies (event × subscriber module) not confirmed at the first try.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+    /// Policy for a copy the broker returns because no queue is bound.
+    pub unroutable: Unroutable,
+    /// Per subscriber module, overriding `unroutable`.
+    pub unroutable_by_module: HashMap<String, Unroutable>,
+}
+
+impl DeliverySettings {
+    /// The unroutable policy of `module` (names match as for [`Settings::exchange_for`]).
+    pub fn unroutable_for(&self, module: &str) -> Unroutable {
+        self.unroutable_by_module
+            .iter()
+            .find(|(name, _)| same_module(name, module))
+            .map_or(self.unroutable, |(_, policy)| *policy)
+    }
+}
+
+/// What a copy returned as unroutable (its module's exchange has no queue bound for the
+/// event type) becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unroutable {
+    /// Published to the dead-letter exchange for that module alone and kept as a failed
+    /// copy, to replay once a queue is bound.
+    DeadLetter,
+    /// Kept waiting and retried with the delivery backoff until a queue is bound; later
+    /// events of the same entity wait behind it for that module.
+    Wait,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -299,6 +335,7 @@ impl Settings {
             ));
         }
         self.validate_relay()?;
+        self.validate_delivery()?;
         if !(1..=86_400).contains(&self.scan.interval_secs) {
             return Err(ConfigError::invalid(
                 "scan.interval_secs",
@@ -342,6 +379,35 @@ impl Settings {
                 "relay.reconnect_max_ms",
                 "must not be below relay.reconnect_min_ms",
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_delivery(&self) -> Result<(), ConfigError> {
+        let delivery = &self.delivery;
+        if delivery.retry_min_ms == 0 {
+            return Err(ConfigError::invalid(
+                "delivery.retry_min_ms",
+                "must be at least 1",
+            ));
+        }
+        if delivery.retry_max_ms < delivery.retry_min_ms {
+            return Err(ConfigError::invalid(
+                "delivery.retry_max_ms",
+                "must not be below delivery.retry_min_ms",
+            ));
+        }
+        let modules: Vec<&String> = self.routes.values().flatten().collect();
+        for name in delivery.unroutable_by_module.keys() {
+            if !modules.iter().any(|module| same_module(name, module)) {
+                let mut known: Vec<&str> = modules.iter().map(|m| m.as_str()).collect();
+                known.sort_unstable();
+                known.dedup();
+                return Err(ConfigError::invalid(
+                    format!("delivery.unroutable_by_module.{name}"),
+                    format!("no route names this module; modules: {}", known.join(", ")),
+                ));
+            }
         }
         Ok(())
     }
@@ -441,6 +507,16 @@ fn take_passwords(env: &mut HashMap<String, String>) -> Vec<(&'static str, Strin
             env.remove(&name).map(|value| (key, value))
         })
         .collect()
+}
+
+/// Whether a module name given as a key names `module`: case-insensitively, and with `_`
+/// for `-`, as environment variables cannot hold `-` in a name (`PF_10` is `PF-10`).
+fn same_module(key: &str, module: &str) -> bool {
+    key.len() == module.len()
+        && key
+            .bytes()
+            .zip(module.bytes())
+            .all(|(k, m)| k.eq_ignore_ascii_case(&m) || (k == b'_' && m == b'-'))
 }
 
 fn check_not_empty(value: &str) -> Result<(), String> {

@@ -34,6 +34,7 @@ pub fn decode(mut row: OutboxRow) -> Result<Event, Box<DeadLetter>> {
             organization_id,
             source_table: row.source_table,
             occurred_at: row.created_at,
+            entity: row.entity,
             payload,
         }),
         other => {
@@ -95,6 +96,7 @@ fn dead_letter(row: OutboxRow, rejection: Rejection) -> Box<DeadLetter> {
         source_table: row.source_table,
         body: row.payload,
         rejection,
+        module: None,
     })
 }
 
@@ -126,6 +128,7 @@ mod tests {
             payload,
             source_table: "it_assets".into(),
             created_at: OffsetDateTime::UNIX_EPOCH,
+            entity: None,
         }
     }
 

@@ -103,6 +103,7 @@ mod tests {
             organization_id: ORG,
             source_table: "it_assets".into(),
             occurred_at: datetime!(2026-03-01 12:30:00 UTC),
+            entity: None,
             payload: payload.as_object().unwrap().clone(),
         }
     }

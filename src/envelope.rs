@@ -25,6 +25,8 @@ pub mod headers {
     pub const OUTBOX_ID: &str = "outbox_id";
     pub const REJECTED_AT_STAGE: &str = "x-rejected-stage";
     pub const REJECTION_REASON: &str = "x-rejection-reason";
+    /// On a dead letter that stands for one subscriber's copy: that subscriber module.
+    pub const REJECTED_FOR_MODULE: &str = "x-rejected-for-module";
 }
 
 /// The message every subscriber of `event` receives.
@@ -95,6 +97,9 @@ pub fn dead_letter(dead: &DeadLetter, app_id: &str, now: OffsetDateTime) -> Mess
     );
     put(headers::SOURCE_TABLE, long_string(&dead.source_table));
     put(headers::OUTBOX_ID, AMQPValue::LongLongInt(dead.outbox_id));
+    if let Some(module) = &dead.module {
+        put(headers::REJECTED_FOR_MODULE, long_string(module));
+    }
     let body = match &dead.body {
         Value::String(text) => text.clone().into_bytes(),
         // Cannot fail: a JSON value always serializes.
@@ -179,6 +184,7 @@ mod tests {
             organization_id: Uuid::from_u128(0x1),
             source_table: "it_assets".into(),
             occurred_at: datetime!(2026-03-01 12:00:00 UTC),
+            entity: None,
             payload: payload.as_object().unwrap().clone(),
         };
         let message = envelope(&event, "itrelay");
@@ -224,6 +230,7 @@ mod tests {
             source_table: "notify".into(),
             body: json!("{not json"),
             rejection: Rejection::new(Stage::Decode, "payload is not valid JSON"),
+            module: None,
         };
         let message = dead_letter(&dead, "itrelay", datetime!(2026-03-01 12:00:00 UTC));
         assert_eq!(message.routing_key, "unknown");

@@ -18,6 +18,8 @@ pub struct OutboxRow {
     pub payload: Value,
     pub source_table: String,
     pub created_at: OffsetDateTime,
+    /// The entity the event is about (`<key field>:<value>`), as the outbox recorded it.
+    pub entity: Option<String>,
 }
 
 /// An event of a known type with an object payload and an organization.
@@ -31,6 +33,8 @@ pub struct Event {
     pub source_table: String,
     /// When the business transaction wrote the event.
     pub occurred_at: OffsetDateTime,
+    /// The entity whose events reach each subscriber in order; `None` orders nothing.
+    pub entity: Option<String>,
     pub payload: Map<String, Value>,
 }
 
@@ -44,6 +48,16 @@ impl Event {
             source_table: self.source_table,
             body: Value::Object(self.payload),
             rejection,
+            module: None,
+        }
+    }
+
+    /// What is dead-lettered in place of the copy for one subscriber `module`; the event
+    /// itself goes on to its other subscribers.
+    pub fn copy_dead_letter(&self, module: &str, rejection: Rejection) -> DeadLetter {
+        DeadLetter {
+            module: Some(module.to_owned()),
+            ..self.clone().into_dead_letter(rejection)
         }
     }
 }
@@ -59,6 +73,8 @@ pub struct DeadLetter {
     /// The payload as far as it was decoded: an object, other JSON, or unparsable text.
     pub body: Value,
     pub rejection: Rejection,
+    /// The subscriber module whose copy alone was turned away; `None`: the whole event.
+    pub module: Option<String>,
 }
 
 /// The pipeline stage that turned an event away.

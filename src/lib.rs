@@ -12,6 +12,7 @@
 //! | listen | [`listen`] | Postgres |
 //! | lead: lock and lease | [`lease`] | Postgres |
 //! | claim, look up, record | [`outbox`], [`floor`] | Postgres |
+//! | per-destination outcomes, waiting copies | [`delivery`], [`copies`] | –, Postgres |
 //! | redact secrets | [`redact`] | – |
 //! | decode the row | [`decode`] | – |
 //! | enrich names | [`enrich`] | – |
@@ -34,7 +35,9 @@ pub mod batch;
 pub mod canary;
 pub mod catalog;
 pub mod config;
+pub mod copies;
 pub mod decode;
+pub mod delivery;
 pub mod demo;
 pub mod describe;
 pub mod enrich;
@@ -52,6 +55,7 @@ pub mod publish;
 pub mod redact;
 pub mod relay;
 pub mod retention;
+pub mod retry;
 pub mod route;
 pub mod scan;
 pub mod secret;

@@ -17,6 +17,9 @@ pub struct Status {
     pub oldest_pending_age_seconds: Option<f64>,
     pub failed: i64,
     pub delivered: i64,
+    /// Copies waiting for a retry, and copies dead-lettered for their module alone.
+    pub copies_waiting: i64,
+    pub copies_failed: i64,
     pub last_delivered: Option<LastDelivered>,
     /// The session holding the leader lock, if any relay leads.
     pub leader: Option<Leader>,
@@ -56,7 +59,9 @@ pub async fn status(client: &Client, lease: Duration) -> Result<Status, tokio_po
             "SELECT count(*) FILTER (WHERE state = 'pending'),
                     extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending'))::float8,
                     count(*) FILTER (WHERE state = 'failed'),
-                    count(*) FILTER (WHERE state = 'delivered')
+                    count(*) FILTER (WHERE state = 'delivered'),
+                    (SELECT count(*) FROM itrelay.copies WHERE state = 'waiting'),
+                    (SELECT count(*) FROM itrelay.copies WHERE state = 'failed')
              FROM itrelay.outbox",
             &[],
         )
@@ -105,6 +110,8 @@ pub async fn status(client: &Client, lease: Duration) -> Result<Status, tokio_po
         oldest_pending_age_seconds: counts.try_get(1)?,
         failed: counts.try_get(2)?,
         delivered: counts.try_get(3)?,
+        copies_waiting: counts.try_get(4)?,
+        copies_failed: counts.try_get(5)?,
         last_delivered,
         leader,
         lease: lease_row,
@@ -140,13 +147,16 @@ impl Status {
         );
         format!(
             "backlog         {} pending{oldest}\n\
-             dead-lettered   {} failed\n\
+             dead-lettered   {} failed, {} copies for one module\n\
+             waiting copies  {} (nacked or held back, sent again)\n\
              delivered       {}\n\
              last delivered  {last}\n\
              leader          {leader}\n\
              lease           {}\n",
             self.pending,
             self.failed,
+            self.copies_failed,
+            self.copies_waiting,
             self.delivered,
             self.render_lease()
         )
@@ -182,17 +192,26 @@ pub struct FailedEvent {
     pub created_at: OffsetDateTime,
     pub attempts: i32,
     pub reason: Option<String>,
+    /// The subscriber module whose copy alone was dead-lettered; `None`: the whole event.
+    pub module: Option<String>,
 }
 
-/// Failed (dead-lettered) events, oldest first.
+/// Failed (dead-lettered) events and copies, oldest first.
 pub async fn dead_letters(
     client: &Client,
     limit: i64,
 ) -> Result<Vec<FailedEvent>, tokio_postgres::Error> {
     client
         .query(
-            "SELECT id, event_id, event_type, source_table, created_at, attempts, last_error
-             FROM itrelay.outbox WHERE state = 'failed' ORDER BY id LIMIT $1",
+            "SELECT id, event_id, event_type, source_table, created_at, attempts, last_error,
+                    NULL::text AS module
+             FROM itrelay.outbox WHERE state = 'failed'
+             UNION ALL
+             SELECT o.id, o.event_id, o.event_type, o.source_table, o.created_at, c.attempts,
+                    c.last_error, c.module
+             FROM itrelay.copies AS c JOIN itrelay.outbox AS o ON o.id = c.outbox_id
+             WHERE c.state = 'failed'
+             ORDER BY 1, 8 NULLS FIRST LIMIT $1",
             &[&limit],
         )
         .await?
@@ -206,6 +225,7 @@ pub async fn dead_letters(
                 created_at: row.try_get(4)?,
                 attempts: row.try_get(5)?,
                 reason: row.try_get(6)?,
+                module: row.try_get(7)?,
             })
         })
         .collect()
@@ -219,7 +239,7 @@ pub fn render_dead_letters(events: &[FailedEvent]) -> String {
         .iter()
         .map(|event| {
             format!(
-                "{}  {}  {:<30} {}  attempts {}\n    {}\n",
+                "{}  {}  {:<30} {}  attempts {}{}\n    {}\n",
                 event.outbox_id,
                 event.event_id,
                 if event.event_type.is_empty() {
@@ -229,6 +249,10 @@ pub fn render_dead_letters(events: &[FailedEvent]) -> String {
                 },
                 rfc3339(event.created_at),
                 event.attempts,
+                event
+                    .module
+                    .as_ref()
+                    .map_or(String::new(), |module| format!("  copy for {module}")),
                 event.reason.as_deref().unwrap_or("")
             )
         })
@@ -257,7 +281,8 @@ impl ReplaySelection {
 
 /// Puts the selected events back to pending, so the relay sends them again with the same
 /// message id, and wakes it with the lowest id put back: its next claim starts there.
-/// Returns how many were selected.
+/// A copy dead-lettered for one module alone is put back to waiting instead, so it is
+/// sent to that module only. Returns how many events were selected.
 pub async fn replay(
     client: &Client,
     channel: &str,
@@ -271,17 +296,40 @@ pub async fn replay(
     };
     let replayed = client
         .query_one(
-            "WITH replayed AS (
-                 UPDATE itrelay.outbox
-                 SET state = 'pending', last_error = NULL, delivered_at = NULL
-                 WHERE state = ANY($5)
+            "WITH selected AS (
+                 SELECT id, state FROM itrelay.outbox
+                 WHERE state IN ('failed', 'delivered')
                    AND ($1::uuid[] IS NULL OR event_id = ANY($1))
                    AND ($2::text IS NULL OR event_type = $2)
                    AND ($3::timestamptz IS NULL OR created_at >= $3)
                    AND ($4::timestamptz IS NULL OR created_at < $4)
+             ), replayed AS (
+                 UPDATE itrelay.outbox AS o
+                 SET state = 'pending', last_error = NULL, delivered_at = NULL
+                 FROM selected AS s
+                 WHERE o.id = s.id AND s.state = ANY($5)
+                 RETURNING o.id
+             ), forgotten AS (
+                 -- Sent again to every module: their copies start afresh.
+                 DELETE FROM itrelay.copies WHERE outbox_id IN (SELECT id FROM replayed)
+                 RETURNING 1
+             ), copies AS (
+                 UPDATE itrelay.copies AS c
+                 SET state = 'waiting', last_error = NULL, next_attempt_at = now()
+                 FROM selected AS s
+                 WHERE c.outbox_id = s.id AND c.state = 'failed' AND s.state = 'delivered'
+                   AND NOT s.state = ANY($5)
+                 RETURNING c.outbox_id
+             ), held AS (
+                 UPDATE itrelay.outbox SET state = 'held', delivered_at = NULL
+                 WHERE id IN (SELECT outbox_id FROM copies)
                  RETURNING id
+             ), touched AS (
+                 SELECT id FROM replayed UNION SELECT id FROM held
              )
-             SELECT count(*), coalesce(min(id)::text, '') FROM replayed",
+             SELECT count(*) + 0 * (SELECT count(*) FROM forgotten),
+                    coalesce(min(id)::text, '')
+             FROM touched",
             &[
                 &ids,
                 &selection.event_type,

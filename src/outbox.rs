@@ -12,8 +12,9 @@ use tracing::warn;
 use uuid::Uuid;
 
 use crate::catalog::Reference;
+use crate::delivery::{CopyRecord, CopyState};
 use crate::enrich::{ReferenceData, ReferenceRow};
-use crate::event::OutboxRow;
+use crate::event::{DeadLetter, OutboxRow, Rejection, Stage};
 use crate::floor::Probe;
 use crate::redact;
 
@@ -23,22 +24,45 @@ pub const NOTIFY_SOURCE: &str = "notify";
 /// What became of a claimed row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Confirmed on every subscriber exchange.
-    Delivered,
+    /// Confirmed on every subscriber exchange but those whose copies are listed: those
+    /// wait for a retry, or were dead-lettered for their module alone.
+    Delivered(Vec<CopyRecord>),
     /// Dead-lettered with this reason; kept for inspection and replay.
     Failed(String),
     /// Not confirmed; stays pending and is tried again.
     Retry(String),
 }
 
-/// The first and last outbox id of a claimed batch. While the batch waits for its
-/// confirms, the next claim skips this range; a row in it that was not claimed (its
-/// transaction committed late) is claimed once the range is no longer skipped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdRange {
-    pub first: i64,
-    pub last: i64,
+/// The outbox id of a claimed row, readable or not.
+pub fn claimed_id(row: &Claimed) -> i64 {
+    match row {
+        Ok(row) => row.id,
+        Err(unreadable) => unreadable.outbox_id,
+    }
 }
+
+/// Copies to record, as the columns of `unnest`.
+#[derive(Default)]
+struct CopyColumns<'a> {
+    ids: Vec<i64>,
+    modules: Vec<&'a str>,
+    states: Vec<&'static str>,
+    errors: Vec<&'a str>,
+    retry_ms: Vec<f64>,
+}
+
+impl<'a> CopyColumns<'a> {
+    fn push(&mut self, id: i64, record: &'a CopyRecord) {
+        self.ids.push(id);
+        self.modules.push(&record.module);
+        self.states.push(record.state.as_str());
+        self.errors.push(&record.error);
+        self.retry_ms.push(record.retry_in.as_secs_f64() * 1000.0);
+    }
+}
+
+/// A claimed row as the claim read it: readable, or what could not be read of it.
+pub type Claimed = Result<OutboxRow, Box<DeadLetter>>;
 
 /// The outbox statements, prepared once per connection.
 pub struct Outbox {
@@ -60,17 +84,15 @@ impl Outbox {
     pub async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
         client.batch_execute("SET enable_seqscan = off").await?;
         Ok(Self {
-            // Two index range scans around the skipped range, each in id order, the
-            // first from the floor.
+            // One index scan in id order from the floor, stepping over exactly the rows
+            // in flight. The payload comes as text, parsed row by row: a payload the
+            // relay cannot read is one row's dead letter, not every claim's failure.
             claim: client
                 .prepare(
-                    "SELECT id, event_id, event_type, payload, source_table, created_at
-                     FROM ((SELECT * FROM itrelay.outbox
-                            WHERE state = 'pending' AND id >= $4 AND id < $2
-                            ORDER BY id LIMIT $1)
-                           UNION ALL
-                           (SELECT * FROM itrelay.outbox
-                            WHERE state = 'pending' AND id > $3 ORDER BY id LIMIT $1)) AS pending
+                    "SELECT id, event_id, event_type, payload::text, source_table, created_at,
+                            entity
+                     FROM itrelay.outbox
+                     WHERE state = 'pending' AND id >= $2 AND id <> ALL($3::bigint[])
                      ORDER BY id
                      LIMIT $1",
                 )
@@ -92,8 +114,9 @@ impl Outbox {
                 )
                 .await?,
             // Delivered rows (nearly all) by id alone, the others with their state and
-            // error. Both find their rows by `id = ANY`, so the cost follows the batch
-            // whatever the planner believes the table holds.
+            // error, and the copies of those not confirmed. Rows are found by
+            // `id = ANY`, so the cost follows the batch whatever the planner believes the
+            // table holds.
             record: client
                 .prepare(
                     "WITH delivered AS (
@@ -109,12 +132,26 @@ impl Outbox {
                          SET state = u.state,
                              attempts = o.attempts + 1,
                              last_error = u.error,
-                             delivered_at = NULL
+                             delivered_at = CASE WHEN u.state = 'delivered' THEN now() END
                          FROM unnest($2::bigint[], $3::text[], $4::text[]) AS u(id, state, error)
                          WHERE o.id = ANY($2) AND o.id = u.id AND o.state = 'pending'
+                         RETURNING o.id, o.entity
+                     ), copies AS (
+                         INSERT INTO itrelay.copies AS c
+                             (outbox_id, module, entity, state, attempts, last_error, next_attempt_at)
+                         SELECT u.id, u.module, s.entity, u.state, 1, u.error,
+                                now() + u.retry_ms * interval '1 millisecond'
+                         FROM unnest($5::bigint[], $6::text[], $7::text[], $8::text[], $9::float8[])
+                              AS u(id, module, state, error, retry_ms)
+                         JOIN settled AS s ON s.id = u.id
+                         ON CONFLICT (outbox_id, module) DO UPDATE
+                         SET state = excluded.state, attempts = c.attempts + 1,
+                             last_error = excluded.last_error,
+                             next_attempt_at = excluded.next_attempt_at
                          RETURNING 1
                      )
-                     SELECT (SELECT count(*) FROM delivered) + (SELECT count(*) FROM settled)",
+                     SELECT (SELECT count(*) FROM delivered) + (SELECT count(*) FROM settled)
+                            + 0 * (SELECT count(*) FROM copies)",
                 )
                 .await?,
             insert_notified: client
@@ -128,36 +165,19 @@ impl Outbox {
         })
     }
 
-    /// The oldest pending rows from `floor` on and outside `skip`, at most `limit`, in the
-    /// order they were written.
+    /// The oldest pending rows from `floor` on, but for those `in_flight`, at most
+    /// `limit`, in the order they were written (see `docs/ordering.md`).
     pub async fn claim(
         &self,
         client: &Client,
         limit: u32,
         floor: i64,
-        skip: Option<IdRange>,
-    ) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
-        // Nothing to skip: the first scan takes every id below i64::MAX, the second the
-        // one id above i64::MAX - 1, so that i64::MAX itself is claimed too.
-        let IdRange { first, last } = skip.unwrap_or(IdRange {
-            first: i64::MAX,
-            last: i64::MAX - 1,
-        });
+        in_flight: &[i64],
+    ) -> Result<Vec<Claimed>, tokio_postgres::Error> {
         let rows = client
-            .query(&self.claim, &[&i64::from(limit), &first, &last, &floor])
+            .query(&self.claim, &[&i64::from(limit), &floor, &in_flight])
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(OutboxRow {
-                    id: row.try_get(0)?,
-                    event_id: row.try_get(1)?,
-                    event_type: row.try_get(2)?,
-                    payload: row.try_get(3)?,
-                    source_table: row.try_get(4)?,
-                    created_at: row.try_get(5)?,
-                })
-            })
-            .collect()
+        rows.iter().map(read_claimed).collect()
     }
 
     /// Where the outbox ends and which transactions are running, for [`ClaimFloor`](crate::floor::ClaimFloor).
@@ -232,21 +252,49 @@ impl Outbox {
         }
         let mut delivered = Vec::with_capacity(outcomes.len());
         let (mut ids, mut states, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+        let mut copies = CopyColumns::default();
         for (id, outcome) in outcomes {
             let (state, error) = match outcome {
-                Outcome::Delivered => {
+                Outcome::Delivered(records) if records.is_empty() => {
                     delivered.push(*id);
                     continue;
                 }
-                Outcome::Failed(reason) => ("failed", reason.as_str()),
-                Outcome::Retry(reason) => ("pending", reason.as_str()),
+                Outcome::Delivered(records) => {
+                    for record in records {
+                        copies.push(*id, record);
+                    }
+                    let waits = records.iter().any(|r| r.state == CopyState::Waiting);
+                    (if waits { "held" } else { "delivered" }, None)
+                }
+                Outcome::Failed(reason) => ("failed", Some(reason.as_str())),
+                Outcome::Retry(reason) => ("pending", Some(reason.as_str())),
             };
             ids.push(*id);
             states.push(state);
             errors.push(error);
         }
+        let CopyColumns {
+            ids: copy_ids,
+            modules,
+            states: copy_states,
+            errors: copy_errors,
+            retry_ms,
+        } = &copies;
         let row = client
-            .query_one(&self.record, &[&delivered, &ids, &states, &errors])
+            .query_one(
+                &self.record,
+                &[
+                    &delivered,
+                    &ids,
+                    &states,
+                    &errors,
+                    copy_ids,
+                    modules,
+                    copy_states,
+                    copy_errors,
+                    retry_ms,
+                ],
+            )
             .await?;
         let recorded: i64 = row.try_get(0)?;
         Ok(recorded.unsigned_abs())
@@ -280,6 +328,68 @@ impl Outbox {
                 &[&event_types, &bodies, &NOTIFY_SOURCE],
             )
             .await
+    }
+}
+
+/// Reads one claimed row. Only its id must be readable; a column the driver cannot read
+/// (a time out of range) or a payload that does not parse (nested too deep, a number
+/// beyond what the relay reads) makes the row a dead letter of its own, with a reason
+/// that names the column and the error, never its value.
+pub(crate) fn read_claimed(row: &tokio_postgres::Row) -> Result<Claimed, tokio_postgres::Error> {
+    let id: i64 = row.try_get(0)?;
+    let event_id: Uuid = row.try_get(1)?;
+    let event_type: String = row.try_get(2).unwrap_or_default();
+    let source_table: String = row.try_get(4).unwrap_or_default();
+    let unreadable = |reason: String| {
+        Box::new(DeadLetter {
+            outbox_id: id,
+            event_id,
+            event_type: event_type.clone(),
+            source_table: source_table.clone(),
+            body: Value::Null,
+            rejection: Rejection::new(Stage::Decode, reason),
+            module: None,
+        })
+    };
+    let text: String = match row.try_get(3) {
+        Ok(text) => text,
+        Err(error) => return Ok(Err(unreadable(format!("payload unreadable: {error}")))),
+    };
+    let payload = match serde_json::from_str(&text) {
+        Ok(payload) => payload,
+        Err(error) => {
+            return Ok(Err(unreadable(format!(
+                "payload cannot be read as JSON: {}",
+                json_error_position(&error)
+            ))))
+        }
+    };
+    let created_at = match row.try_get(5) {
+        Ok(created_at) => created_at,
+        Err(error) => return Ok(Err(unreadable(format!("created_at unreadable: {error}")))),
+    };
+    Ok(Ok(OutboxRow {
+        id,
+        event_id,
+        event_type: event_type.clone(),
+        payload,
+        source_table: source_table.clone(),
+        created_at,
+        entity: row.try_get(6).unwrap_or_default(),
+    }))
+}
+
+/// What went wrong parsing a payload, and where. The parser's own messages ("recursion
+/// limit exceeded", "number out of range", "expected value") never quote the input;
+/// a data error might, so it is named only.
+fn json_error_position(error: &serde_json::Error) -> String {
+    match error.classify() {
+        serde_json::error::Category::Data => format!(
+            "unexpected data at line {} column {}",
+            error.line(),
+            error.column()
+        ),
+        _ => error.to_string(),
     }
 }
 

@@ -14,6 +14,8 @@ use tracing::{info, warn};
 use crate::backoff::Backoff;
 use crate::batch::{InFlight, Prepared};
 use crate::config::Settings;
+use crate::copies::Copies;
+use crate::delivery::Gates;
 use crate::floor::ClaimFloor;
 use crate::lease::{self, LeaseError, Takeover};
 use crate::listen::{Notice, PgSession};
@@ -248,11 +250,13 @@ impl Relay {
 
     /// Drains the outbox in overlapping batches: while one batch's confirms are on their
     /// way, the previous batch's outcomes are recorded and the next batch is claimed, in
-    /// one pipelined round trip. Once `QUIET_POLLS` polls in a row find nothing, flags
-    /// itself idle (so triggers NOTIFY again) and waits for a notification or the
-    /// fallback poll. The reconnect `backoff` starts over only after real progress (a
-    /// batch recorded, or a full idle cycle): an error that recurs right after leadership
-    /// is taken (a missing grant or schema) keeps backing off.
+    /// one pipelined round trip. A batch that holds an event of an entity the batch in
+    /// flight holds one of waits for that batch's confirms before it is sent, so a nack
+    /// there can hold its copies back. Once `QUIET_POLLS` polls in a row find nothing,
+    /// flags itself idle (so triggers NOTIFY again) and waits for a notification, the
+    /// fallback poll or a waiting copy's retry. The reconnect `backoff` starts over only
+    /// after real progress (a batch recorded, or a full idle cycle): an error that recurs
+    /// right after leadership is taken (a missing grant or schema) keeps backing off.
     async fn lead(
         &self,
         pg: &mut PgSession,
@@ -279,8 +283,9 @@ impl Relay {
         // - readiness (`itrelay_leader`) is reported only once the first claim has run.
         self.bounded(pg.listen(channel)).await?;
         let outbox = self.bounded(Outbox::prepare(&pg.client)).await?;
+        let copies = self.bounded(Copies::prepare(&pg.client)).await?;
+        let mut gates = self.bounded(copies.gates(&pg.client)).await?;
         info!(%channel, "leading: relaying events");
-        let pause_after_nack = Duration::from_millis(self.settings.relay.reconnect_min_ms);
         let mut notified = Vec::new();
         let mut quiet_polls = 0;
         let mut backlog_measured = Instant::now() - BACKLOG_EVERY;
@@ -293,8 +298,7 @@ impl Relay {
             if shutdown.is_cancelled() {
                 // The batch in flight is finished; one merely claimed stays pending.
                 if let Some(batch) = in_flight.take() {
-                    let settled = self.settle(publisher, batch).await?;
-                    self.bounded(outbox.record(&pg.client, &settled.outcomes))
+                    self.finish(pg, &outbox, publisher, batch, &mut gates)
                         .await?;
                 }
                 return Ok(());
@@ -304,29 +308,37 @@ impl Relay {
                 backlog_measured = Instant::now();
             }
             floor.rewind_if_due(Instant::now());
-            self.take_in_notified(pg, &outbox, &mut notified, &mut floor)
+            self.take_in_notified(pg, &outbox, &mut notified, &mut floor, &mut gates)
                 .await?;
+            let must_settle_first = in_flight.as_ref().is_some_and(|batch| {
+                gates.due(Instant::now())
+                    || prepared
+                        .as_ref()
+                        .is_some_and(|next| batch.shares_entity_with(next))
+            });
+            if must_settle_first {
+                if let Some(batch) = in_flight.take() {
+                    self.finish(pg, &outbox, publisher, batch, &mut gates)
+                        .await?;
+                }
+            }
+            if gates.due(Instant::now()) {
+                // Every outcome so far is recorded: the copies held back are all there.
+                gates = self
+                    .retry_waiting(&pg.client, &outbox, &copies, publisher)
+                    .await?;
+            }
             let sent = match prepared.take() {
-                Some(batch) => Some(self.send(publisher, batch).await?),
+                Some(batch) => Some(self.send(publisher, batch, &gates).await?),
                 None => None,
             };
             let settled = match in_flight.take() {
-                Some(batch) => Some(self.settle(publisher, batch).await?),
+                Some(batch) => Some(self.settle(publisher, batch, &mut gates).await?),
                 None => None,
             };
             let outcomes = settled.as_ref().map_or(&[][..], |s| &s.outcomes[..]);
-            if settled.as_ref().is_some_and(|s| s.report.retried > 0) {
-                // A nacked event is sent again before anything after it: the batch
-                // published meanwhile stays pending too.
-                if let Some(batch) = sent {
-                    batch.abandon(publisher).await?;
-                }
-                self.bounded(outbox.record(&pg.client, outcomes)).await?;
-                self.pause(pause_after_nack, amqp_failed, shutdown).await?;
-                continue;
-            }
             in_flight = sent;
-            let skip = in_flight.as_ref().and_then(InFlight::ids);
+            let skip = in_flight.as_ref().map_or(&[][..], InFlight::ids);
             let (_, next) = tokio::try_join!(
                 self.bounded(outbox.record(&pg.client, outcomes)),
                 self.prepare(&pg.client, &outbox, &mut floor, skip),
@@ -349,6 +361,7 @@ impl Relay {
                         pg,
                         &outbox,
                         &mut floor,
+                        &mut gates,
                         amqp_failed,
                         shutdown,
                         &mut notified,
@@ -360,16 +373,34 @@ impl Relay {
         }
     }
 
-    /// Flags the relay idle, so that triggers NOTIFY, and waits for work: a notification
-    /// or an event found by the fallback poll. The flag is granted only once every
-    /// transaction that found the relay busy (and so sends no NOTIFY) has ended; until
-    /// then the relay keeps polling, and the look sent right after the grant sees their
-    /// events. Returns the claimed batch, if any, with the flag cleared again.
+    /// Settles the batch in flight and records its outcomes.
+    async fn finish(
+        &self,
+        pg: &PgSession,
+        outbox: &Outbox,
+        publisher: &Publisher,
+        batch: InFlight<'_>,
+        gates: &mut Gates,
+    ) -> Result<(), SessionError> {
+        let settled = self.settle(publisher, batch, gates).await?;
+        self.bounded(outbox.record(&pg.client, &settled.outcomes))
+            .await
+            .map(drop)
+    }
+
+    /// Flags the relay idle, so that triggers NOTIFY, and waits for work: a notification,
+    /// an event found by the fallback poll, or a waiting copy falling due. The flag is
+    /// granted only once every transaction that found the relay busy (and so sends no
+    /// NOTIFY) has ended; until then the relay keeps polling, and the look sent right
+    /// after the grant sees their events. Returns the claimed batch, if any, with the
+    /// flag cleared again.
+    #[allow(clippy::too_many_arguments)]
     async fn idle(
         &self,
         pg: &mut PgSession,
         outbox: &Outbox,
         floor: &mut ClaimFloor,
+        gates: &mut Gates,
         amqp_failed: &Notify,
         shutdown: &CancellationToken,
         notified: &mut Vec<String>,
@@ -379,40 +410,38 @@ impl Relay {
             // Sent first, the flag's grant precedes the claim's snapshot.
             let (granted, next) = tokio::try_join!(
                 self.bounded(outbox.set_idle(&pg.client, true)),
-                self.prepare(&pg.client, outbox, floor, None),
+                self.prepare(&pg.client, outbox, floor, &[]),
             )?;
             if granted {
                 break next;
             }
-            if next.claimed() > 0 || shutdown.is_cancelled() {
+            if next.claimed() > 0 || shutdown.is_cancelled() || gates.due(Instant::now()) {
                 return Ok(Some(next).filter(|batch| batch.claimed() > 0));
             }
             self.pause(NOT_YET_IDLE_POLL, amqp_failed, shutdown).await?;
         };
         while next.claimed() == 0 {
+            let mut wait = fallback_poll.min(BACKLOG_EVERY);
+            if let Some(until_due) = gates.until_due(Instant::now()) {
+                wait = wait.min(until_due);
+            }
             let woken = self
-                .wait_for_notice(
-                    pg,
-                    amqp_failed,
-                    shutdown,
-                    fallback_poll.min(BACKLOG_EVERY),
-                    notified,
-                    floor,
-                )
+                .wait_for_notice(pg, amqp_failed, shutdown, wait, notified, floor, gates)
                 .await?;
-            if shutdown.is_cancelled() {
-                // No relay listens any more: triggers need not NOTIFY.
+            if shutdown.is_cancelled() || gates.due(Instant::now()) {
+                // Shut down: no relay listens any more, triggers need not NOTIFY. A copy
+                // due: the loop sends it, busy again.
                 self.bounded(outbox.set_idle(&pg.client, false)).await?;
                 return Ok(None);
             }
             if woken {
                 let (_, claimed) = tokio::try_join!(
                     self.bounded(outbox.set_idle(&pg.client, false)),
-                    self.prepare(&pg.client, outbox, floor, None),
+                    self.prepare(&pg.client, outbox, floor, &[]),
                 )?;
                 return Ok(Some(claimed).filter(|batch| batch.claimed() > 0));
             }
-            next = self.prepare(&pg.client, outbox, floor, None).await?;
+            next = self.prepare(&pg.client, outbox, floor, &[]).await?;
         }
         self.bounded(outbox.set_idle(&pg.client, false)).await?;
         Ok(Some(next))
@@ -448,6 +477,7 @@ impl Relay {
 
     /// Waits for a notification, the fallback poll or shutdown, and takes the
     /// notification in ([`take_notice`]). True if a notification came.
+    #[allow(clippy::too_many_arguments)]
     async fn wait_for_notice(
         &self,
         pg: &mut PgSession,
@@ -456,6 +486,7 @@ impl Relay {
         fallback_poll: Duration,
         notified: &mut Vec<String>,
         floor: &mut ClaimFloor,
+        gates: &mut Gates,
     ) -> Result<bool, SessionError> {
         tokio::select! {
             _ = shutdown.cancelled() => Ok(false),
@@ -463,7 +494,7 @@ impl Relay {
             notice = pg.next_notice() => match notice {
                 None => Err(SessionError::PostgresClosed),
                 Some(notice) => {
-                    take_notice(notice, notified, floor);
+                    take_notice(notice, notified, floor, gates);
                     Ok(true)
                 }
             },
@@ -479,9 +510,10 @@ impl Relay {
         outbox: &Outbox,
         notified: &mut Vec<String>,
         floor: &mut ClaimFloor,
+        gates: &mut Gates,
     ) -> Result<(), SessionError> {
         while let Some(notice) = pg.try_next_notice() {
-            take_notice(notice, notified, floor);
+            take_notice(notice, notified, floor, gates);
         }
         if !notified.is_empty() {
             let stored = self
@@ -496,11 +528,20 @@ impl Relay {
 }
 
 /// Keeps a whole-event notification in `notified`, to be stored; a replay's wake-up
-/// lowers the floor to the rows it put back to pending.
-fn take_notice(notice: Notice, notified: &mut Vec<String>, floor: &mut ClaimFloor) {
+/// lowers the floor to the rows it put back to pending, and makes the copies it put back
+/// to waiting due.
+fn take_notice(
+    notice: Notice,
+    notified: &mut Vec<String>,
+    floor: &mut ClaimFloor,
+    gates: &mut Gates,
+) {
     match notice {
         Notice::Event(text) => notified.push(text),
-        Notice::Wake { from_id: Some(id) } => floor.lower_to(id),
+        Notice::Wake { from_id: Some(id) } => {
+            floor.lower_to(id);
+            gates.due_now(Instant::now());
+        }
         Notice::Wake { from_id: None } => {}
     }
 }

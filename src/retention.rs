@@ -27,6 +27,8 @@ pub async fn prune_batch(
                  SELECT id FROM itrelay.outbox
                  WHERE state = 'delivered'
                    AND delivered_at < now() - make_interval(hours => $1)
+                   -- A copy dead-lettered for one module is kept, for replay.
+                   AND NOT EXISTS (SELECT 1 FROM itrelay.copies AS c WHERE c.outbox_id = outbox.id)
                  ORDER BY delivered_at
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED)",

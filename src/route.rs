@@ -55,6 +55,11 @@ impl Router {
             .unwrap_or_default()
     }
 
+    /// The destination of `spec`'s copy for `module`, if `module` subscribes to it.
+    pub fn destination(&self, spec: &EventSpec, module: &str) -> Option<&Destination> {
+        self.destinations(spec).iter().find(|d| d.module == module)
+    }
+
     /// Every subscriber exchange, once each, for declaring at start.
     pub fn exchanges(&self) -> BTreeSet<&str> {
         self.routes

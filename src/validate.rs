@@ -90,6 +90,7 @@ mod tests {
             organization_id: Uuid::nil(),
             source_table: "it_assets".into(),
             occurred_at: OffsetDateTime::UNIX_EPOCH,
+            entity: None,
             payload: payload.as_object().unwrap().clone(),
         }
     }

@@ -120,11 +120,11 @@ async fn unknown_and_foreign_references_are_dead_lettered_at_enrichment() {
 }
 
 #[tokio::test]
-async fn unroutable_event_is_dead_lettered() {
+async fn unroutable_copy_is_dead_lettered_for_its_module_alone() {
     let mut env = TestEnv::new().await;
     env.seed().await;
-    // Tickets go to a module whose exchange has no queue bound.
-    env.start_relay(&[("ITRELAY__ROUTES__IT_TICKET_CREATED", "NOBODY")]);
+    // Tickets go to PF-10 and to a module whose exchange has no queue bound.
+    env.start_relay(&[("ITRELAY__ROUTES__IT_TICKET_CREATED", "PF-10,NOBODY")]);
     env.execute(&ticket_insert("TCK-lost")).await;
     env.execute(&format!(
         "UPDATE it_assets SET status = 'disposed', disposal_method = 'donated', disposal_date = '2026-03-02',
@@ -132,22 +132,53 @@ async fn unroutable_event_is_dead_lettered() {
     ))
     .await;
     env.wait_until_settled(2).await;
-    let failed = failed_rows(&env).await;
+    assert!(
+        failed_rows(&env).await.is_empty(),
+        "no event failed as a whole"
+    );
+    let failed = itrelay::ops::dead_letters(&env.client, 10).await.unwrap();
     assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].module.as_deref(), Some("NOBODY"));
+    let reason = failed[0].reason.clone().unwrap_or_default();
     assert!(
-        failed[0].1.starts_with("unroutable: returned by exchange"),
-        "{}",
-        failed[0].1
+        reason.starts_with("unroutable: returned by exchange"),
+        "{reason}"
     );
-    assert!(
-        failed[0].1.contains(&env.exchange("NOBODY")),
-        "{}",
-        failed[0].1
-    );
+    assert!(reason.contains(&env.exchange("NOBODY")), "{reason}");
     let dead = env.drain(&env.dead_letter_exchange()).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body["ticket_number"], "TCK-lost");
+    assert_eq!(
+        dead[0].header("x-rejected-for-module").as_deref(),
+        Some("NOBODY")
+    );
+    // The subscribers with a queue got their copies.
+    let tickets = env.drain(&env.exchange("PF-10")).await;
+    assert_eq!(tickets.len(), 1);
     assert_eq!(env.drain(&env.exchange("FA")).await.len(), 1);
+
+    // Once a queue is bound, a replay sends the dead-lettered copy again, to its module
+    // alone.
+    let nobody = env.exchange("NOBODY");
+    env.bind_queue(&nobody).await;
+    let replayed = itrelay::ops::replay(
+        &env.client,
+        "it_events",
+        &itrelay::ops::ReplaySelection {
+            event_ids: vec![dead[0].message_id().parse().unwrap()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(replayed, 1);
+    env.wait_until_settled(2).await;
+    assert_eq!(env.drain(&nobody).await.len(), 1);
+    assert!(env.drain(&env.exchange("PF-10")).await.is_empty());
+    assert!(itrelay::ops::dead_letters(&env.client, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]

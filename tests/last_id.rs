@@ -17,4 +17,7 @@ async fn the_highest_outbox_id_is_delivered() {
     );
     env.start_relay(&[]);
     env.reconcile("PF-10", 1).await.assert_nothing_lost();
+    // The relay goes on looking past the last id, and stops cleanly.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    env.stop_relay().await;
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use itrelay::outbox::{Outbox, Outcome};
+use itrelay::outbox::{claimed_id, Outbox, Outcome};
 
 #[tokio::test]
 async fn plans_made_on_an_empty_outbox_use_the_indexes_once_it_has_grown() {
@@ -21,22 +21,25 @@ async fn plans_made_on_an_empty_outbox_use_the_indexes_once_it_has_grown() {
     let outbox = Outbox::prepare(&client).await.expect("prepare");
     outbox.probe(&client).await.expect("probe");
     assert!(outbox
-        .claim(&client, 500, 0, None)
+        .claim(&client, 500, 0, &[])
         .await
         .expect("claim")
         .is_empty());
-    let absent = [(-1, Outcome::Delivered), (-2, Outcome::Failed("x".into()))];
+    let absent = [
+        (-1, Outcome::Delivered(Vec::new())),
+        (-2, Outcome::Failed("x".into())),
+    ];
     assert_eq!(outbox.record(&client, &absent).await.expect("record"), 0);
 
     insert_tickets(&env.client, "PLAN", 2000).await;
     client.batch_execute("BEGIN").await.expect("begin");
     let end = outbox.probe(&client).await.expect("probe");
-    let claimed = outbox.claim(&client, 500, 0, None).await.expect("claim");
-    assert_eq!(end.max_id, claimed[0].id + 1_999);
+    let claimed = outbox.claim(&client, 500, 0, &[]).await.expect("claim");
+    assert_eq!(end.max_id, claimed_id(&claimed[0]) + 1_999);
     assert_eq!(claimed.len(), 500);
     let mut outcomes: Vec<_> = claimed
         .iter()
-        .map(|row| (row.id, Outcome::Delivered))
+        .map(|row| (claimed_id(row), Outcome::Delivered(Vec::new())))
         .collect();
     outcomes[0].1 = Outcome::Failed("rejected".into());
     outcomes[1].1 = Outcome::Retry("nacked".into());

@@ -48,6 +48,7 @@ pub fn ticket_row(outbox_id: i64, ticket_number: &str) -> OutboxRow {
         }),
         source_table: "it_tickets".to_owned(),
         created_at: OffsetDateTime::now_utc(),
+        entity: None,
     }
 }
 

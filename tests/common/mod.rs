@@ -293,7 +293,7 @@ impl TestEnv {
         loop {
             let states = self.outbox_states().await;
             let all: i64 = states.values().sum();
-            if all == total && !states.contains_key("pending") {
+            if all == total && !states.contains_key("pending") && !states.contains_key("held") {
                 return;
             }
             assert!(
