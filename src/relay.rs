@@ -266,7 +266,7 @@ impl Relay {
         backoff: &mut Backoff,
     ) -> Result<(), SessionError> {
         let channel = &self.settings.postgres.channel;
-        // The relay's own writes (delivered marks, the idle flag) need not wait for the
+        // The relay's own writes (delivered marks, the lease) need not wait for the
         // WAL flush: a mark lost in a Postgres crash only means the event is sent again,
         // which at-least-once allows. Business transactions are not affected.
         self.bounded(pg.client.batch_execute("SET synchronous_commit = off"))
