@@ -578,6 +578,26 @@ mod tests {
     }
 
     #[test]
+    fn unroutable_policies_are_per_module_and_name_known_modules() {
+        let settings = load(&[("ITRELAY__DELIVERY__UNROUTABLE_BY_MODULE__PF_10", "wait")])
+            .expect("a policy for PF-10");
+        assert_eq!(settings.delivery.unroutable_for("PF-10"), Unroutable::Wait);
+        assert_eq!(
+            settings.delivery.unroutable_for("FA"),
+            Unroutable::DeadLetter
+        );
+        let error = error_of(&[("ITRELAY__DELIVERY__UNROUTABLE_BY_MODULE__PF_11X", "wait")]);
+        assert!(
+            error.contains("delivery.unroutable_by_module.pf_11x")
+                && error.contains("no route names this module")
+                && error.contains("PF-10"),
+            "{error}"
+        );
+        let error = error_of(&[("ITRELAY__DELIVERY__RETRY_MAX_MS", "10")]);
+        assert!(error.contains("delivery.retry_max_ms"), "{error}");
+    }
+
+    #[test]
     fn defaults_load_and_route_every_catalog_event() {
         let settings = load(&[]).unwrap();
         assert_eq!(settings.postgres.channel, "it_events");

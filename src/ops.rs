@@ -57,7 +57,7 @@ pub async fn status(client: &Client, lease: Duration) -> Result<Status, tokio_po
     let counts = client
         .query_one(
             "SELECT count(*) FILTER (WHERE state = 'pending'),
-                    extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending'))::float8,
+                    extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending' AND isfinite(created_at)))::float8,
                     count(*) FILTER (WHERE state = 'failed'),
                     count(*) FILTER (WHERE state = 'delivered'),
                     (SELECT count(*) FROM itrelay.copies WHERE state = 'waiting'),
@@ -188,8 +188,9 @@ pub struct FailedEvent {
     pub event_id: Uuid,
     pub event_type: String,
     pub source_table: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
+    /// `None` for a time the relay cannot read (infinity).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub created_at: Option<OffsetDateTime>,
     pub attempts: i32,
     pub reason: Option<String>,
     /// The subscriber module whose copy alone was dead-lettered; `None`: the whole event.
@@ -203,11 +204,13 @@ pub async fn dead_letters(
 ) -> Result<Vec<FailedEvent>, tokio_postgres::Error> {
     client
         .query(
-            "SELECT id, event_id, event_type, source_table, created_at, attempts, last_error,
+            "SELECT id, event_id, event_type, source_table,
+                    CASE WHEN isfinite(created_at) THEN created_at END, attempts, last_error,
                     NULL::text AS module
              FROM itrelay.outbox WHERE state = 'failed'
              UNION ALL
-             SELECT o.id, o.event_id, o.event_type, o.source_table, o.created_at, c.attempts,
+             SELECT o.id, o.event_id, o.event_type, o.source_table,
+                    CASE WHEN isfinite(o.created_at) THEN o.created_at END, c.attempts,
                     c.last_error, c.module
              FROM itrelay.copies AS c JOIN itrelay.outbox AS o ON o.id = c.outbox_id
              WHERE c.state = 'failed'
@@ -247,7 +250,7 @@ pub fn render_dead_letters(events: &[FailedEvent]) -> String {
                 } else {
                     &event.event_type
                 },
-                rfc3339(event.created_at),
+                event.created_at.map_or("-".to_owned(), rfc3339),
                 event.attempts,
                 event
                     .module

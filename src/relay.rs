@@ -465,7 +465,7 @@ impl Relay {
     async fn measure_backlog(&self, client: &Client) -> Result<(), SessionError> {
         let row = self
             .bounded(client.query_one(
-                "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+                "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE isfinite(created_at))), 0)::float8
                  FROM itrelay.outbox WHERE state = 'pending'",
                 &[],
             ))

@@ -112,4 +112,69 @@ mod tests {
             );
         }
     }
+
+    /// The entity rows install.sql writes into itrelay.event_entities:
+    /// (event type, entity field, whether enqueue locks the entity).
+    fn installed_entities() -> Vec<(String, String, bool)> {
+        let start = INSTALL
+            .find("INSERT INTO itrelay.event_entities")
+            .expect("the entity table is filled");
+        let values = &INSTALL[start..];
+        let values = &values[..values.find("ON CONFLICT").expect("one statement")];
+        values
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("('"))
+            .map(|row| {
+                let fields: Vec<&str> = row
+                    .trim_end_matches([',', ')'])
+                    .split(", ")
+                    .map(|f| f.trim_matches('\''))
+                    .collect();
+                (
+                    fields[0].to_owned(),
+                    fields[1].to_owned(),
+                    fields[2] == "true",
+                )
+            })
+            .collect()
+    }
+
+    /// The table whose row each entity is.
+    const ENTITY_TABLES: [(&str, &str); 12] = [
+        ("asset_id", "it_assets"),
+        ("ticket_id", "it_tickets"),
+        ("license_id", "it_licenses"),
+        ("contract_id", "it_vendor_contracts"),
+        ("patch_id", "it_patches"),
+        ("incident_id", "it_security_incidents"),
+        ("vulnerability_id", "it_vulnerabilities"),
+        ("request_id", "it_purchase_requests"),
+        ("onboarding_instance_id", "it_onboarding_instances"),
+        ("account_id", "it_access_accounts"),
+        ("run_id", "it_report_runs"),
+        ("change_id", "it_changes"),
+    ];
+
+    /// The SQL names each event's entity as the catalog does, and locks it exactly where
+    /// the business write does not lock the entity's own row: time-based scans, and
+    /// rows of another table than the entity's.
+    #[test]
+    fn entities_in_sql_match_the_catalog() {
+        let installed = installed_entities();
+        assert_eq!(installed.len(), crate::catalog::EVENTS.len());
+        for spec in crate::catalog::EVENTS {
+            let (_, field, lock) = installed
+                .iter()
+                .find(|(event_type, _, _)| event_type == spec.event_type)
+                .unwrap_or_else(|| panic!("{} has no entity in install.sql", spec.event_type));
+            assert_eq!(field, spec.entity_key, "{}", spec.event_type);
+            let own_table = ENTITY_TABLES
+                .iter()
+                .find(|(key, _)| *key == spec.entity_key)
+                .map(|(_, table)| *table);
+            let own_row = own_table == Some(spec.source_table);
+            let time_based = spec.condition.starts_with("time-based");
+            assert_eq!(*lock, time_based || !own_row, "{}", spec.event_type);
+        }
+    }
 }

@@ -276,3 +276,57 @@ async fn license_keys_never_reach_logs_even_at_debug_level() {
         "{bodies:?}"
     );
 }
+
+#[tokio::test]
+async fn rows_the_relay_cannot_read_are_dead_lettered_one_by_one() {
+    let mut env = TestEnv::new().await;
+    env.seed().await;
+    // Rows Postgres stores but the relay cannot read: JSON nested deeper than the
+    // reader's limit, a number beyond a double, a creation time of infinity.
+    let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+    let huge = format!(
+        "{{\"event_type\": \"it_ticket_created\", \"n\": {}}}",
+        "9".repeat(400)
+    );
+    env.client
+        .execute(
+            "INSERT INTO itrelay.outbox (event_type, payload, source_table) VALUES
+                 ('it_ticket_created', $1::text::jsonb, 'it_tickets'),
+                 ('it_ticket_created', $2::text::jsonb, 'it_tickets')",
+            &[&deep, &huge],
+        )
+        .await
+        .unwrap();
+    insert_ticket(&env.client, "TCK-between").await;
+    env.execute(
+        "INSERT INTO itrelay.outbox (event_type, payload, source_table, created_at)
+         VALUES ('it_ticket_created', '{}', 'it_tickets', '-infinity')",
+    )
+    .await;
+    insert_ticket(&env.client, "TCK-after").await;
+    env.start_relay(&[]);
+    env.wait_until_settled(5).await;
+    let delivered = env.drain(&env.exchange("PF-10")).await;
+    let numbers: Vec<&str> = delivered
+        .iter()
+        .map(|m| m.body["ticket_number"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(numbers, ["TCK-between", "TCK-after"]);
+    let failed = itrelay::ops::dead_letters(&env.client, 10).await.unwrap();
+    let reasons: Vec<String> = failed
+        .iter()
+        .map(|f| f.reason.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[0].contains("recursion limit"), "{reasons:?}");
+    assert!(reasons[1].contains("number out of range"), "{reasons:?}");
+    assert!(reasons[2].contains("created_at unreadable"), "{reasons:?}");
+    for reason in &reasons {
+        assert!(!reason.contains("9999"), "a value was quoted: {reason}");
+    }
+    assert_eq!(env.drain(&env.dead_letter_exchange()).await.len(), 3);
+    let status = itrelay::ops::status(&env.client, std::time::Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert_eq!(status.failed, 3);
+}

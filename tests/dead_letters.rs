@@ -243,3 +243,54 @@ async fn whole_event_notifications_are_relayed_and_bad_ones_dead_lettered() {
         .await;
     assert_eq!(stored, 0, "the license key reached the outbox");
 }
+
+#[tokio::test]
+async fn unroutable_copy_waits_for_a_queue_under_the_wait_policy() {
+    let mut env = TestEnv::new().await;
+    env.seed().await;
+    env.start_relay(&[
+        ("ITRELAY__ROUTES__IT_TICKET_CREATED", "PF-10,NOBODY"),
+        ("ITRELAY__DELIVERY__UNROUTABLE_BY_MODULE__NOBODY", "wait"),
+        ("ITRELAY__DELIVERY__RETRY_MIN_MS", "50"),
+        ("ITRELAY__DELIVERY__RETRY_MAX_MS", "200"),
+    ]);
+    env.execute(&ticket_insert("TCK-1")).await;
+    env.execute(&ticket_insert("TCK-2")).await;
+    // PF-10 gets both at once; NOBODY's copies wait, in order, until a queue is bound.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut pf10 = Vec::new();
+    while pf10.len() < 2 && tokio::time::Instant::now() < deadline {
+        pf10.extend(env.drain(&env.exchange("PF-10")).await);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(pf10.len(), 2);
+    let waiting = env
+        .count("SELECT count(*) FROM itrelay.copies WHERE state = 'waiting' AND module = 'NOBODY'")
+        .await;
+    assert_eq!(waiting, 2, "both NOBODY copies wait");
+    assert_eq!(
+        env.count("SELECT count(*) FROM itrelay.outbox WHERE state = 'held'")
+            .await,
+        2
+    );
+    let nobody = env.exchange("NOBODY");
+    env.bind_queue(&nobody).await;
+    env.wait_until_settled(2).await;
+    let numbers: Vec<String> = env
+        .drain(&nobody)
+        .await
+        .iter()
+        .map(|m| {
+            m.body["ticket_number"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(numbers, ["TCK-1", "TCK-2"]);
+    assert!(
+        env.drain(&env.exchange("PF-10")).await.is_empty(),
+        "PF-10 got nothing twice"
+    );
+    assert!(env.drain(&env.dead_letter_exchange()).await.is_empty());
+}

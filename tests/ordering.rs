@@ -434,3 +434,59 @@ impl Relays {
         }
     }
 }
+
+/// Two transactions writing events of one asset through a table other than the asset's
+/// (assignments): the second takes its event's id only once the first has ended, so ids
+/// follow commit order for the entity. Events of another asset do not wait.
+#[tokio::test]
+async fn events_of_one_entity_take_their_ids_in_commit_order() {
+    let env = TestEnv::new().await;
+    env.seed().await;
+    let other_asset = "66666666-6666-4666-8666-666666666666";
+    env.execute(&format!(
+        "INSERT INTO it_assets (asset_id, organization_id, asset_tag, asset_name, asset_type)
+             VALUES ('{other_asset}', '{ORG}', 'LT-0043', 'ThinkPad X1', 'laptop')"
+    ))
+    .await;
+    let assign = |asset: &str| {
+        format!(
+            "INSERT INTO it_asset_assignments (organization_id, asset_id, employee_id, assignment_date, assigned_by)
+                 VALUES ('{ORG}', '{asset}', '{EMPLOYEE}', '2026-03-01', '{ACTOR}')"
+        )
+    };
+    let first = connect(&env.db_url).await;
+    let second = connect(&env.db_url).await;
+    first
+        .batch_execute(&format!("BEGIN; {}", assign(ASSET)))
+        .await
+        .unwrap();
+    second
+        .batch_execute("BEGIN; SET LOCAL lock_timeout = '300ms'")
+        .await
+        .unwrap();
+    second
+        .batch_execute(&assign(other_asset))
+        .await
+        .expect("another asset's event does not wait");
+    let blocked = second.batch_execute(&assign(ASSET)).await.unwrap_err();
+    assert_eq!(
+        blocked.code(),
+        Some(&SqlState::LOCK_NOT_AVAILABLE),
+        "the second event of the asset took an id while the first was uncommitted"
+    );
+    second.batch_execute("ROLLBACK").await.unwrap();
+    first.batch_execute("COMMIT").await.unwrap();
+    second.batch_execute(&assign(ASSET)).await.unwrap();
+    let entities: Vec<String> = env
+        .client
+        .query("SELECT entity FROM itrelay.outbox ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        entities,
+        [format!("asset_id:{ASSET}"), format!("asset_id:{ASSET}")]
+    );
+}
