@@ -198,7 +198,9 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let gauges = tokio::spawn(gauges::run(settings.clone(), shutdown.clone()));
             let notifier = tokio::spawn(systemd::run(health.clone(), shutdown.clone()));
             let scans = tokio::spawn(scan::run(settings, shutdown.clone()));
-            relay.run(shutdown).await;
+            let relayed = relay.run(shutdown.clone()).await;
+            // A fatal error stops every task, and then the process.
+            shutdown.cancel();
             scans.await.context("due-event scans")?;
             gauges.await.context("outbox gauges")?;
             notifier.await.context("systemd notifications")?;
@@ -207,6 +209,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             if let Some(server) = server {
                 server.await?.context("serving http")?;
             }
+            relayed?;
             info!("itrelay stopped");
         }
         Command::Healthcheck => {
@@ -225,10 +228,14 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         }
         Command::Install => {
             let pg = connect_postgres(&settings).await?;
-            sql::install(&pg.client)
+            sql::install(&pg.client, &settings.postgres.channel)
                 .await
                 .context("applying sql/install.sql")?;
-            println!("itrelay schema version {} installed", sql::SCHEMA_VERSION);
+            println!(
+                "itrelay schema version {} installed, notifying channel {}",
+                sql::SCHEMA_VERSION,
+                settings.postgres.channel
+            );
         }
         Command::Uninstall { force } => {
             let pg = connect_postgres(&settings).await?;
@@ -259,7 +266,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         }
         Command::Status { json } => {
             let pg = connect_postgres(&settings).await?;
-            let status = ops::status(&pg.client, &settings.postgres.channel)
+            let status = ops::status(&pg.client, settings.lease())
                 .await
                 .context("reading the outbox")?;
             if json {
