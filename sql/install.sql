@@ -3,11 +3,14 @@
 -- Creates the relay's own schema `itrelay` (the outbox and its bookkeeping) and one
 -- trigger per event on the IT module's tables, each named itrelay_..._trigger so that it
 -- never replaces a trigger of the IT module's own. Each trigger writes the event to the
--- outbox in the business transaction and wakes the relay with NOTIFY on `it_events`:
--- the event commits with the business write or not at all.
+-- outbox in the business transaction and wakes the relay with NOTIFY on the channel
+-- stored in `itrelay.settings`: the event commits with the business write or not at all.
 --
--- Idempotent: applying it again changes nothing. `itrelay install` applies this very file.
+-- Idempotent: applying it again changes nothing. `itrelay install` applies this very file,
+-- storing its `postgres.channel` (`it_events` by default); with psql, the channel is
+-- `it_events` on a first install and is kept afterwards, unless set for the session:
 --   psql -v ON_ERROR_STOP=1 -f sql/install.sql
+--   psql -v ON_ERROR_STOP=1 -c 'SET itrelay.channel = my_events' -f sql/install.sql
 -- The triggers go on the IT tables found on the search_path (see sql/reference_schema.sql
 -- for the columns each reads). A table that does not exist gets no trigger, with a NOTICE
 -- saying so; `itrelay check` lists the triggers installed and missing.
@@ -166,13 +169,38 @@ CREATE INDEX IF NOT EXISTS outbox_delivered ON itrelay.outbox (delivered_at) WHE
 -- Failed rows are counted for /metrics (itrelay_outbox_failed_rows) every few seconds.
 CREATE INDEX IF NOT EXISTS outbox_failed ON itrelay.outbox (id) WHERE state = 'failed';
 
--- Whether the relay is idle, waiting for a notification. While it drains (under load)
--- it is not, and triggers skip NOTIFY: NOTIFY takes a database-wide lock at commit
--- that would serialise every business transaction. Unlogged: after a crash the table is
--- empty, triggers skip NOTIFY, and the relay sets the flag again when it starts.
-CREATE UNLOGGED TABLE IF NOT EXISTS itrelay.relay_state (
+-- Whether the relay is idle, waiting for a notification: the leader then holds the
+-- advisory lock `itrelay idle` (src/outbox.rs). While it drains (under load) it does not,
+-- and triggers skip NOTIFY: NOTIFY takes a database-wide lock at commit that would
+-- serialise every business transaction. A trigger that finds the relay busy holds that
+-- lock shared until its transaction ends, so the relay goes idle only once every such
+-- transaction has ended, and the claim it sends next sees their events: no event waits
+-- for a NOTIFY nobody sent. Lock state, unlike a row, reads the same under every
+-- isolation level, and ends with the relay's session.
+
+-- Schema version 1 before the idle lock kept the flag in a table.
+DROP TABLE IF EXISTS itrelay.relay_state;
+
+-- Settings fixed at install. channel: the NOTIFY channel the triggers wake the relay
+-- on; a relay configured for another channel refuses to start.
+CREATE TABLE IF NOT EXISTS itrelay.settings (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    idle      boolean NOT NULL
+    channel   text NOT NULL CHECK (channel ~ '^[a-z_][a-z0-9_]{0,62}$')
+);
+INSERT INTO itrelay.settings (channel)
+VALUES (coalesce(nullif(current_setting('itrelay.channel', true), ''), 'it_events'))
+ON CONFLICT (singleton) DO UPDATE SET channel = excluded.channel
+    WHERE nullif(current_setting('itrelay.channel', true), '') IS NOT NULL;
+
+-- The leader's lease (src/lease.rs): the leading relay's backend, renewed through that
+-- backend every third of relay.lease_secs. A standby that finds it older than
+-- relay.lease_secs ends that backend, which releases the leader lock, and takes over.
+CREATE UNLOGGED TABLE IF NOT EXISTS itrelay.leader (
+    singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    pid           integer NOT NULL,
+    backend_start timestamptz NOT NULL,
+    channel       text NOT NULL,
+    renewed_at    timestamptz NOT NULL
 );
 
 -- Secrets never enter the outbox: license_key, in any case, is removed at any depth and
@@ -269,8 +297,8 @@ BEGIN
     END IF;
     INSERT INTO itrelay.outbox (event_type, payload, source_table, entity)
     VALUES (p_event_type, itrelay.redact(p_payload), p_source_table, v_entity);
-    IF (SELECT idle FROM itrelay.relay_state) THEN
-        PERFORM pg_notify('it_events', '');
+    IF NOT pg_try_advisory_xact_lock_shared(hashtextextended('itrelay idle', 0)) THEN
+        PERFORM pg_notify((SELECT channel FROM itrelay.settings), '');
     END IF;
 END;
 $$;

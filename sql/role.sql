@@ -15,9 +15,9 @@
 -- What the role can do, and why:
 --   itrelay.outbox          SELECT, UPDATE: claim pending rows, mark them delivered or failed;
 --                           INSERT: store whole-event notifications.
---   itrelay.relay_state     SELECT, INSERT, UPDATE: whether the relay is idle (the triggers
---                           send NOTIFY only then).
 --   itrelay.schema_version  SELECT: `itrelay check` compares the installed version.
+--   itrelay.settings        SELECT: the NOTIFY channel stored at install.
+--   itrelay.leader          SELECT, INSERT, UPDATE: the leader's lease.
 --   it_vendors, employees, it_assets
 --                           SELECT: the names the relay adds to events (vendor, employee, asset).
 --   itrelay functions       EXECUTE on those that are not triggers: the time-based scans
@@ -27,7 +27,9 @@
 --                           what the canary writes its synthetic events with.
 -- What it cannot do: superuser, create roles or databases, replicate, bypass row security,
 -- own or create anything, write a business table, change the outbox's definition. LISTEN
--- and the leader's advisory lock need no grant. The triggers are SECURITY DEFINER
+-- and the advisory locks (leader, idle) need no grant. A standby ends the backend of a leader
+-- whose lease expired (pg_terminate_backend): allowed because every relay of a database
+-- runs as this same role; relays under different roles need pg_signal_backend. The triggers are SECURITY DEFINER
 -- functions of the installer, so business writes need nothing from this role.
 
 \set ON_ERROR_STOP on
@@ -51,8 +53,9 @@ GRANT USAGE ON SCHEMA itrelay TO :"relay_role";
 GRANT SELECT, INSERT, UPDATE, DELETE ON itrelay.outbox TO :"relay_role";
 GRANT SELECT, INSERT, UPDATE, DELETE ON itrelay.copies TO :"relay_role";
 GRANT SELECT ON itrelay.event_entities TO :"relay_role";
-GRANT SELECT, INSERT, UPDATE ON itrelay.relay_state TO :"relay_role";
 GRANT SELECT ON itrelay.schema_version TO :"relay_role";
+GRANT SELECT ON itrelay.settings TO :"relay_role";
+GRANT SELECT, INSERT, UPDATE ON itrelay.leader TO :"relay_role";
 
 -- Enrichment lookups (src/outbox.rs).
 GRANT SELECT ON it_vendors, employees, it_assets TO :"relay_role";

@@ -45,7 +45,7 @@ enum CanaryError {
     ConsumerCancelled,
     #[error("postgres: {0}")]
     Postgres(#[from] ConnectError),
-    #[error("writing a canary: {0}")]
+    #[error("writing a canary: {}", crate::listen::describe(.0))]
     Write(tokio_postgres::Error),
     #[error("writing a canary: no answer within {0:?}")]
     WriteTimeout(Duration),

@@ -171,6 +171,8 @@ pub struct RelaySettings {
     pub stop_timeout_secs: u64,
     /// Relay whole JSON events sent with NOTIFY (unauthenticated, lossy); off by default.
     pub accept_notify_events: bool,
+    /// A leader's lease not renewed this long lets a standby end its session and take over.
+    pub lease_secs: u64,
 }
 
 /// What becomes of copies (event × subscriber module) not confirmed at the first try.
@@ -408,7 +410,10 @@ impl Settings {
         check_channel(&self.postgres.channel)
             .map_err(|reason| ConfigError::invalid("postgres.channel", reason))?;
         tls::amqp(&self.amqp).map_err(|e| ConfigError::invalid(e.key, e.reason))?;
-        check_exchange_name(&format!("{}{}", self.amqp.exchange_prefix, "x"))
+        // Empty, every module's exchange would be the bare module name, shared with
+        // anything else on the broker that publishes there.
+        check_not_empty(&self.amqp.exchange_prefix)
+            .and_then(|()| check_exchange_name(&format!("{}{}", self.amqp.exchange_prefix, "x")))
             .map_err(|reason| ConfigError::invalid("amqp.exchange_prefix", reason))?;
         check_exchange_name(&self.dead_letter_exchange())
             .map_err(|reason| ConfigError::invalid("amqp.dead_letter", reason))?;
@@ -492,6 +497,18 @@ impl Settings {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
             }
+        }
+        // The leader renews every third of the lease; a renewal unanswered within the
+        // query timeout ends its session. Both together fit in the lease, so a
+        // partitioned leader has given up before a standby takes over.
+        if relay.lease_secs * 2 < self.postgres.query_timeout_secs * 3 {
+            return Err(ConfigError::invalid(
+                "relay.lease_secs",
+                format!(
+                    "must be at least 1.5 × postgres.query_timeout_secs ({}), so that a partitioned leader gives up before a standby takes over",
+                    self.postgres.query_timeout_secs
+                ),
+            ));
         }
         if relay.reconnect_max_ms < relay.reconnect_min_ms {
             return Err(ConfigError::invalid(
@@ -580,6 +597,10 @@ impl Settings {
 
     pub fn query_timeout(&self) -> Duration {
         Duration::from_secs(self.postgres.query_timeout_secs)
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.relay.lease_secs)
     }
 
     pub fn confirm_timeout(&self) -> Duration {
@@ -846,6 +867,10 @@ mod tests {
                 "amqp.exchange_prefix",
             ),
             (
+                &[("ITRELAY__AMQP__EXCHANGE_PREFIX", "")],
+                "amqp.exchange_prefix",
+            ),
+            (
                 &[("ITRELAY__AMQP__DEAD_LETTER", "dead;letter")],
                 "amqp.dead_letter",
             ),
@@ -859,6 +884,7 @@ mod tests {
                 &[("ITRELAY__RELAY__RECONNECT_MAX_MS", "1")],
                 "relay.reconnect_max_ms",
             ),
+            (&[("ITRELAY__RELAY__LEASE_SECS", "14")], "relay.lease_secs"),
         ];
         for (env, key) in cases {
             let message = error_of(env);

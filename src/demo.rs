@@ -132,7 +132,7 @@ pub async fn run(settings: Settings, keep: bool) -> anyhow::Result<()> {
 async fn story(settings: &Settings) -> anyhow::Result<()> {
     let pg = PgSession::connect(&settings.postgres).await?;
     pg.client.batch_execute(sql::REFERENCE_SCHEMA).await?;
-    sql::install(&pg.client).await?;
+    sql::install(&pg.client, &settings.postgres.channel).await?;
     pg.client
         .batch_execute(&format!(
             "INSERT INTO it_vendors VALUES ('{VENDOR}', '{ORG}', 'Acme Hardware');
@@ -147,7 +147,11 @@ async fn story(settings: &Settings) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let running = tokio::spawn({
         let stop = stop.clone();
-        async move { relay.run(stop).await }
+        async move {
+            if let Err(error) = relay.run(stop).await {
+                eprintln!("itrelay demo: the relay stopped: {error}");
+            }
+        }
     });
 
     let router = Router::from_settings(settings);

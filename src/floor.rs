@@ -77,7 +77,8 @@ impl ClaimFloor {
             Some((taken, earlier))
                 if probe.xmin >= earlier.xmax && now.duration_since(taken) >= SETTLE =>
             {
-                self.settled_below = self.settled_below.max(earlier.max_id + 1);
+                // Saturating: the last possible id, i64::MAX, settles nothing above it.
+                self.settled_below = self.settled_below.max(earlier.max_id.saturating_add(1));
                 self.waiting = Some((now, probe));
             }
             Some(_) => {}
@@ -207,6 +208,16 @@ mod tests {
         assert_eq!(floor.start(), 1_001);
         floor.rewind_if_due(t0 + REWIND_EVERY);
         assert_eq!(floor.start(), 0);
+    }
+
+    #[test]
+    fn the_last_possible_id_settles() {
+        let t0 = Instant::now();
+        let mut floor = ClaimFloor::new(t0);
+        floor.probed(probe(i64::MAX, 10, 20), t0);
+        floor.probed(probe(i64::MAX, 20, 30), t0 + SETTLE);
+        floor.claimed(Some(i64::MAX), None);
+        assert_eq!(floor.start(), i64::MAX);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! itrelay relays the IT module's events from a Postgres outbox to RabbitMQ.
 //!
 //! A trigger on an IT table writes each event to `itrelay.outbox` in the business
-//! transaction and wakes the relay with NOTIFY. The relay, one leader per channel, takes
+//! transaction and wakes the relay with NOTIFY. The relay, one leader per outbox, takes
 //! the pending rows in order and runs each through the pipeline below, then marks it
 //! delivered once RabbitMQ has confirmed every copy.
 //!
@@ -9,7 +9,8 @@
 //!
 //! | stage | module | I/O |
 //! |---|---|---|
-//! | listen, lead | [`listen`] | Postgres |
+//! | listen | [`listen`] | Postgres |
+//! | lead: lock and lease | [`lease`] | Postgres |
 //! | claim, look up, record | [`outbox`], [`floor`] | Postgres |
 //! | per-destination outcomes, waiting copies | [`delivery`], [`copies`] | –, Postgres |
 //! | redact secrets | [`redact`] | – |
@@ -49,6 +50,7 @@ pub mod floor;
 pub mod gauges;
 pub mod health;
 pub mod http;
+pub mod lease;
 pub mod listen;
 pub mod logging;
 pub mod metrics;

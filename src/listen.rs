@@ -5,6 +5,7 @@
 //! hands each notification over as a [`Notice`]; when the connection ends, so does the
 //! stream of notices.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{stream, StreamExt};
@@ -14,7 +15,13 @@ use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 use tracing::{debug, warn};
 
 use crate::config::PostgresSettings;
+use crate::redact::redact_text;
 use crate::tls::{self, SettingError};
+
+/// The server's side of the keepalives and a check, every 5 s while a query runs, that
+/// the client is still connected (Postgres 14 or later).
+const SERVER_SIDE_CHECKS: &str = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 \
+     -c tcp_keepalives_count=3 -c tcp_user_timeout=30000 -c client_connection_check_interval=5000";
 
 /// Notices buffered between the connection and the relay; past this, notices are
 /// dropped: a wake-up for new rows is redundant then, a replay's rows wait for the claim
@@ -55,7 +62,7 @@ pub enum ConnectError {
     Setting(#[from] SettingError),
     /// The driver's message with its causes: its own `Display` leaves out why (the
     /// certificate rejected, the authentication refused).
-    #[error("{}", with_causes(.0))]
+    #[error("{}", describe(.0))]
     Postgres(tokio_postgres::Error),
 }
 
@@ -63,6 +70,24 @@ impl From<tokio_postgres::Error> for ConnectError {
     fn from(error: tokio_postgres::Error) -> Self {
         Self::Postgres(error)
     }
+}
+
+/// A Postgres error as a log line or message can show it: what the server said (severity,
+/// SQLSTATE code, message, detail, hint), where the driver's own `Display` says only
+/// `db error`; otherwise the driver's message with its causes. The statement's parameters
+/// are never part of it. The detail can quote a row, so sensitive fields are masked.
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    let Some(db) = error.as_db_error() else {
+        return with_causes(error);
+    };
+    let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    if let Some(detail) = db.detail() {
+        text = format!("{text}; detail: {}", redact_text(detail));
+    }
+    if let Some(hint) = db.hint() {
+        text = format!("{text}; hint: {hint}");
+    }
+    text
 }
 
 fn with_causes(error: &tokio_postgres::Error) -> String {
@@ -76,16 +101,25 @@ fn with_causes(error: &tokio_postgres::Error) -> String {
 }
 
 pub struct PgSession {
-    pub client: Client,
+    /// Shared with the task that renews the leader's lease on this same session.
+    pub client: Arc<Client>,
     notices: mpsc::Receiver<Notice>,
 }
 
 impl PgSession {
     /// Connects as the settings say (TLS per `sslmode`, the password over the URL's),
-    /// with keepalives, so a dead peer is noticed in seconds, not hours.
+    /// with keepalives on both ends, so a dead peer is noticed in seconds, not hours:
+    /// the server also checks that the client is still there while it runs a query. (A
+    /// pooler or proxy in between answers for a partitioned client; the leader's lease,
+    /// [`crate::lease`], covers that.)
     pub async fn connect(settings: &PostgresSettings) -> Result<Self, ConnectError> {
         let (mut config, tls) = tls::postgres(settings)?;
+        let options = format!(
+            "{} {SERVER_SIDE_CHECKS}",
+            config.get_options().unwrap_or_default()
+        );
         config
+            .options(options.trim())
             .application_name("itrelay")
             .connect_timeout(Duration::from_secs(10))
             .keepalives(true)
@@ -102,7 +136,10 @@ impl PgSession {
                 (client, drive(connection))
             }
         };
-        Ok(Self { client, notices })
+        Ok(Self {
+            client: Arc::new(client),
+            notices,
+        })
     }
 
     /// Starts receiving notifications on `channel` (a name checked by the configuration,
@@ -111,19 +148,6 @@ impl PgSession {
         self.client
             .batch_execute(&format!("LISTEN {}", quote_identifier(channel)))
             .await
-    }
-
-    /// Takes the leader lock of `channel` if no other relay holds it. Held until this
-    /// session's connection ends.
-    pub async fn try_lead(&self, channel: &str) -> Result<bool, tokio_postgres::Error> {
-        let row = self
-            .client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                &[&leader_lock_name(channel)],
-            )
-            .await?;
-        row.try_get(0)
     }
 
     /// The next notice; `None` once the connection has ended.
@@ -167,11 +191,6 @@ where
         }
     });
     notices
-}
-
-/// The advisory lock that makes one relay per channel the leader.
-pub fn leader_lock_name(channel: &str) -> String {
-    format!("itrelay leader {channel}")
 }
 
 /// Quotes an SQL identifier: wraps it in `"` and doubles any `"` inside.

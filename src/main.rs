@@ -218,7 +218,9 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let notifier = tokio::spawn(systemd::run(health.clone(), shutdown.clone()));
             let scans = tokio::spawn(scan::run(settings, shutdown.clone()));
             let running = async {
-                relay.run(shutdown.clone()).await;
+                let relayed = relay.run(shutdown.clone()).await;
+                // A fatal error stops every task, and then the process.
+                shutdown.cancel();
                 scans.await.context("due-event scans")?;
                 gauges.await.context("outbox gauges")?;
                 notifier.await.context("systemd notifications")?;
@@ -227,6 +229,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
                 if let Some(server) = server {
                     server.await?.context("serving http")?;
                 }
+                relayed?;
                 anyhow::Ok(())
             };
             match shutdown::within_stop_timeout(running, &shutdown, stop_timeout).await {
@@ -251,10 +254,14 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         }
         Command::Install => {
             let pg = connect_postgres(&settings).await?;
-            sql::install(&pg.client)
+            sql::install(&pg.client, &settings.postgres.channel)
                 .await
                 .context("applying sql/install.sql")?;
-            println!("itrelay schema version {} installed", sql::SCHEMA_VERSION);
+            println!(
+                "itrelay schema version {} installed, notifying channel {}",
+                sql::SCHEMA_VERSION,
+                settings.postgres.channel
+            );
         }
         Command::Uninstall { force } => {
             let pg = connect_postgres(&settings).await?;
@@ -285,7 +292,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         }
         Command::Status { json } => {
             let pg = connect_postgres(&settings).await?;
-            let status = ops::status(&pg.client, &settings.postgres.channel)
+            let status = ops::status(&pg.client, settings.lease())
                 .await
                 .context("reading the outbox")?;
             if json {

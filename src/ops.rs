@@ -7,7 +7,9 @@ use time::OffsetDateTime;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::listen::leader_lock_name;
+use std::time::Duration;
+
+use crate::lease::{self, LeaseRow, LOCK_NAME};
 use crate::route::Router;
 
 #[derive(Debug, Serialize)]
@@ -22,6 +24,17 @@ pub struct Status {
     pub last_delivered: Option<LastDelivered>,
     /// The session holding the leader lock, if any relay leads.
     pub leader: Option<Leader>,
+    /// The leader's lease, if a relay ever led.
+    pub lease: Option<Lease>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Lease {
+    #[serde(flatten)]
+    pub row: LeaseRow,
+    /// Not renewed for longer than `relay.lease_secs`: the leader is gone or cut off, and
+    /// a standby takes over.
+    pub stale: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -40,7 +53,8 @@ pub struct Leader {
     pub connected_since: OffsetDateTime,
 }
 
-pub async fn status(client: &Client, channel: &str) -> Result<Status, tokio_postgres::Error> {
+/// The outbox's state; a lease older than `lease` is flagged stale.
+pub async fn status(client: &Client, lease: Duration) -> Result<Status, tokio_postgres::Error> {
     let counts = client
         .query_one(
             "SELECT count(*) FILTER (WHERE state = 'pending'),
@@ -77,7 +91,7 @@ pub async fn status(client: &Client, channel: &str) -> Result<Status, tokio_post
              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended($1, 0)",
-            &[&leader_lock_name(channel)],
+            &[&LOCK_NAME],
         )
         .await?
         .map(|row| -> Result<_, tokio_postgres::Error> {
@@ -88,6 +102,10 @@ pub async fn status(client: &Client, channel: &str) -> Result<Status, tokio_post
             })
         })
         .transpose()?;
+    let lease_row = lease::read(client).await?.map(|row| Lease {
+        stale: row.age_seconds > lease.as_secs_f64(),
+        row,
+    });
     Ok(Status {
         pending: counts.try_get(0)?,
         oldest_pending_age_seconds: counts.try_get(1)?,
@@ -97,6 +115,7 @@ pub async fn status(client: &Client, channel: &str) -> Result<Status, tokio_post
         copies_failed: counts.try_get(5)?,
         last_delivered,
         leader,
+        lease: lease_row,
     })
 }
 
@@ -133,9 +152,34 @@ impl Status {
              waiting copies  {} (nacked or held back, sent again)\n\
              delivered       {}\n\
              last delivered  {last}\n\
-             leader          {leader}\n",
-            self.pending, self.failed, self.copies_failed, self.copies_waiting, self.delivered
+             leader          {leader}\n\
+             lease           {}\n",
+            self.pending,
+            self.failed,
+            self.copies_failed,
+            self.copies_waiting,
+            self.delivered,
+            self.render_lease()
         )
+    }
+
+    fn render_lease(&self) -> String {
+        let Some(lease) = &self.lease else {
+            return "none: no relay has led yet".to_owned();
+        };
+        let row = &lease.row;
+        let holder = format!(
+            "backend pid {} on channel {}, renewed {:.1} s ago",
+            row.pid, row.channel, row.age_seconds
+        );
+        let holds_lock = self.leader.as_ref().is_some_and(|l| l.pid == row.pid);
+        if lease.stale && holds_lock {
+            format!("STALE: {holder}; the leader is gone or cut off, a standby takes over")
+        } else if lease.stale {
+            format!("STALE: {holder}; that session no longer leads")
+        } else {
+            holder
+        }
     }
 }
 

@@ -105,10 +105,12 @@ impl Outbox {
                      FROM pg_current_snapshot() AS s",
                 )
                 .await?,
+            // The lock `itrelay.enqueue` tries (sql/install.sql).
             set_idle: client
                 .prepare(
-                    "INSERT INTO itrelay.relay_state (idle) VALUES ($1)
-                     ON CONFLICT (singleton) DO UPDATE SET idle = excluded.idle",
+                    "SELECT CASE WHEN $1
+                         THEN pg_try_advisory_lock(hashtextextended('itrelay idle', 0))
+                         ELSE pg_advisory_unlock(hashtextextended('itrelay idle', 0)) END",
                 )
                 .await?,
             // Delivered rows (nearly all) by id alone, the others with their state and
@@ -227,9 +229,16 @@ impl Outbox {
         Ok(data)
     }
 
-    /// Tells the triggers whether to NOTIFY: only while the relay is idle.
-    pub async fn set_idle(&self, client: &Client, idle: bool) -> Result<(), tokio_postgres::Error> {
-        client.execute(&self.set_idle, &[&idle]).await.map(drop)
+    /// Tells the triggers whether to NOTIFY: only while the relay is idle. Going idle is
+    /// granted (`true`) only once no transaction that found the relay busy, and so will
+    /// not NOTIFY, is still running; until then the relay must keep polling. Going busy
+    /// again (`idle` false) follows a granted `true`, once.
+    pub async fn set_idle(
+        &self,
+        client: &Client,
+        idle: bool,
+    ) -> Result<bool, tokio_postgres::Error> {
+        client.query_one(&self.set_idle, &[&idle]).await?.try_get(0)
     }
 
     /// Records each row's outcome in one statement; rows no longer pending are left alone.

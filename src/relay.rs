@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -17,18 +18,23 @@ use crate::copies::Copies;
 use crate::delivery::Gates;
 use crate::floor::ClaimFloor;
 use crate::health::{Health, Role};
+use crate::lease::{self, LeaseError, Takeover};
 use crate::listen::{Notice, PgSession};
 use crate::metrics::{Service, METRICS};
 use crate::notified::NotifyEvents;
 use crate::outbox::Outbox;
 use crate::publish::{PublishError, Publisher};
 use crate::route::Router;
+use crate::sql;
 use crate::validate::Validators;
 
 /// While busy the relay looks for new events this often; after `QUIET_POLLS` looks in
 /// a row find nothing, it goes idle and waits for NOTIFY.
 const BUSY_POLL: Duration = Duration::from_millis(1);
 const QUIET_POLLS: u32 = 32;
+/// How often the relay looks while a transaction that will not NOTIFY keeps it from
+/// going idle.
+const NOT_YET_IDLE_POLL: Duration = Duration::from_millis(10);
 /// The longest idle wait between two looks at the outbox.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 /// How often the broker connection's blocked state is looked at, for `/readyz`.
@@ -37,7 +43,7 @@ const BLOCKED_EVERY: Duration = Duration::from_secs(1);
 /// Why a session with the services ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", crate::listen::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres: {0}")]
     PostgresConnect(#[from] crate::listen::ConnectError),
@@ -49,6 +55,17 @@ pub enum SessionError {
     PostgresTimeout(Duration),
     #[error("rabbitmq connection closed")]
     AmqpClosed,
+    #[error("postgres: {0}")]
+    Lease(#[from] LeaseError),
+    /// Fatal: the triggers would wake another channel than the one the relay listens on.
+    #[error(
+        "postgres.channel is {configured:?} but itrelay was installed with channel {installed:?}: \
+         set postgres.channel to {installed:?}, or run `itrelay install` with {configured:?}"
+    )]
+    ChannelMismatch {
+        installed: String,
+        configured: String,
+    },
 }
 
 impl SessionError {
@@ -59,8 +76,15 @@ impl SessionError {
             SessionError::Postgres(_)
             | SessionError::PostgresConnect(_)
             | SessionError::PostgresClosed
-            | SessionError::PostgresTimeout(_) => Service::Postgres,
+            | SessionError::PostgresTimeout(_)
+            | SessionError::Lease(_)
+            | SessionError::ChannelMismatch { .. } => Service::Postgres,
         }
+    }
+
+    /// An error that no retry can mend: the relay stops.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, SessionError::ChannelMismatch { .. })
     }
 }
 
@@ -87,8 +111,9 @@ impl Relay {
         self
     }
 
-    /// Relays until `shutdown` is cancelled, reconnecting as often as it takes.
-    pub async fn run(&self, shutdown: CancellationToken) {
+    /// Relays until `shutdown` is cancelled, reconnecting as often as it takes; returns
+    /// early only with a fatal error ([`SessionError::is_fatal`]).
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), SessionError> {
         let relay = &self.settings.relay;
         let mut backoff = Backoff::new(
             Duration::from_millis(relay.reconnect_min_ms),
@@ -96,7 +121,8 @@ impl Relay {
         );
         loop {
             match self.session(&shutdown, &mut backoff).await {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_fatal() => return Err(error),
                 Err(error) => {
                     METRICS
                         .reconnects
@@ -105,7 +131,7 @@ impl Relay {
                     let delay = backoff.next_delay();
                     warn!(%error, retry_in_ms = delay.as_millis() as u64, "relay interrupted; reconnecting");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -131,11 +157,17 @@ impl Relay {
                 .bounded(PgSession::connect(&self.settings.postgres))
                 .await?;
             self.health.set_connected(Service::Postgres, true);
+            self.check_channel(&pg).await?;
             if !self.await_leadership(&pg, shutdown).await? {
                 return Ok(());
             }
-            backoff.reset();
-            self.lead(&mut pg, &publisher, &amqp_failed, shutdown).await
+            // The lease is renewed on this session while it leads; a renewal that fails
+            // or goes unanswered ends the session, and with it the leadership.
+            let client = pg.client.clone();
+            tokio::select! {
+                led = self.lead(&mut pg, &publisher, &amqp_failed, shutdown, backoff) => led,
+                lost = self.keep_lease(&client) => Err(lost),
+            }
         };
         let outcome = tokio::select! {
             outcome = work => outcome,
@@ -160,7 +192,22 @@ impl Relay {
         }
     }
 
-    /// Waits until this relay holds the leader lock; `false` if shut down first.
+    /// Refuses a channel other than the one the triggers notify.
+    async fn check_channel(&self, pg: &PgSession) -> Result<(), SessionError> {
+        let installed = self.bounded(sql::installed_channel(&pg.client)).await?;
+        let configured = &self.settings.postgres.channel;
+        if installed == *configured {
+            Ok(())
+        } else {
+            Err(SessionError::ChannelMismatch {
+                installed,
+                configured: configured.clone(),
+            })
+        }
+    }
+
+    /// Waits until this relay holds the leader lock and its lease ([`crate::lease`]),
+    /// ending the session of a leader whose lease expired; `false` if shut down first.
     async fn await_leadership(
         &self,
         pg: &PgSession,
@@ -169,19 +216,50 @@ impl Relay {
         let channel = &self.settings.postgres.channel;
         let retry = Duration::from_millis(self.settings.relay.standby_retry_ms);
         let mut announced = false;
-        while !self.bounded(pg.try_lead(channel)).await? {
+        let mut refused = false;
+        while !self.bounded(lease::try_take(&pg.client, channel)).await? {
             if !announced {
-                info!(%channel, "another relay leads this channel; standing by");
+                info!("another relay leads this outbox; standing by");
                 self.health.set_role(Role::Standby);
                 announced = true;
+            }
+            match self
+                .bounded(lease::end_stale(&pg.client, self.settings.lease()))
+                .await?
+            {
+                Takeover::Ended { pid } => {
+                    warn!(
+                        pid,
+                        lease_secs = self.settings.relay.lease_secs,
+                        "the leader's lease expired; ended its session to take over"
+                    );
+                    continue;
+                }
+                Takeover::NotPermitted { pid } if !refused => {
+                    warn!(pid, "the leader's lease expired, but this role may not end its session (needs the leader's role or pg_signal_backend)");
+                    refused = true;
+                }
+                Takeover::NotPermitted { .. } | Takeover::None => {}
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(false),
                 _ = tokio::time::sleep(retry) => {}
             }
         }
-        self.health.set_role(Role::Leader);
+        self.health.set_role(Role::None);
         Ok(true)
+    }
+
+    /// Renews the lease every third of `relay.lease_secs`, each renewal bounded by
+    /// `postgres.query_timeout_secs`; returns why it could not.
+    async fn keep_lease(&self, client: &Client) -> SessionError {
+        let every = lease::renew_every(self.settings.lease());
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(error) = self.bounded(lease::renew(client)).await {
+                return error;
+            }
+        }
     }
 
     /// Drains the outbox in overlapping batches: while one batch's confirms are on their
@@ -190,25 +268,37 @@ impl Relay {
     /// flight holds one of waits for that batch's confirms before it is sent, so a nack
     /// there can hold its copies back. Once `QUIET_POLLS` polls in a row find nothing,
     /// flags itself idle (so triggers NOTIFY again) and waits for a notification, the
-    /// fallback poll or a waiting copy's retry.
+    /// fallback poll or a waiting copy's retry. The reconnect `backoff` starts over only
+    /// after real progress (a batch recorded, or a full idle cycle): an error that recurs
+    /// right after leadership is taken (a missing grant or schema) keeps backing off.
     async fn lead(
         &self,
         pg: &mut PgSession,
         publisher: &Publisher,
         amqp_failed: &Notify,
         shutdown: &CancellationToken,
+        backoff: &mut Backoff,
     ) -> Result<(), SessionError> {
         let channel = &self.settings.postgres.channel;
-        // The relay's own writes (delivered marks, the idle flag) need not wait for the
+        // The relay's own writes (delivered marks, the lease) need not wait for the
         // WAL flush: a mark lost in a Postgres crash only means the event is sent again,
         // which at-least-once allows. Business transactions are not affected.
         self.bounded(pg.client.batch_execute("SET synchronous_commit = off"))
             .await?;
+        // No event can be missed at start-up, by construction:
+        // - LISTEN comes before the first claim, so a transaction that commits after that
+        //   claim and sent NOTIFY wakes this session;
+        // - a transaction that sent no NOTIFY found the relay busy (it does not hold the
+        //   idle lock: a new session holds none) and holds the lock shared until it ends,
+        //   so the relay cannot go idle before it ends, and polls until then ([`Self::idle`]);
+        // - one that found a previous leader idle notified a channel nobody may have
+        //   listened on: it committed before this LISTEN, so before the first claim, which
+        //   sees it, or after, and then its NOTIFY reaches this session;
+        // - readiness (`itrelay_leader`) is reported only once the first claim has run.
         self.bounded(pg.listen(channel)).await?;
         let outbox = self.bounded(Outbox::prepare(&pg.client)).await?;
         let copies = self.bounded(Copies::prepare(&pg.client)).await?;
         let mut gates = self.bounded(copies.gates(&pg.client)).await?;
-        self.bounded(outbox.set_idle(&pg.client, false)).await?;
         info!(%channel, "leading: relaying events");
         let mut notified = Vec::new();
         let mut notify_events = NotifyEvents::new(self.settings.relay.accept_notify_events);
@@ -271,6 +361,10 @@ impl Relay {
                 self.bounded(outbox.record(&pg.client, outcomes)),
                 self.prepare(&pg.client, &outbox, &mut floor, skip),
             )?;
+            self.health.set_role(Role::Leader);
+            if !outcomes.is_empty() {
+                backoff.reset();
+            }
             if next.claimed() > 0 {
                 prepared = Some(next);
                 quiet_polls = 0;
@@ -291,6 +385,7 @@ impl Relay {
                         &mut notified,
                     )
                     .await?;
+                backoff.reset();
                 quiet_polls = 0;
             }
         }
@@ -312,9 +407,11 @@ impl Relay {
     }
 
     /// Flags the relay idle, so that triggers NOTIFY, and waits for work: a notification,
-    /// an event found by the fallback poll, or a waiting copy falling due. Events
-    /// committed while the flag flips are caught by the look that goes with the flip.
-    /// Returns the claimed batch, if any, with the flag cleared again.
+    /// an event found by the fallback poll, or a waiting copy falling due. The flag is
+    /// granted only once every transaction that found the relay busy (and so sends no
+    /// NOTIFY) has ended; until then the relay keeps polling, and the look sent right
+    /// after the grant sees their events. Returns the claimed batch, if any, with the
+    /// flag cleared again.
     #[allow(clippy::too_many_arguments)]
     async fn idle(
         &self,
@@ -327,10 +424,20 @@ impl Relay {
         notified: &mut Vec<String>,
     ) -> Result<Option<Prepared>, SessionError> {
         let fallback_poll = Duration::from_millis(self.settings.relay.poll_interval_ms);
-        let (_, mut next) = tokio::try_join!(
-            self.bounded(outbox.set_idle(&pg.client, true)),
-            self.prepare(&pg.client, outbox, floor, &[]),
-        )?;
+        let mut next = loop {
+            // Sent first, the flag's grant precedes the claim's snapshot.
+            let (granted, next) = tokio::try_join!(
+                self.bounded(outbox.set_idle(&pg.client, true)),
+                self.prepare(&pg.client, outbox, floor, &[]),
+            )?;
+            if granted {
+                break next;
+            }
+            if next.claimed() > 0 || shutdown.is_cancelled() || gates.due(Instant::now()) {
+                return Ok(Some(next).filter(|batch| batch.claimed() > 0));
+            }
+            self.pause(NOT_YET_IDLE_POLL, amqp_failed, shutdown).await?;
+        };
         while next.claimed() == 0 {
             let mut wait = fallback_poll.min(BACKLOG_EVERY);
             if let Some(until_due) = gates.until_due(Instant::now()) {

@@ -24,7 +24,7 @@ pub const SCAN_SQL: &str = "SELECT itrelay.scan_due_events(now(), $1)";
 pub enum ScanError {
     #[error("connecting to Postgres: {0}")]
     Connect(#[from] ConnectError),
-    #[error("running itrelay.scan_due_events(): {0}")]
+    #[error("running itrelay.scan_due_events(): {}", crate::listen::describe(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("itrelay.scan_due_events() did not answer within {0:?}")]
     Timeout(Duration),

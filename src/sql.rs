@@ -10,8 +10,25 @@ pub const REFERENCE_SCHEMA: &str = include_str!("../sql/reference_schema.sql");
 /// The schema version `INSTALL` creates.
 pub const SCHEMA_VERSION: i32 = 1;
 
-pub async fn install(client: &Client) -> Result<(), tokio_postgres::Error> {
-    client.batch_execute(INSTALL).await
+/// Applies `INSTALL`, storing `channel` as the one the triggers notify.
+pub async fn install(client: &Client, channel: &str) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "SELECT set_config('itrelay.channel', $1, false)",
+            &[&channel],
+        )
+        .await?;
+    let result = client.batch_execute(INSTALL).await;
+    client.batch_execute("RESET itrelay.channel").await?;
+    result
+}
+
+/// The NOTIFY channel `install` stored, which the triggers notify.
+pub async fn installed_channel(client: &Client) -> Result<String, tokio_postgres::Error> {
+    client
+        .query_one("SELECT channel FROM itrelay.settings", &[])
+        .await?
+        .try_get(0)
 }
 
 /// Removes the installation; with `force`, even if undelivered events would be lost.

@@ -326,7 +326,7 @@ async fn rows_the_relay_cannot_read_are_dead_lettered_one_by_one() {
         assert!(!reason.contains("9999"), "a value was quoted: {reason}");
     }
     assert_eq!(env.drain(&env.dead_letter_exchange()).await.len(), 3);
-    let status = itrelay::ops::status(&env.client, "it_events")
+    let status = itrelay::ops::status(&env.client, std::time::Duration::from_secs(15))
         .await
         .unwrap();
     assert_eq!(status.failed, 3);

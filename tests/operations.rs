@@ -255,6 +255,7 @@ async fn canary_round_trips_and_readiness_fails_while_it_is_stuck() {
         ("ITRELAY__CANARY__INTERVAL_SECS", "1".to_owned()),
         ("ITRELAY__CANARY__STALL_AFTER_SECS", "2".to_owned()),
         ("ITRELAY__POSTGRES__QUERY_TIMEOUT_SECS", "60".to_owned()),
+        ("ITRELAY__RELAY__LEASE_SECS", "90".to_owned()),
     ];
     let relay = spawn_relay(&env, &extra);
     wait_for_status(port, "/readyz", 200).await;

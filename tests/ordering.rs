@@ -406,7 +406,11 @@ impl Relays {
         let relay = Relay::new(self.settings.clone()).unwrap();
         let token = CancellationToken::new();
         let stop = token.clone();
-        let handle = tokio::spawn(async move { relay.run(stop).await });
+        let handle = tokio::spawn(async move {
+            if let Err(error) = relay.run(stop).await {
+                panic!("the relay stopped: {error}");
+            }
+        });
         self.running.lock().unwrap().push((token, handle));
     }
 

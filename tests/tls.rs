@@ -337,7 +337,7 @@ async fn verify_full_with_the_right_ca_relays_an_event_over_tls() {
         .batch_execute(itrelay::sql::REFERENCE_SCHEMA)
         .await
         .expect("reference schema");
-    itrelay::sql::install(&session.client)
+    itrelay::sql::install(&session.client, "it_events")
         .await
         .expect("install");
     session

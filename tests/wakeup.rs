@@ -1,6 +1,6 @@
 //! The relay loop. Wake-up: an idle relay is woken by the trigger's NOTIFY at once, not
-//! by its fallback poll; a busy one is not notified at all (the flag the triggers read
-//! says so). Overlapping batches: a transaction that commits late, below the batch in
+//! by its fallback poll; a busy one is not notified at all (the idle lock the triggers
+//! try says so). Overlapping batches: a transaction that commits late, below the batch in
 //! flight, is relayed while a backlog drains, not after it. Claim floor: an event whose
 //! transaction stays open while the relay moves past its id is still claimed when it commits.
 
@@ -9,25 +9,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-
-async fn relay_idle(env: &TestEnv) -> Option<bool> {
-    env.client
-        .query_opt("SELECT idle FROM itrelay.relay_state", &[])
-        .await
-        .unwrap()
-        .map(|row| row.get(0))
-}
-
-async fn wait_for_idle(env: &TestEnv, idle: bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while relay_idle(env).await != Some(idle) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "relay never became idle={idle}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 #[tokio::test]
 async fn idle_relay_is_woken_by_notify_not_by_its_fallback_poll() {

@@ -120,7 +120,9 @@ impl TestEnv {
             .batch_execute(itrelay::sql::REFERENCE_SCHEMA)
             .await
             .expect("reference schema");
-        itrelay::sql::install(&client).await.expect("install");
+        itrelay::sql::install(&client, "it_events")
+            .await
+            .expect("install");
         let prefix = format!("t{id}.");
         let relay_exchanges = vec![format!("{prefix}canary")];
         let amqp = Connection::connect(AMQP_URL, amqp_properties())
@@ -233,7 +235,11 @@ impl TestEnv {
         let relay = Relay::new(settings).expect("relay");
         let token = CancellationToken::new();
         let stop = token.clone();
-        let handle = tokio::spawn(async move { relay.run(stop).await });
+        let handle = tokio::spawn(async move {
+            if let Err(error) = relay.run(stop).await {
+                panic!("the relay stopped: {error}");
+            }
+        });
         self.relay = Some((token, handle));
     }
 
@@ -466,6 +472,36 @@ impl Drop for TestEnv {
             });
         });
         let _ = cleanup.join();
+    }
+}
+
+/// Whether the leading relay is idle (holds the idle lock); `None` if no relay leads.
+pub async fn relay_idle(env: &TestEnv) -> Option<bool> {
+    env.client
+        .query_one(
+            "SELECT CASE WHEN bool_or(key = hashtextextended('itrelay idle', 0)) THEN true
+                         WHEN bool_or(key = hashtextextended('itrelay leader', 0)) THEN false END
+             FROM (SELECT (classid::bigint << 32) | objid::bigint AS key FROM pg_locks
+                   WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                     AND mode = 'ExclusiveLock'
+                     AND database = (SELECT oid FROM pg_database
+                                     WHERE datname = current_database())) AS held",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Polls until the relay is idle, or busy.
+pub async fn wait_for_idle(env: &TestEnv, idle: bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while relay_idle(env).await != Some(idle) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relay never became idle={idle}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

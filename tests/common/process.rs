@@ -36,6 +36,22 @@ pub fn amqp_through(proxy: &super::proxy::Proxy) -> (&'static str, String) {
     )
 }
 
+/// `itrelay run` with this test's settings and `extra`, serving HTTP on `port`; logs
+/// dropped, killed when dropped.
+pub fn spawn_serving(env: &TestEnv, port: u16, extra: &[(&str, &str)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_itrelay"))
+        .arg("run")
+        .envs(env.env_vars())
+        .envs(http_on(port))
+        .envs(extra.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn itrelay run")
+}
+
 pub fn spawn_relay(env: &TestEnv, extra: &[(&str, String)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_itrelay"))
         .args(["--log-format", "json", "run"])
@@ -101,6 +117,30 @@ pub async fn wait_for_status(port: u16, path: &str, status: u16) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{path} never answered {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of the unlabelled metric `name` on the relay's `/metrics`, if it answers.
+pub async fn metric(port: u16, name: &str) -> Option<i64> {
+    let (_, text) = get(port, "/metrics").await?;
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Polls `/metrics` until `name` is `value`.
+pub async fn wait_for_metric(port: u16, name: &str, value: i64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(port, name).await != Some(value) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never became {value}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
