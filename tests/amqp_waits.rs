@@ -199,7 +199,7 @@ async fn connection_black_holed_mid_stream_is_noticed_and_replaced() {
 }
 
 /// (c) SIGTERM while the broker is black-holed and confirms are outstanding, with
-/// timeouts far longer than the stop timeout: the process exits within the stop timeout,
+/// broker timeouts far longer than the stop timeout: the process exits within the stop timeout,
 /// and says why.
 #[tokio::test]
 async fn sigterm_during_a_black_hole_ends_within_the_stop_timeout() {
@@ -213,7 +213,6 @@ async fn sigterm_during_a_black_hole_ends_within_the_stop_timeout() {
             through(&rabbitmq, "?heartbeat=600"),
             setting("ITRELAY__AMQP__CONFIRM_TIMEOUT_SECS", "600"),
             setting("ITRELAY__AMQP__CONNECT_TIMEOUT_SECS", "600"),
-            setting("ITRELAY__POSTGRES__QUERY_TIMEOUT_SECS", "600"),
             setting("ITRELAY__RELAY__STOP_TIMEOUT_SECS", "2"),
         ],
     );
