@@ -47,7 +47,9 @@ async fn install_and_uninstall_leave_the_it_module_s_own_triggers_alone() {
     )
     .await;
 
-    itrelay::sql::install(&env.client, "it_events").await.expect("install");
+    itrelay::sql::install(&env.client, "it_events")
+        .await
+        .expect("install");
     let installed = triggers(&env).await;
     for own in [
         "it_asset_purchased_trigger on it_assets -> it_module_log_row",
