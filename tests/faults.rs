@@ -223,7 +223,11 @@ async fn broker_nacks_are_retried_until_confirmed() {
         )
         .await
         .unwrap();
-    env.start_relay(&[]);
+    // Nacked copies are retried within a second, not after the production backoff.
+    env.start_relay(&[
+        ("ITRELAY__DELIVERY__RETRY_MIN_MS", "50"),
+        ("ITRELAY__DELIVERY__RETRY_MAX_MS", "1000"),
+    ]);
     let writer = tokio::spawn(write_tickets(env.db_url.clone(), 0, EVENTS, Duration::ZERO));
     let draining = env.channel.clone();
     let small_queue = small.clone();
