@@ -22,7 +22,9 @@ use crate::config::Settings;
 use crate::health::{Health, Role};
 use crate::listen::{ConnectError, PgSession};
 use crate::metrics::METRICS;
-use crate::publish::{open_connection, private_queue, PublishError};
+use crate::publish::{
+    bounded, close_connection, open_channel, open_connection, private_queue, PublishError,
+};
 use crate::route::Router;
 
 /// Outbox event type of canaries; the relay sends them to its canary exchange only.
@@ -101,19 +103,25 @@ async fn watch(
     let canary = &settings.canary;
     let router = Router::from_settings(settings);
     let connection = open_connection(&settings.amqp, "itrelay-canary").await?;
-    let channel = connection.create_channel().await?;
-    let queue = private_queue(&channel).await?;
-    let mut deliveries = channel
-        .basic_consume(
-            queue.name().as_str(),
-            "itrelay-canary",
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let limit = settings.amqp.connect_timeout();
+    let channel = open_channel(&connection, &settings.amqp).await?;
+    let queue = bounded(
+        limit,
+        || "declaring the canary's queue".to_owned(),
+        private_queue(&channel),
+    )
+    .await?;
+    let consume = channel.basic_consume(
+        queue.name().clone(),
+        "itrelay-canary".into(),
+        BasicConsumeOptions {
+            no_ack: true,
+            ..BasicConsumeOptions::default()
+        },
+        FieldTable::default(),
+    );
+    let mut deliveries =
+        bounded(limit, || "consuming the canary's queue".to_owned(), consume).await?;
     let pg = Arc::new(PgSession::connect(&settings.postgres).await?);
     // Writes run on their own, so that a write that hangs is noticed as a stall.
     let (write_failed, mut write_failures) = mpsc::channel::<CanaryError>(1);
@@ -126,7 +134,7 @@ async fn watch(
         tokio::select! {
             _ = shutdown.cancelled() => {
                 // Closed, not dropped: the connection's I/O thread ends before the runtime.
-                let _ = connection.close(200, "shutting down").await;
+                close_connection(&connection, limit).await;
                 return Ok(());
             }
             _ = send.tick() => {
@@ -137,9 +145,8 @@ async fn watch(
                 }
                 if !bound {
                     // The relay declares the canary exchange when it starts leading.
-                    channel
-                        .queue_bind(queue.name().as_str(), router.canary(), "#", QueueBindOptions::default(), FieldTable::default())
-                        .await?;
+                    let bind = channel.queue_bind(queue.name().clone(), router.canary().into(), "#".into(), QueueBindOptions::default(), FieldTable::default());
+                    bounded(limit, || format!("binding the canary's queue to {}", router.canary()), bind).await?;
                     bound = true;
                 }
                 let id = Uuid::new_v4();

@@ -4,11 +4,11 @@
 //! defaults live (it is compiled in as the first layer). Unknown keys are rejected and
 //! every value is checked here, before anything connects, with the key in the error.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::catalog;
 use crate::secret::{Secret, SecretUrl};
@@ -86,8 +86,16 @@ pub struct AmqpSettings {
     pub url: SecretUrl,
     pub exchange_prefix: String,
     pub dead_letter: String,
+    /// The dead-letter queue's name after the prefix; unset: the exchange's.
+    pub dead_letter_queue: Option<String>,
+    pub dead_letter_queue_type: QueueType,
+    /// Most messages the dead-letter queue keeps (the oldest go first); 0: no limit.
+    pub dead_letter_max_length: u64,
     pub app_id: String,
     pub confirm_timeout_secs: u64,
+    /// Bound of each step of setting up: connecting (TCP, TLS, AMQP handshake), opening
+    /// a channel, turning on confirms, each declare and bind; and of closing.
+    pub connect_timeout_secs: u64,
     /// Module → exchange name, overriding the prefixed default (module matched ignoring case).
     pub exchanges: HashMap<String, String>,
     /// Replaces the URL's password; after loading, also holds `password_file`'s content.
@@ -98,7 +106,49 @@ pub struct AmqpSettings {
     pub client_key_file: Option<PathBuf>,
 }
 
+/// The kind of queue the relay declares for its dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for QueueType {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        one_of(
+            deserializer,
+            "queue type",
+            &[
+                ("classic", QueueType::Classic),
+                ("quorum", QueueType::Quorum),
+            ],
+        )
+    }
+}
+
 impl AmqpSettings {
+    /// The dead-letter queue: `<exchange_prefix><dead_letter_queue or dead_letter>`.
+    pub fn dead_letter_queue(&self) -> String {
+        let name = self
+            .dead_letter_queue
+            .as_deref()
+            .unwrap_or(&self.dead_letter);
+        format!("{}{name}", self.exchange_prefix)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
     pub fn tls_files(&self) -> TlsFiles<'_> {
         TlsFiles {
             section: "amqp",
@@ -117,6 +167,8 @@ pub struct RelaySettings {
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
     pub standby_retry_ms: u64,
+    /// After SIGTERM or SIGINT, the process ends within this, finished or not.
+    pub stop_timeout_secs: u64,
     /// Relay whole JSON events sent with NOTIFY (unauthenticated, lossy); off by default.
     pub accept_notify_events: bool,
     /// A leader's lease not renewed this long lets a standby end its session and take over.
@@ -158,11 +210,40 @@ pub enum Unroutable {
     Wait,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        one_of(
+            deserializer,
+            "log format",
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        )
+    }
+}
+
+/// One of `choices` by name (any case); an error lists the valid names.
+fn one_of<'de, D: Deserializer<'de>, T: Copy>(
+    deserializer: D,
+    what: &str,
+    choices: &[(&str, T)],
+) -> Result<T, D::Error> {
+    let given = String::deserialize(deserializer)?;
+    choices
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(&given))
+        .map(|(_, value)| *value)
+        .ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            serde::de::Error::custom(format!(
+                "{given:?} is not a {what}; valid: {}",
+                names.join(", ")
+            ))
+        })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -256,6 +337,7 @@ impl Settings {
         }
         let mut settings: Settings = builder.build()?.try_deserialize()?;
         settings.read_password_files()?;
+        settings.resolve_exchange_overrides()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -286,6 +368,41 @@ impl Settings {
         Ok(())
     }
 
+    /// Names the modules of `amqp.exchanges` exactly as the routes do. Environment
+    /// variables arrive in lower case and cannot hold `-`: `PF_10` (any case) stands for
+    /// the module `PF-10`. An override for a module no route names is an error.
+    fn resolve_exchange_overrides(&mut self) -> Result<(), ConfigError> {
+        let modules: BTreeSet<&String> = self.routes.values().flatten().collect();
+        let mut resolved = HashMap::new();
+        for (given, exchange) in &self.amqp.exchanges {
+            let key = format!("amqp.exchanges.{given}");
+            let module = modules
+                .iter()
+                .find(|module| same_module(given, module))
+                .ok_or_else(|| {
+                    let valid: Vec<&str> = modules.iter().map(|m| m.as_str()).collect();
+                    ConfigError::invalid(
+                        &key,
+                        format!(
+                            "no routed module of that name; valid modules: {}",
+                            valid.join(", ")
+                        ),
+                    )
+                })?;
+            if resolved
+                .insert((*module).clone(), exchange.clone())
+                .is_some()
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("module {module} is given more than one exchange"),
+                ));
+            }
+        }
+        self.amqp.exchanges = resolved;
+        Ok(())
+    }
+
     /// Checks every value that the types alone do not.
     fn validate(&self) -> Result<(), ConfigError> {
         // Builds what connecting needs, reading the TLS files, so a bad one stops the start.
@@ -300,6 +417,8 @@ impl Settings {
             .map_err(|reason| ConfigError::invalid("amqp.exchange_prefix", reason))?;
         check_exchange_name(&self.dead_letter_exchange())
             .map_err(|reason| ConfigError::invalid("amqp.dead_letter", reason))?;
+        check_exchange_name(&self.amqp.dead_letter_queue())
+            .map_err(|reason| ConfigError::invalid("amqp.dead_letter_queue", reason))?;
         check_not_empty(&self.amqp.app_id).map_err(|r| ConfigError::invalid("amqp.app_id", r))?;
         self.cloudevents
             .check()
@@ -310,11 +429,13 @@ impl Settings {
                 "must be at least 1",
             ));
         }
-        if self.amqp.confirm_timeout_secs == 0 {
-            return Err(ConfigError::invalid(
-                "amqp.confirm_timeout_secs",
-                "must be at least 1",
-            ));
+        for (key, value) in [
+            ("amqp.confirm_timeout_secs", self.amqp.confirm_timeout_secs),
+            ("amqp.connect_timeout_secs", self.amqp.connect_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
         }
         for (module, exchange) in &self.amqp.exchanges {
             check_exchange_name(exchange).map_err(|reason| {
@@ -371,6 +492,7 @@ impl Settings {
             ("relay.poll_interval_ms", relay.poll_interval_ms),
             ("relay.reconnect_min_ms", relay.reconnect_min_ms),
             ("relay.standby_retry_ms", relay.standby_retry_ms),
+            ("relay.stop_timeout_secs", relay.stop_timeout_secs),
         ] {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
@@ -483,6 +605,10 @@ impl Settings {
 
     pub fn confirm_timeout(&self) -> Duration {
         Duration::from_secs(self.amqp.confirm_timeout_secs)
+    }
+
+    pub fn stop_timeout(&self) -> Duration {
+        Duration::from_secs(self.relay.stop_timeout_secs)
     }
 
     pub fn scan_interval(&self) -> Duration {
@@ -653,6 +779,71 @@ mod tests {
     fn exchange_override_per_module() {
         let settings = load(&[("ITRELAY__AMQP__EXCHANGES__FA", "finance.events")]).unwrap();
         assert_eq!(settings.exchange_for("FA"), "finance.events");
+    }
+
+    #[test]
+    fn exchange_override_for_a_hyphenated_module_from_the_environment() {
+        let settings = load(&[
+            ("ITRELAY__AMQP__EXCHANGES__PF_10", "projects.events"),
+            ("ITRELAY__AMQP__EXCHANGES__hr_03", "people.events"),
+        ])
+        .unwrap();
+        assert_eq!(settings.exchange_for("PF-10"), "projects.events");
+        assert_eq!(settings.exchange_for("HR-03"), "people.events");
+        assert_eq!(settings.exchange_for("FA-04"), "it.fa-04");
+    }
+
+    #[test]
+    fn exchange_override_for_an_unknown_module_names_the_valid_ones() {
+        let message = error_of(&[("ITRELAY__AMQP__EXCHANGES__PF10", "projects.events")]);
+        assert!(message.contains("`amqp.exchanges.pf10`"), "{message}");
+        assert!(message.contains("valid modules: "), "{message}");
+        assert!(message.contains("PF-10"), "{message}");
+        let path = std::env::temp_dir().join(format!("itrelay-twice-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[amqp.exchanges]\n\"PF-10\" = \"a\"\nPF_10 = \"b\"\n",
+        )
+        .unwrap();
+        let twice = Settings::load_with_env(Some(&path), Some(HashMap::new()))
+            .expect_err("one module, two exchanges")
+            .to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(twice.contains("more than one exchange"), "{twice}");
+    }
+
+    #[test]
+    fn a_bad_choice_lists_the_valid_ones() {
+        let message = error_of(&[("ITRELAY__LOG__FORMAT", "yaml")]);
+        assert!(
+            message.contains("\"yaml\" is not a log format; valid: text, json"),
+            "{message}"
+        );
+        assert!(message.contains("log.format"), "{message}");
+        let message = error_of(&[("ITRELAY__AMQP__DEAD_LETTER_QUEUE_TYPE", "stream")]);
+        assert!(message.contains("valid: classic, quorum"), "{message}");
+        assert!(message.contains("dead_letter_queue_type"), "{message}");
+        let settings = load(&[("ITRELAY__LOG__FORMAT", "JSON")]).unwrap();
+        assert_eq!(settings.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn dead_letter_queue_defaults_to_quorum_under_the_exchange_name() {
+        let settings = load(&[]).unwrap();
+        assert_eq!(settings.amqp.dead_letter_queue(), "it.dead-letter");
+        assert_eq!(settings.amqp.dead_letter_queue_type, QueueType::Quorum);
+        assert_eq!(settings.amqp.dead_letter_max_length, 0);
+        let settings = load(&[
+            ("ITRELAY__AMQP__DEAD_LETTER_QUEUE", "rejected"),
+            ("ITRELAY__AMQP__DEAD_LETTER_QUEUE_TYPE", "classic"),
+            ("ITRELAY__AMQP__DEAD_LETTER_MAX_LENGTH", "1000"),
+        ])
+        .unwrap();
+        assert_eq!(settings.amqp.dead_letter_queue(), "it.rejected");
+        assert_eq!(settings.amqp.dead_letter_queue_type, QueueType::Classic);
+        assert_eq!(settings.amqp.dead_letter_max_length, 1000);
+        let bad = error_of(&[("ITRELAY__AMQP__DEAD_LETTER_QUEUE", "dead letters")]);
+        assert!(bad.contains("amqp.dead_letter_queue"), "{bad}");
     }
 
     #[test]

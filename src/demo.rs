@@ -193,7 +193,7 @@ async fn story(settings: &Settings) -> anyhow::Result<()> {
     println!("\n{received} messages relayed, each confirmed by the broker before its outbox row was marked delivered.");
     stop.cancel();
     running.await?;
-    let _ = connection.close(200, "demo done").await;
+    crate::publish::close_connection(&connection, settings.amqp.connect_timeout()).await;
     Ok(())
 }
 
@@ -230,7 +230,7 @@ async fn consumer(settings: &Settings) -> anyhow::Result<(Connection, Channel)> 
     let connection = crate::publish::open_connection(&settings.amqp, "itrelay-demo")
         .await
         .with_context(|| format!("connecting to {}", settings.amqp.url))?;
-    let channel = connection.create_channel().await?;
+    let channel = crate::publish::open_channel(&connection, &settings.amqp).await?;
     Ok((connection, channel))
 }
 
@@ -246,9 +246,9 @@ async fn subscribe(channel: &Channel, settings: &Settings) -> anyhow::Result<lap
     for exchange in router.exchanges() {
         channel
             .queue_bind(
-                queue.name().as_str(),
-                exchange,
-                "#",
+                queue.name().clone(),
+                exchange.into(),
+                "#".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -256,8 +256,8 @@ async fn subscribe(channel: &Channel, settings: &Settings) -> anyhow::Result<lap
     }
     Ok(channel
         .basic_consume(
-            queue.name().as_str(),
-            "itrelay-demo",
+            queue.name().clone(),
+            "itrelay-demo".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -272,7 +272,10 @@ async fn remove_exchanges(settings: &Settings) {
     let dead_letter = router.dead_letter();
     // Best effort: a leftover demo exchange harms nothing.
     let _ = channel
-        .queue_delete(dead_letter, QueueDeleteOptions::default())
+        .queue_delete(
+            settings.amqp.dead_letter_queue().into(),
+            QueueDeleteOptions::default(),
+        )
         .await;
     for exchange in router
         .exchanges()
@@ -280,10 +283,10 @@ async fn remove_exchanges(settings: &Settings) {
         .chain([dead_letter, router.canary()])
     {
         let _ = channel
-            .exchange_delete(exchange, ExchangeDeleteOptions::default())
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
             .await;
     }
-    let _ = connection.close(200, "demo done").await;
+    crate::publish::close_connection(&connection, settings.amqp.connect_timeout()).await;
 }
 
 /// `url` pointing at `database` instead.

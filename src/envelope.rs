@@ -41,7 +41,9 @@ pub fn envelope(event: &Event, app_id: &str, cloudevents: &CloudEventsSettings) 
     let schema_ref = event.spec.schema_ref();
     let time = rfc3339(event.occurred_at);
     let mut table = FieldTable::default();
-    let mut put = |name: &str, value: AMQPValue| table.insert(ShortString::from(name), value);
+    let mut put = |name: &str, value: AMQPValue| {
+        table.insert(ShortString::from(name), value);
+    };
     put(headers::SCHEMA_REF, long_string(&schema_ref));
     put(
         headers::ORGANIZATION_ID,
@@ -99,7 +101,9 @@ pub fn dead_letter(dead: &DeadLetter, app_id: &str, now: OffsetDateTime) -> Mess
         dead.event_type.clone()
     };
     let mut table = FieldTable::default();
-    let mut put = |name: &str, value: AMQPValue| table.insert(ShortString::from(name), value);
+    let mut put = |name: &str, value: AMQPValue| {
+        table.insert(ShortString::from(name), value);
+    };
     put(
         headers::REJECTED_AT_STAGE,
         long_string(dead.rejection.stage.as_str()),

@@ -19,7 +19,7 @@
 //! | validate the body against its schema | [`validate`] | – |
 //! | route to subscriber exchanges | [`route`] | – |
 //! | build the AMQP message | [`envelope`] | – |
-//! | publish with confirms | [`publish`] | RabbitMQ |
+//! | publish with confirms | [`publish`] ([`topology`]: what it declares) | RabbitMQ |
 //! | the loop around them | [`relay`] | both |
 //!
 //! Redaction runs first so that no later stage, log line or error can see a secret;
@@ -70,4 +70,5 @@ pub mod shutdown;
 pub mod sql;
 pub mod systemd;
 pub mod tls;
+pub mod topology;
 pub mod validate;

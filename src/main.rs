@@ -10,12 +10,12 @@ use itrelay::config::{LogFormat, Settings};
 use itrelay::health::Health;
 use itrelay::listen::PgSession;
 use itrelay::metrics::METRICS;
-use itrelay::publish::Publisher;
+use itrelay::publish::{self, Publisher};
 use itrelay::relay::Relay;
 use itrelay::route::Router;
 use itrelay::{
     asyncapi, canary, demo, describe, gauges, http, logging, ops, retention, scan, shutdown, sql,
-    systemd,
+    systemd, topology,
 };
 use tracing::info;
 
@@ -58,8 +58,13 @@ enum Command {
         #[arg(value_enum, default_value = "install")]
         file: SqlFile,
     },
-    /// Check the configuration, both services, and that the SQL is installed.
-    Check,
+    /// Check the configuration, both services, and that the SQL is installed. Read-only:
+    /// looks for the exchanges and the dead-letter queue without declaring them.
+    Check {
+        /// Declare the exchanges and the dead-letter queue, as the relay does at start.
+        #[arg(long)]
+        declare: bool,
+    },
     /// List every event type: schema, status, source, subscribers and their exchanges.
     Catalog {
         /// Print JSON instead of a table.
@@ -84,7 +89,14 @@ enum Command {
         json: bool,
     },
     /// Send events again (same message id, so consumers de-duplicate). Failed events
-    /// only, unless --include-delivered; every given criterion must match.
+    /// only, unless --include-delivered; at least one criterion, and every given one must
+    /// match.
+    #[command(group(
+        clap::ArgGroup::new("criteria")
+            .required(true)
+            .multiple(true)
+            .args(["event_ids", "event_type", "since", "until"])
+    ))]
     Replay {
         /// An event id (repeatable).
         #[arg(long = "event-id", value_name = "UUID")]
@@ -101,6 +113,9 @@ enum Command {
         /// Also replay events already delivered.
         #[arg(long)]
         include_delivered: bool,
+        /// List the events that would be sent again, changing nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Try it out: a scratch database, the relay in-process, a short story of business
     /// writes, and every event printed as it reaches each module's exchange.
@@ -152,7 +167,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(cli.command, settings)) {
+    let outcome = runtime.block_on(execute(cli.command, settings));
+    // Work left behind (a connection attempt into a silent network) is not waited for.
+    runtime.shutdown_background();
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             eprintln!("itrelay: {error:#}");
@@ -189,6 +207,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             };
             let relay = Relay::new(settings.clone())?.with_health(health.clone());
             METRICS.prime(&Router::from_settings(&settings));
+            let stop_timeout = settings.stop_timeout();
             let retention = tokio::spawn(retention::run(settings.clone(), shutdown.clone()));
             let canary = tokio::spawn(canary::run(
                 settings.clone(),
@@ -198,18 +217,25 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let gauges = tokio::spawn(gauges::run(settings.clone(), shutdown.clone()));
             let notifier = tokio::spawn(systemd::run(health.clone(), shutdown.clone()));
             let scans = tokio::spawn(scan::run(settings, shutdown.clone()));
-            let relayed = relay.run(shutdown.clone()).await;
-            // A fatal error stops every task, and then the process.
-            shutdown.cancel();
-            scans.await.context("due-event scans")?;
-            gauges.await.context("outbox gauges")?;
-            notifier.await.context("systemd notifications")?;
-            retention.await.context("retention")?;
-            canary.await.context("canary")?;
-            if let Some(server) = server {
-                server.await?.context("serving http")?;
+            let running = async {
+                let relayed = relay.run(shutdown.clone()).await;
+                // A fatal error stops every task, and then the process.
+                shutdown.cancel();
+                scans.await.context("due-event scans")?;
+                gauges.await.context("outbox gauges")?;
+                notifier.await.context("systemd notifications")?;
+                retention.await.context("retention")?;
+                canary.await.context("canary")?;
+                if let Some(server) = server {
+                    server.await?.context("serving http")?;
+                }
+                relayed?;
+                anyhow::Ok(())
+            };
+            match shutdown::within_stop_timeout(running, &shutdown, stop_timeout).await {
+                Some(finished) => finished?,
+                None => return Ok(ExitCode::FAILURE),
             }
-            relayed?;
             info!("itrelay stopped");
         }
         Command::Healthcheck => {
@@ -252,7 +278,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
                 SqlFile::ReferenceSchema => sql::REFERENCE_SCHEMA,
             }
         ),
-        Command::Check => return Ok(check(&settings).await),
+        Command::Check { declare } => return Ok(check(&settings, declare).await),
         Command::Catalog { json } => {
             let events = describe::describe(&settings);
             if json {
@@ -292,6 +318,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             since,
             until,
             include_delivered,
+            dry_run,
         } => {
             let selection = ops::ReplaySelection {
                 event_ids,
@@ -300,10 +327,17 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
                 until,
                 include_delivered,
             };
-            if selection.is_empty() {
-                anyhow::bail!("replay needs --event-id, --type, --since or --until");
-            }
             let pg = connect_postgres(&settings).await?;
+            if dry_run {
+                let candidates = ops::replay_candidates(&pg.client, &selection)
+                    .await
+                    .context("reading the outbox")?;
+                emit(&ops::render_replay_candidates(
+                    &candidates,
+                    &Router::from_settings(&settings),
+                ))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let count = ops::replay(&pg.client, &settings.postgres.channel, &selection)
                 .await
                 .context("marking events for replay")?;
@@ -333,8 +367,44 @@ async fn connect_postgres(settings: &Settings) -> anyhow::Result<PgSession> {
         .with_context(|| format!("connecting to {}", settings.postgres.url))
 }
 
+/// Declares what the relay needs on the broker, as it does at start.
+async fn declare_on_broker(settings: &Settings) -> anyhow::Result<String> {
+    let router = Router::from_settings(settings);
+    Publisher::connect(&settings.amqp, &router, settings.confirm_timeout())
+        .await?
+        .close()
+        .await;
+    Ok(format!(
+        "reachable at {}, exchanges and dead-letter queue declared",
+        settings.amqp.url
+    ))
+}
+
+/// Looks for what the relay needs on the broker, creating nothing. Missing exchanges are
+/// reported, not failed: the relay declares them when it starts.
+async fn look_at_broker(settings: &Settings) -> anyhow::Result<String> {
+    let router = Router::from_settings(settings);
+    let connection = publish::open_connection(&settings.amqp, "itrelay-check").await?;
+    let missing = topology::inspect(&connection, &settings.amqp, &router).await;
+    publish::close_connection(&connection, settings.amqp.connect_timeout()).await;
+    let missing = missing?;
+    Ok(if missing.is_empty() {
+        format!(
+            "reachable at {}, exchanges and dead-letter queue present",
+            settings.amqp.url
+        )
+    } else {
+        format!(
+            "reachable at {}; not declared yet (the relay declares them at start, or \
+             `itrelay check --declare`): {}",
+            settings.amqp.url,
+            missing.join(", ")
+        )
+    })
+}
+
 /// Prints one line per check; fails if any check failed.
-async fn check(settings: &Settings) -> ExitCode {
+async fn check(settings: &Settings, declare: bool) -> ExitCode {
     let mut healthy = true;
     let mut report = |name: &str, result: anyhow::Result<String>| match result {
         Ok(detail) => println!("ok    {name:<9} {detail}"),
@@ -382,23 +452,14 @@ async fn check(settings: &Settings) -> ExitCode {
         }
         Err(error) => report("postgres", Err(error)),
     }
-    let router = Router::from_settings(settings);
-    let amqp = Publisher::connect(&settings.amqp, &router, settings.confirm_timeout()).await;
+    let broker = if declare {
+        declare_on_broker(settings).await
+    } else {
+        look_at_broker(settings).await
+    };
     report(
         "rabbitmq",
-        match amqp {
-            Ok(publisher) => {
-                publisher.close().await;
-                Ok(format!(
-                    "reachable at {}, exchanges declared",
-                    settings.amqp.url
-                ))
-            }
-            Err(error) => {
-                Err(anyhow::Error::new(error)
-                    .context(format!("connecting to {}", settings.amqp.url)))
-            }
-        },
+        broker.with_context(|| format!("connecting to {}", settings.amqp.url)),
     );
     if healthy {
         ExitCode::SUCCESS

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use std::time::Duration;
 
 use crate::lease::{self, LeaseRow, LOCK_NAME};
+use crate::route::Router;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -282,6 +283,127 @@ impl ReplaySelection {
     }
 }
 
+/// The outbox rows a [`ReplaySelection`] selects, given [`ReplaySelection::parameters`].
+/// The outbox rows a [`ReplaySelection`] looks at, given [`ReplaySelection::parameters`]:
+/// failed or delivered events matching every criterion. Of those, events in a state of
+/// `$5` are sent again to every module; a delivered event outside it has only its copies
+/// dead-lettered for one module sent again.
+const SELECTED: &str = "state IN ('failed', 'delivered')
+    AND (cardinality($1::uuid[]) = 0 OR event_id = ANY($1))
+    AND ($2::text IS NULL OR event_type = $2)
+    AND ($3::timestamptz IS NULL OR created_at >= $3)
+    AND ($4::timestamptz IS NULL OR created_at < $4)";
+
+const FAILED: &[&str] = &["failed"];
+const FAILED_OR_DELIVERED: &[&str] = &["failed", "delivered"];
+
+impl ReplaySelection {
+    /// The parameters of [`SELECTED`].
+    fn parameters(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 5] {
+        // The states replayed: failed, and delivered if asked.
+        let states = if self.include_delivered {
+            &FAILED_OR_DELIVERED
+        } else {
+            &FAILED
+        };
+        [
+            &self.event_ids,
+            &self.event_type,
+            &self.since,
+            &self.until,
+            states,
+        ]
+    }
+}
+
+/// One event a replay would send again.
+#[derive(Debug, Serialize)]
+pub struct ReplayCandidate {
+    pub outbox_id: i64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub state: String,
+    /// `None` for a time the relay cannot read (infinity).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub created_at: Option<OffsetDateTime>,
+    /// The modules whose dead-lettered copies alone would be sent again; `None`: the
+    /// whole event, to every module.
+    pub modules: Option<Vec<String>>,
+}
+
+/// The events [`replay`] would put back to pending, in outbox order; changes nothing.
+pub async fn replay_candidates(
+    client: &Client,
+    selection: &ReplaySelection,
+) -> Result<Vec<ReplayCandidate>, tokio_postgres::Error> {
+    let query = format!(
+        "SELECT id, event_id, event_type, state,
+                CASE WHEN isfinite(created_at) THEN created_at END,
+                CASE WHEN NOT state = ANY($5) THEN
+                    (SELECT array_agg(c.module ORDER BY c.module) FROM itrelay.copies AS c
+                     WHERE c.outbox_id = o.id AND c.state = 'failed')
+                END
+         FROM itrelay.outbox AS o
+         WHERE {SELECTED}
+           AND (state = ANY($5) OR (state = 'delivered' AND EXISTS (
+                SELECT 1 FROM itrelay.copies AS c WHERE c.outbox_id = o.id AND c.state = 'failed')))
+         ORDER BY id"
+    );
+    client
+        .query(&query, &selection.parameters())
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(ReplayCandidate {
+                outbox_id: row.try_get(0)?,
+                event_id: row.try_get(1)?,
+                event_type: row.try_get(2)?,
+                state: row.try_get(3)?,
+                created_at: row.try_get(4)?,
+                modules: row.try_get(5)?,
+            })
+        })
+        .collect()
+}
+
+/// What `replay --dry-run` prints: each event and the exchanges it would go to.
+pub fn render_replay_candidates(candidates: &[ReplayCandidate], router: &Router) -> String {
+    let mut text: String = candidates
+        .iter()
+        .map(|event| {
+            let exchanges: Vec<&str> = crate::catalog::find(&event.event_type)
+                .map(|spec| router.destinations(spec))
+                .unwrap_or_default()
+                .iter()
+                .filter(|destination| {
+                    event
+                        .modules
+                        .as_ref()
+                        .is_none_or(|modules| modules.contains(&destination.module))
+                })
+                .map(|destination| destination.exchange.as_str())
+                .collect();
+            format!(
+                "{}  {}  {:<30} {:<9} -> {}\n",
+                event.outbox_id,
+                event.event_id,
+                event.event_type,
+                event.state,
+                if exchanges.is_empty() {
+                    "(no route: dead letter)".to_owned()
+                } else {
+                    exchanges.join(", ")
+                }
+            )
+        })
+        .collect();
+    text.push_str(&format!(
+        "{} events would be replayed (dry run: nothing changed)\n",
+        candidates.len()
+    ));
+    text
+}
+
 /// Puts the selected events back to pending, so the relay sends them again with the same
 /// message id, and wakes it with the lowest id put back: its next claim starts there.
 /// A copy dead-lettered for one module alone is put back to waiting instead, so it is
@@ -291,21 +413,9 @@ pub async fn replay(
     channel: &str,
     selection: &ReplaySelection,
 ) -> Result<u64, tokio_postgres::Error> {
-    let ids = (!selection.event_ids.is_empty()).then_some(&selection.event_ids);
-    let states: &[&str] = if selection.include_delivered {
-        &["failed", "delivered"]
-    } else {
-        &["failed"]
-    };
-    let replayed = client
-        .query_one(
-            "WITH selected AS (
-                 SELECT id, state FROM itrelay.outbox
-                 WHERE state IN ('failed', 'delivered')
-                   AND ($1::uuid[] IS NULL OR event_id = ANY($1))
-                   AND ($2::text IS NULL OR event_type = $2)
-                   AND ($3::timestamptz IS NULL OR created_at >= $3)
-                   AND ($4::timestamptz IS NULL OR created_at < $4)
+    let query = format!(
+        "WITH selected AS (
+                 SELECT id, state FROM itrelay.outbox WHERE {SELECTED}
              ), replayed AS (
                  UPDATE itrelay.outbox AS o
                  SET state = 'pending', last_error = NULL, delivered_at = NULL
@@ -332,16 +442,9 @@ pub async fn replay(
              )
              SELECT count(*) + 0 * (SELECT count(*) FROM forgotten),
                     coalesce(min(id)::text, '')
-             FROM touched",
-            &[
-                &ids,
-                &selection.event_type,
-                &selection.since,
-                &selection.until,
-                &states,
-            ],
-        )
-        .await?;
+             FROM touched"
+    );
+    let replayed = client.query_one(&query, &selection.parameters()).await?;
     let (count, lowest_id): (i64, String) = (replayed.try_get(0)?, replayed.try_get(1)?);
     client
         .execute("SELECT pg_notify($1, $2)", &[&channel, &lowest_id])

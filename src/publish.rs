@@ -2,16 +2,15 @@
 //! persistent and `mandatory` on a channel in confirm mode. A message counts as delivered
 //! only when the broker acks it and did not return it.
 
+use std::future::Future;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
-use lapin::publisher_confirm::{Confirmation as LapinConfirmation, PublisherConfirm};
+use futures_util::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, Event};
+use lapin::{Confirmation as LapinConfirmation, PublisherConfirm};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -23,6 +22,7 @@ use crate::envelope::Message;
 use crate::metrics::METRICS;
 use crate::route::Router;
 use crate::tls::{self, SettingError};
+use crate::topology;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -30,6 +30,9 @@ pub enum PublishError {
     Amqp(#[from] lapin::Error),
     #[error("the broker confirmed nothing within {0:?}")]
     ConfirmTimeout(Duration),
+    /// A step of talking to the broker got no answer in time (a silent network).
+    #[error("{step}: no answer from the broker within {limit:?}")]
+    Timeout { step: String, limit: Duration },
     /// A TLS file became unreadable since the start.
     #[error(transparent)]
     Setting(#[from] SettingError),
@@ -55,6 +58,22 @@ const HEARTBEAT_SECS: u16 = 5;
 /// 512 KiB. A message body larger than a frame is sent in several.
 const FRAME_MAX: u32 = 8192;
 
+/// Waits at most `limit` for one step of talking to the broker; a step that times out
+/// is named in the error (and so in the log line about it).
+pub async fn bounded<T, E: Into<PublishError>>(
+    limit: Duration,
+    step: impl FnOnce() -> String,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, PublishError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(PublishError::Timeout {
+            step: step(),
+            limit,
+        }),
+    }
+}
+
 /// Opens a connection as the settings say: the password over the URL's, and for
 /// `amqps://` TLS with `amqp.ca_file` and the client certificate, if any.
 /// `name` is the connection's name in the broker's management UI.
@@ -62,20 +81,50 @@ pub async fn open_connection(
     settings: &AmqpSettings,
     name: &str,
 ) -> Result<Connection, PublishError> {
-    let properties = ConnectionProperties::default()
-        .with_connection_name(name.into())
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
     let (mut uri, tls) = tls::amqp(settings)?;
     // Heartbeats unless the URL sets them: a silent broker is noticed in 2 × this.
     uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
     uri.query.frame_max.get_or_insert(FRAME_MAX);
-    Ok(match tls {
-        None => Connection::connect_uri(uri, properties).await?,
+    // TCP, TLS and the AMQP handshake together: an endpoint that accepts and never
+    // answers is given up on after `amqp.connect_timeout_secs`.
+    let step = || {
+        format!(
+            "connecting to {} (TCP, TLS and AMQP handshake)",
+            settings.url
+        )
+    };
+    let limit = settings.connect_timeout();
+    match tls {
+        None => bounded(limit, step, Connection::connect_uri(uri, properties)).await,
         Some(connector) => {
-            Connection::connector(uri, tls::amqps_connect(connector), properties).await?
+            bounded(
+                limit,
+                step,
+                tls::amqps_connection(uri, connector, properties),
+            )
+            .await
         }
-    })
+    }
+}
+
+/// Opens a channel, bounded by `amqp.connect_timeout_secs`.
+pub async fn open_channel(
+    connection: &Connection,
+    settings: &AmqpSettings,
+) -> Result<Channel, PublishError> {
+    bounded(
+        settings.connect_timeout(),
+        || "opening a channel".to_owned(),
+        connection.create_channel(),
+    )
+    .await
+}
+
+/// Closes `connection`, waiting at most `limit` for the broker to agree; a connection
+/// that already failed, or a broker that does not answer, has nothing left to say.
+pub async fn close_connection(connection: &Connection, limit: Duration) {
+    let _ = tokio::time::timeout(limit, connection.close(200, "shutting down".into())).await;
 }
 
 /// A server-named queue that lives as long as this connection: for watching exchanges.
@@ -86,7 +135,7 @@ pub async fn private_queue(channel: &Channel) -> Result<lapin::Queue, lapin::Err
         ..QueueDeclareOptions::default()
     };
     channel
-        .queue_declare("", options, FieldTable::default())
+        .queue_declare("".into(), options, FieldTable::default())
         .await
 }
 
@@ -100,6 +149,7 @@ pub struct Publisher {
     connection: Connection,
     channel: Channel,
     confirm_timeout: Duration,
+    close_timeout: Duration,
 }
 
 impl Publisher {
@@ -117,50 +167,20 @@ impl Publisher {
         confirm_timeout: Duration,
     ) -> Result<Self, PublishError> {
         let connection = open_connection(settings, "itrelay").await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        for exchange in router.exchanges() {
-            channel
-                .exchange_declare(
-                    exchange,
-                    ExchangeKind::Topic,
-                    durable,
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        let dead_letter = router.dead_letter();
-        for own in [dead_letter, router.canary()] {
-            channel
-                .exchange_declare(own, ExchangeKind::Topic, durable, FieldTable::default())
-                .await?;
-        }
-        let queue = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        channel
-            .queue_declare(dead_letter, queue, FieldTable::default())
-            .await?;
-        channel
-            .queue_bind(
-                dead_letter,
-                dead_letter,
-                "#",
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let channel = open_channel(&connection, settings).await?;
+        let limit = settings.connect_timeout();
+        bounded(
+            limit,
+            || "turning on publisher confirms".to_owned(),
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        topology::declare(&channel, settings, router, limit).await?;
         Ok(Self {
             connection,
             channel,
             confirm_timeout,
+            close_timeout: limit,
         })
     }
 
@@ -175,15 +195,21 @@ impl Publisher {
         // Each publish queues its frames and takes its delivery tag when first polled, and
         // `try_join_all` polls them first in order: the whole batch is queued before the
         // connection writes, so it goes out in few writes instead of one per message.
-        let confirms = try_join_all(sends.iter().map(|(exchange, message)| {
+        let publishes = try_join_all(sends.iter().map(|(exchange, message)| {
             self.channel.basic_publish(
-                exchange,
-                &message.routing_key,
+                (*exchange).into(),
+                message.routing_key.as_str().into(),
                 options,
                 &message.body,
                 message.properties.clone(),
             )
-        }))
+        }));
+        // Writing stalls when the network does: bounded like the confirms.
+        let confirms = bounded(
+            self.confirm_timeout,
+            || format!("publishing {} messages", sends.len()),
+            publishes,
+        )
         .await?;
         let sent_at = Instant::now();
         METRICS
@@ -243,16 +269,28 @@ impl Publisher {
     pub fn failure_signal(&self) -> Arc<Notify> {
         let failed = Arc::new(Notify::new());
         let signal = failed.clone();
-        self.connection.on_error(move |error| {
-            warn!(%error, "rabbitmq connection lost");
-            signal.notify_one();
+        let mut events = self.connection.events_listener();
+        // Ends with the connection's event stream, or at its first error.
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                if let Event::Error(error) = event {
+                    warn!(%error, "rabbitmq connection lost");
+                    signal.notify_one();
+                    return;
+                }
+            }
         });
         failed
     }
 
+    /// Closes the channel and the connection; a broker that does not answer within
+    /// `amqp.connect_timeout_secs` is left behind.
     pub async fn close(self) {
         // Closing a connection that already failed has nothing left to report.
-        let _ = self.channel.close(200, "shutting down").await;
-        let _ = self.connection.close(200, "shutting down").await;
+        let closing = async {
+            let _ = self.channel.close(200, "shutting down".into()).await;
+            let _ = self.connection.close(200, "shutting down".into()).await;
+        };
+        let _ = tokio::time::timeout(self.close_timeout, closing).await;
     }
 }

@@ -1,8 +1,12 @@
-//! One shutdown signal for every loop: SIGTERM or SIGINT cancels the token.
+//! One shutdown signal for every loop: SIGTERM or SIGINT cancels the token; the work
+//! then has until the stop timeout to finish.
+
+use std::future::Future;
+use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 /// A token cancelled on the first SIGTERM or SIGINT.
 pub fn on_signals() -> std::io::Result<CancellationToken> {
@@ -22,4 +26,28 @@ pub fn on_signals() -> std::io::Result<CancellationToken> {
         cancel.cancel();
     });
     Ok(token)
+}
+
+/// Runs `work` to its end, or until `stop_timeout` after `shutdown` is cancelled,
+/// whichever comes first: `None` if the stop timeout cut the work short (rows left
+/// unfinished stay pending in the outbox and are sent again).
+pub async fn within_stop_timeout<T>(
+    work: impl Future<Output = T>,
+    shutdown: &CancellationToken,
+    stop_timeout: Duration,
+) -> Option<T> {
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(stop_timeout).await;
+    };
+    tokio::select! {
+        done = work => Some(done),
+        _ = deadline => {
+            warn!(
+                stop_timeout_secs = stop_timeout.as_secs(),
+                "stop timeout reached with work unfinished (relay.stop_timeout_secs); exiting"
+            );
+            None
+        }
+    }
 }

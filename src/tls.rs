@@ -4,10 +4,10 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use lapin::tcp::{HandshakeResult, RustlsConnector, TcpStream};
+use lapin::tcp::{AMQPUriTcpExt, RustlsConnector};
 use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::{Connection, ConnectionProperties};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -212,23 +212,22 @@ pub fn client_config(files: TlsFiles<'_>, verify: Verify) -> Result<ClientConfig
     }
 }
 
-/// How lapin opens a connection to an `amqps://` broker: TCP, then the TLS handshake
-/// with `connector`. lapin runs it on a blocking thread, as it does its own.
-pub type AmqpsConnect = Box<dyn FnOnce(&AMQPUri) -> HandshakeResult + Send + Sync>;
-
-// lapin's connector API fixes the (large) handshake error type.
-#[allow(clippy::result_large_err)]
-pub fn amqps_connect(connector: RustlsConnector) -> AmqpsConnect {
-    Box::new(move |uri: &AMQPUri| {
-        let address = (uri.authority.host.as_str(), uri.authority.port);
-        let stream = match uri.query.connection_timeout {
-            Some(ms) => TcpStream::connect_timeout(address, Duration::from_millis(ms)),
-            None => TcpStream::connect(address),
-        }?;
-        let stream = stream.into_rustls(&connector, &uri.authority.host)?;
-        stream.set_nonblocking(true)?;
-        Ok(stream)
-    })
+/// Opens an AMQP connection to an `amqps://` broker: TCP, then the TLS handshake with
+/// `connector` (which checks the server as configured), then AMQP's own.
+pub async fn amqps_connection(
+    uri: AMQPUri,
+    connector: RustlsConnector,
+    properties: ConnectionProperties,
+) -> lapin::Result<Connection> {
+    let runtime = lapin::runtime::default_runtime()?;
+    let connect = async move |uri: AMQPUri, runtime| {
+        let host = uri.authority.host.clone();
+        let mut plain = uri;
+        plain.scheme = AMQPScheme::AMQP;
+        let stream = plain.connect_async(&runtime).await?;
+        Ok(stream.into_rustls(&connector, &host).await?)
+    };
+    Connection::connector(uri, runtime, connect, properties).await
 }
 
 fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, SettingError> {
@@ -287,10 +286,15 @@ impl ServerCheck {
             }
             None => {
                 if verify != Verify::Nothing {
-                    let system = rustls_native_certs::load_native_certs().map_err(|e| {
-                        SettingError::new(&ca_key, format!("not set, and the system CAs: {e}"))
-                    })?;
-                    roots.add_parsable_certificates(system);
+                    let system = rustls_native_certs::load_native_certs();
+                    // Unreadable entries of the system store matter only when none is left.
+                    if let (true, Some(error)) = (system.certs.is_empty(), system.errors.first()) {
+                        return Err(SettingError::new(
+                            &ca_key,
+                            format!("not set, and the system CAs: {error}"),
+                        ));
+                    }
+                    roots.add_parsable_certificates(system.certs);
                 }
                 format!("a system CA (`{ca_key}` is not set)")
             }

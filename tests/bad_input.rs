@@ -374,7 +374,7 @@ async fn at_trace_level_no_password_nor_event_body_reaches_the_log() {
     let _ = env
         .channel
         .exchange_delete(
-            &env.exchange("NOBODY"),
+            env.exchange("NOBODY").into(),
             lapin::options::ExchangeDeleteOptions::default(),
         )
         .await;

@@ -125,7 +125,7 @@ async fn demo_shows_each_copy_under_its_step_and_cleans_up() {
         };
         let found = channel
             .exchange_declare(
-                &exchange,
+                exchange.as_str().into(),
                 ExchangeKind::Topic,
                 passive,
                 FieldTable::default(),

@@ -207,7 +207,7 @@ async fn broker_nacks_are_retried_until_confirmed() {
     );
     env.channel
         .queue_declare(
-            &small,
+            small.as_str().into(),
             lapin::options::QueueDeclareOptions::default(),
             arguments,
         )
@@ -215,9 +215,9 @@ async fn broker_nacks_are_retried_until_confirmed() {
         .unwrap();
     env.channel
         .queue_bind(
-            &small,
-            &env.exchange("PF-10"),
-            "#",
+            small.as_str().into(),
+            env.exchange("PF-10").into(),
+            "#".into(),
             lapin::options::QueueBindOptions::default(),
             lapin::types::FieldTable::default(),
         )
@@ -235,7 +235,10 @@ async fn broker_nacks_are_retried_until_confirmed() {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let purged = draining
-                .queue_purge(&small_queue, lapin::options::QueuePurgeOptions::default())
+                .queue_purge(
+                    small_queue.as_str().into(),
+                    lapin::options::QueuePurgeOptions::default(),
+                )
                 .await;
             if purged.is_err() {
                 return;
@@ -266,7 +269,10 @@ async fn broker_nacks_are_retried_until_confirmed() {
     slow_consumer.abort();
     let _ = env
         .channel
-        .queue_delete(&small, lapin::options::QueueDeleteOptions::default())
+        .queue_delete(
+            small.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
         .await;
     let retried = tokio::time::timeout(Duration::from_secs(1), copies_seen)
         .await

@@ -154,7 +154,7 @@ async fn per_entity_order_and_nothing_lost_under_random_interleavings_and_faults
     sampler.abort();
     let _ = env
         .channel
-        .queue_delete(&queue, QueueDeleteOptions::default())
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await;
 
     let arrivals = arrivals.lock().unwrap().clone();
@@ -235,14 +235,18 @@ async fn ordered_consumer(env: &TestEnv) -> (String, Arc<Mutex<Vec<Arrival>>>, J
         AMQPValue::LongString("reject-publish".into()),
     );
     env.channel
-        .queue_declare(&queue, QueueDeclareOptions::default(), arguments)
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            arguments,
+        )
         .await
         .unwrap();
     env.channel
         .queue_bind(
-            &queue,
-            &env.exchange("PF-10"),
-            "#",
+            queue.as_str().into(),
+            env.exchange("PF-10").into(),
+            "#".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -258,8 +262,8 @@ async fn ordered_consumer(env: &TestEnv) -> (String, Arc<Mutex<Vec<Arrival>>>, J
         .unwrap();
     let mut deliveries = channel
         .basic_consume(
-            &queue,
-            "checker",
+            queue.as_str().into(),
+            "checker".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )

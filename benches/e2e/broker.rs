@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures_util::future::try_join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::publisher_confirm::Confirmation;
 use lapin::types::FieldTable;
+use lapin::Confirmation;
 use lapin::Connection;
 use serde::Serialize;
 
@@ -48,7 +48,7 @@ pub async fn measure(
     env.purge(&exchange).await?;
     let confirm_rtt_ms = round_trip(&amqp, &exchange, message, round_trips).await?;
     env.purge(&exchange).await?;
-    let _ = amqp.close(200, "ceiling measured").await;
+    let _ = amqp.close(200, "ceiling measured".into()).await;
     Ok(Ceiling {
         messages,
         body_bytes: message.body.len(),
@@ -143,7 +143,7 @@ async fn unconfirmed_rate(
     loop {
         let queue = env
             .channel
-            .queue_declare(exchange, passive, FieldTable::default())
+            .queue_declare(exchange.into(), passive, FieldTable::default())
             .await
             .context("ceiling queue depth")?;
         if queue.message_count() as usize >= messages {
@@ -173,11 +173,11 @@ async fn publish_batch(
     exchange: &str,
     message: &Message,
     count: usize,
-) -> Result<Vec<lapin::publisher_confirm::PublisherConfirm>> {
+) -> Result<Vec<lapin::PublisherConfirm>> {
     Ok(try_join_all((0..count).map(|_| {
         channel.basic_publish(
-            exchange,
-            &message.routing_key,
+            exchange.into(),
+            message.routing_key.as_str().into(),
             MANDATORY,
             &message.body,
             message.properties.clone(),

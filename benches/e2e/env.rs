@@ -102,7 +102,7 @@ impl BenchEnv {
         };
         self.channel
             .exchange_declare(
-                exchange,
+                exchange.into(),
                 ExchangeKind::Topic,
                 durable_exchange,
                 FieldTable::default(),
@@ -113,13 +113,13 @@ impl BenchEnv {
             ..QueueDeclareOptions::default()
         };
         self.channel
-            .queue_declare(queue, durable_queue, FieldTable::default())
+            .queue_declare(queue.into(), durable_queue, FieldTable::default())
             .await?;
         self.channel
             .queue_bind(
-                queue,
-                exchange,
-                "#",
+                queue.into(),
+                exchange.into(),
+                "#".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -129,7 +129,7 @@ impl BenchEnv {
 
     pub async fn purge(&self, queue: &str) -> Result<()> {
         self.channel
-            .queue_purge(queue, QueuePurgeOptions::default())
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
             .await?;
         Ok(())
     }
@@ -214,16 +214,16 @@ pub async fn cleanup(database: &str, prefix: &str) {
     if let Ok(channel) = amqp.create_channel().await {
         for queue in &queues {
             let _ = channel
-                .queue_delete(queue, QueueDeleteOptions::default())
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
         for exchange in &exchanges {
             let _ = channel
-                .exchange_delete(exchange, ExchangeDeleteOptions::default())
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                 .await;
         }
     }
-    let _ = amqp.close(200, "bench done").await;
+    let _ = amqp.close(200, "bench done".into()).await;
 }
 
 /// Names of queues or exchanges under `prefix`, from `rabbitmqctl`.
@@ -256,6 +256,4 @@ pub async fn connect(url: &str) -> Result<Client> {
 
 pub fn amqp_properties() -> ConnectionProperties {
     ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio)
 }

@@ -252,7 +252,12 @@ impl Consumer {
             ..BasicConsumeOptions::default()
         };
         let mut deliveries = channel
-            .basic_consume(queue, "itrelay-bench", no_ack, FieldTable::default())
+            .basic_consume(
+                queue.into(),
+                "itrelay-bench".into(),
+                no_ack,
+                FieldTable::default(),
+            )
             .await
             .context("consume the ticket queue")?;
         let arrived = Arc::new(Mutex::new(HashMap::new()));

@@ -197,7 +197,7 @@ impl TestEnv {
         };
         self.channel
             .exchange_declare(
-                exchange,
+                exchange.into(),
                 ExchangeKind::Topic,
                 durable,
                 FieldTable::default(),
@@ -207,7 +207,7 @@ impl TestEnv {
         let queue = format!("{exchange}.test-queue");
         self.channel
             .queue_declare(
-                &queue,
+                queue.as_str().into(),
                 QueueDeclareOptions::default(),
                 FieldTable::default(),
             )
@@ -215,9 +215,9 @@ impl TestEnv {
             .expect("declare queue");
         self.channel
             .queue_bind(
-                &queue,
-                exchange,
-                "#",
+                queue.as_str().into(),
+                exchange.into(),
+                "#".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -314,7 +314,7 @@ impl TestEnv {
         };
         let waiting = self
             .channel
-            .queue_declare(queue, passive, FieldTable::default())
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
             .await
             .expect("queue depth")
             .message_count() as usize;
@@ -324,8 +324,8 @@ impl TestEnv {
         let consumer = self
             .channel
             .basic_consume(
-                queue,
-                &format!("drain-{}", uuid::Uuid::new_v4().simple()),
+                queue.as_str().into(),
+                format!("drain-{}", uuid::Uuid::new_v4().simple()).into(),
                 BasicConsumeOptions {
                     no_ack: true,
                     ..BasicConsumeOptions::default()
@@ -340,7 +340,7 @@ impl TestEnv {
                 .await
                 .expect("queue drained in time");
         self.channel
-            .basic_cancel(tag.as_str(), BasicCancelOptions::default())
+            .basic_cancel(tag, BasicCancelOptions::default())
             .await
             .expect("cancel consumer");
         deliveries
@@ -439,22 +439,31 @@ impl Drop for TestEnv {
                     if let Ok(channel) = amqp.create_channel().await {
                         for (exchange, queue) in &exchanges {
                             let _ = channel
-                                .queue_delete(queue, QueueDeleteOptions::default())
+                                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                                 .await;
                             let _ = channel
-                                .exchange_delete(exchange, ExchangeDeleteOptions::default())
+                                .exchange_delete(
+                                    exchange.as_str().into(),
+                                    ExchangeDeleteOptions::default(),
+                                )
                                 .await;
                         }
                         let _ = channel
-                            .queue_delete(&dead_letter_queue, QueueDeleteOptions::default())
+                            .queue_delete(
+                                dead_letter_queue.as_str().into(),
+                                QueueDeleteOptions::default(),
+                            )
                             .await;
                         for exchange in &relay_exchanges {
                             let _ = channel
-                                .exchange_delete(exchange, ExchangeDeleteOptions::default())
+                                .exchange_delete(
+                                    exchange.as_str().into(),
+                                    ExchangeDeleteOptions::default(),
+                                )
                                 .await;
                         }
                     }
-                    let _ = amqp.close(200, "test done").await;
+                    let _ = amqp.close(200, "test done".into()).await;
                 }
                 let admin = connect(PG_ADMIN_URL).await;
                 let _ = admin
@@ -601,6 +610,4 @@ pub async fn connect(url: &str) -> Client {
 
 pub fn amqp_properties() -> ConnectionProperties {
     ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio)
 }

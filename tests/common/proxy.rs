@@ -4,6 +4,7 @@
 //! broker's frames, as the broker would send it ([`Proxy::inject`]).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,7 +17,9 @@ pub enum Mode {
     Forward,
     /// Reset new connections at once and cut the current ones: the service is down.
     Refuse,
-    /// Hold connections open and pass nothing: a silent network.
+    /// Hold connections open and pass nothing: a silent network. A new connection is
+    /// accepted and never answered; an established one goes half-open (no reset, no
+    /// bytes either way) until the mode changes back.
     Blackhole,
 }
 
@@ -33,6 +36,8 @@ struct Control {
 pub struct Proxy {
     pub port: u16,
     control: Arc<watch::Sender<Control>>,
+    /// Connections accepted and not yet ended.
+    open: Arc<AtomicUsize>,
     accepting: tokio::task::JoinHandle<()>,
 }
 
@@ -57,8 +62,10 @@ impl Proxy {
             frame: Arc::new(Vec::new()),
         });
         let control = Arc::new(control);
+        let open = Arc::new(AtomicUsize::new(0));
         let accepting = tokio::spawn({
             let control = control.clone();
+            let open = open.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
                     let state = control.borrow().clone();
@@ -66,13 +73,20 @@ impl Proxy {
                         reset(client);
                         continue;
                     }
-                    tokio::spawn(pipe(client, upstream, control.subscribe(), state, amqp));
+                    open.fetch_add(1, Ordering::SeqCst);
+                    let piped = pipe(client, upstream, control.subscribe(), state, amqp);
+                    let open = open.clone();
+                    tokio::spawn(async move {
+                        piped.await;
+                        open.fetch_sub(1, Ordering::SeqCst);
+                    });
                 }
             }
         });
         Self {
             port,
             control,
+            open,
             accepting,
         }
     }
@@ -84,6 +98,11 @@ impl Proxy {
             }
             control.mode = mode;
         });
+    }
+
+    /// Connections through the proxy now open (accepted, not yet ended by either side).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Sends `frame` to every client of an AMQP proxy, between two of the broker's frames.
