@@ -63,6 +63,7 @@ pub mod redact;
 pub mod relay;
 pub mod retention;
 pub mod retry;
+pub mod returns;
 pub mod route;
 pub mod scan;
 pub mod secret;

@@ -11,7 +11,10 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOpti
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Event};
 use lapin::{Confirmation as LapinConfirmation, PublisherConfirm};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::FutureExt;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -20,6 +23,7 @@ use tracing::warn;
 use crate::config::AmqpSettings;
 use crate::envelope::Message;
 use crate::metrics::METRICS;
+use crate::returns::{Reply, Returns};
 use crate::route::Router;
 use crate::tls::{self, SettingError};
 use crate::topology;
@@ -139,10 +143,67 @@ pub async fn private_queue(channel: &Channel) -> Result<lapin::Queue, lapin::Err
         .await
 }
 
-/// Messages published and not yet confirmed, in send order.
+/// Messages published and not yet confirmed, in send order: their confirms' numbers in
+/// [`Confirms`], and the exchange and message id of each, to match returns to them.
 pub struct Unconfirmed {
-    confirms: Vec<PublisherConfirm>,
+    seqs: std::ops::Range<u64>,
+    sent: Vec<(String, String)>,
     sent_at: Instant,
+}
+
+/// The publisher's confirms not yet taken by [`Publisher::confirm`], and the returns
+/// seen: a confirm may carry another message's return ([`crate::returns`]).
+#[derive(Default)]
+struct Confirms {
+    next: u64,
+    /// Not completed when last looked at, by number.
+    waiting: HashMap<u64, PublisherConfirm>,
+    /// Completed while another batch was settled: acked or not, by number.
+    done: HashMap<u64, bool>,
+    returns: Returns,
+}
+
+impl Confirms {
+    /// Keeps the return a completed confirm carries, and says whether it was an ack.
+    fn take_in(&mut self, confirmation: LapinConfirmation) -> bool {
+        let (acked, returned) = match confirmation {
+            LapinConfirmation::Ack(returned) => (true, returned),
+            LapinConfirmation::Nack(returned) => (false, returned),
+            LapinConfirmation::NotRequested => (true, None),
+        };
+        if let Some(returned) = returned {
+            let message_id = returned
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string())
+                .unwrap_or_default();
+            self.returns.add(
+                returned.delivery.exchange.as_str(),
+                &message_id,
+                Reply {
+                    code: returned.reply_code,
+                    text: returned.reply_text.to_string(),
+                },
+            );
+        }
+        acked
+    }
+
+    /// Takes in every waiting confirm that has completed by now, with its return.
+    fn sweep(&mut self) {
+        let completed: Vec<(u64, LapinConfirmation)> = self
+            .waiting
+            .iter_mut()
+            .filter_map(|(seq, confirm)| Some((*seq, confirm.now_or_never()?.ok()?)))
+            .collect();
+        for (seq, confirmation) in completed {
+            self.waiting.remove(&seq);
+            let acked = self.take_in(confirmation);
+            self.done.insert(seq, acked);
+        }
+    }
 }
 
 pub struct Publisher {
@@ -150,6 +211,7 @@ pub struct Publisher {
     channel: Channel,
     confirm_timeout: Duration,
     close_timeout: Duration,
+    confirms: Mutex<Confirms>,
 }
 
 impl Publisher {
@@ -181,6 +243,7 @@ impl Publisher {
             channel,
             confirm_timeout,
             close_timeout: limit,
+            confirms: Mutex::default(),
         })
     }
 
@@ -215,18 +278,71 @@ impl Publisher {
         METRICS
             .publish_seconds
             .observe(sent_at.duration_since(started).as_secs_f64());
-        Ok(Unconfirmed { confirms, sent_at })
+        let mut pending = self.pending();
+        let first = pending.next;
+        for confirm in confirms {
+            let seq = pending.next;
+            pending.waiting.insert(seq, confirm);
+            pending.next += 1;
+        }
+        let sent = sends
+            .iter()
+            .map(|(exchange, message)| {
+                let message_id = message
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.to_string())
+                    .unwrap_or_default();
+                ((*exchange).to_owned(), message_id)
+            })
+            .collect();
+        Ok(Unconfirmed {
+            seqs: first..pending.next,
+            sent,
+            sent_at,
+        })
     }
 
-    /// Waits for every confirm of `unconfirmed`; the answers come back in send order.
+    fn pending(&self) -> std::sync::MutexGuard<'_, Confirms> {
+        // Cannot fail: no code holding the lock panics (it never awaits, and only moves
+        // values between maps).
+        self.confirms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits for every confirm of `unconfirmed`; the answers come back in send order. A
+    /// message counts as returned when a return naming its exchange and message id came
+    /// back, whichever confirm carried it.
     pub async fn confirm(
         &self,
         unconfirmed: Unconfirmed,
     ) -> Result<Vec<Confirmation>, PublishError> {
-        let Unconfirmed { confirms, sent_at } = unconfirmed;
+        let Unconfirmed {
+            seqs,
+            sent,
+            sent_at,
+        } = unconfirmed;
         let mut deadline = sent_at + self.confirm_timeout;
-        let mut confirmations = Vec::with_capacity(confirms.len());
-        for mut confirm in confirms {
+        let mut acked = Vec::with_capacity(sent.len());
+        for seq in seqs {
+            let taken = {
+                let mut pending = self.pending();
+                match pending.done.remove(&seq) {
+                    Some(done) => Err(done),
+                    None => Ok(pending.waiting.remove(&seq)),
+                }
+            };
+            let mut confirm = match taken {
+                Err(done) => {
+                    acked.push(done);
+                    continue;
+                }
+                Ok(Some(confirm)) => confirm,
+                // Cannot happen: each number is taken once, by the batch that sent it.
+                Ok(None) => return Err(PublishError::ConfirmTimeout(self.confirm_timeout)),
+            };
             let confirmation = loop {
                 match tokio::time::timeout_at(deadline, &mut confirm).await {
                     Ok(confirmation) => break confirmation?,
@@ -239,17 +355,27 @@ impl Publisher {
                     Err(_) => return Err(PublishError::ConfirmTimeout(self.confirm_timeout)),
                 }
             };
-            confirmations.push(match confirmation {
-                LapinConfirmation::Ack(None) | LapinConfirmation::NotRequested => {
-                    Confirmation::Acked
-                }
-                LapinConfirmation::Ack(Some(returned)) => Confirmation::Returned {
-                    reply_code: returned.reply_code,
-                    reply_text: returned.reply_text.to_string(),
-                },
-                LapinConfirmation::Nack(_) => Confirmation::Nacked,
-            });
+            acked.push(self.pending().take_in(confirmation));
         }
+        let mut pending = self.pending();
+        // A return of ours may ride on a confirm of a later batch completed by the same
+        // acknowledgement: it has completed by now.
+        pending.sweep();
+        let confirmations = sent
+            .iter()
+            .zip(acked)
+            .map(|((exchange, message_id), acked)| {
+                match (acked, pending.returns.take(exchange, message_id)) {
+                    (false, _) => Confirmation::Nacked,
+                    (true, None) => Confirmation::Acked,
+                    (true, Some(reply)) => Confirmation::Returned {
+                        reply_code: reply.code,
+                        reply_text: reply.text,
+                    },
+                }
+            })
+            .collect();
+        drop(pending);
         METRICS
             .confirm_seconds
             .observe(sent_at.elapsed().as_secs_f64());

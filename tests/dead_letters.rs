@@ -304,3 +304,35 @@ async fn unroutable_copy_waits_for_a_queue_under_the_wait_policy() {
     );
     assert!(env.drain(&env.dead_letter_exchange()).await.is_empty());
 }
+
+/// The AMQP client hands a returned message to whichever confirm completes next, another
+/// message's when the broker acks several at once: with copies for a bound and an unbound
+/// module interleaved in large batches, each return must still be matched to its own copy.
+#[tokio::test]
+async fn each_return_is_matched_to_its_own_copy() {
+    let mut env = TestEnv::new().await;
+    env.seed().await;
+    env.start_relay(&[("ITRELAY__ROUTES__IT_TICKET_CREATED", "PF-10,NOBODY")]);
+    insert_tickets(&env.client, "TCK", 400).await;
+    env.wait_until_settled(400).await;
+    let delivered = env.drain(&env.exchange("PF-10")).await;
+    let unique: std::collections::HashSet<String> =
+        delivered.iter().map(Received::message_id).collect();
+    assert_eq!(
+        (delivered.len(), unique.len()),
+        (400, 400),
+        "every PF-10 copy delivered once"
+    );
+    let dead = env.drain(&env.dead_letter_exchange()).await;
+    assert_eq!(dead.len(), 400, "every NOBODY copy dead-lettered");
+    assert!(dead
+        .iter()
+        .all(|m| m.header("x-rejected-for-module").as_deref() == Some("NOBODY")));
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM itrelay.copies WHERE state = 'failed' AND module = 'NOBODY'"
+        )
+        .await,
+        400
+    );
+}
