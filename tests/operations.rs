@@ -82,9 +82,15 @@ async fn health_readiness_metrics_and_graceful_shutdown() {
         .read_to_string(&mut logs)
         .await
         .unwrap();
-    let leaders = env
-        .count("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
-        .await;
+    // The server ends the relay's backend a moment after the process has exited.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut leaders = 1;
+    while leaders > 0 && tokio::time::Instant::now() < deadline {
+        leaders = env
+            .count("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(leaders, 0, "leader lock still held after exit");
     let restarted = spawn_relay(&env, &[]);
     let outcome = env.reconcile("PF-10", 3).await;
