@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::health::{Health, Role};
 use crate::listen::{ConnectError, PgSession};
@@ -26,6 +25,7 @@ use crate::publish::{
     bounded, close_connection, open_channel, open_connection, private_queue, PublishError,
 };
 use crate::route::Router;
+use crate::tasks::{self, Failure};
 
 /// Outbox event type of canaries; the relay sends them to its canary exchange only.
 pub const EVENT_TYPE: &str = "itrelay_canary";
@@ -51,21 +51,21 @@ enum CanaryError {
     WriteTimeout(Duration),
 }
 
+impl Failure for CanaryError {}
+
 /// Writes one canary; reports a failure on `failed`.
 async fn write(pg: Arc<PgSession>, id: Uuid, limit: Duration, failed: mpsc::Sender<CanaryError>) {
-    let written = tokio::time::timeout(
-        limit,
-        pg.client.execute(
-            "SELECT itrelay.enqueue($1, $2, jsonb_build_object('canary_id', $3::text))",
-            &[&EVENT_TYPE, &SOURCE, &id.to_string()],
-        ),
-    )
+    let written = tasks::bounded(limit, CanaryError::WriteTimeout, async {
+        pg.client
+            .execute(
+                "SELECT itrelay.enqueue($1, $2, jsonb_build_object('canary_id', $3::text))",
+                &[&EVENT_TYPE, &SOURCE, &id.to_string()],
+            )
+            .await
+            .map_err(CanaryError::Write)
+    })
     .await;
-    let error = match written {
-        Ok(Ok(_)) => return,
-        Ok(Err(error)) => CanaryError::Write(error),
-        Err(_) => CanaryError::WriteTimeout(limit),
-    };
+    let Err(error) = written else { return };
     // The watcher may be gone already; then nobody needs to know.
     let _ = failed.send(error).await;
 }
@@ -76,23 +76,14 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
     if !settings.canary.enabled {
         return;
     }
-    let mut backoff = Backoff::new(
-        Duration::from_millis(settings.relay.reconnect_min_ms),
-        Duration::from_millis(settings.relay.reconnect_max_ms),
-    );
-    loop {
-        match watch(&settings, &health, &shutdown).await {
-            Ok(()) => return,
-            Err(error) => {
-                let delay = backoff.next_delay();
-                warn!(%error, "canary interrupted; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
+    let _ = tasks::supervise(
+        "canary",
+        tasks::backoff(&settings),
+        Duration::ZERO,
+        &shutdown,
+        |_| watch(&settings, &health, &shutdown),
+    )
+    .await;
 }
 
 async fn watch(

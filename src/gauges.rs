@@ -5,13 +5,11 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-use tracing::warn;
-
-use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::listen::{ConnectError, PgSession};
 use crate::metrics::METRICS;
+use crate::tasks::{self, Failure};
+use tokio_util::sync::CancellationToken;
 
 /// How often the outbox is measured.
 pub const EVERY: Duration = Duration::from_secs(5);
@@ -34,51 +32,42 @@ enum GaugeError {
     Timeout(Duration),
 }
 
+impl Failure for GaugeError {}
+
 /// Measures every [`EVERY`] until `shutdown`; a lost connection is reopened with backoff.
 pub async fn run(settings: Settings, shutdown: CancellationToken) {
-    let mut backoff = Backoff::new(
-        Duration::from_millis(settings.relay.reconnect_min_ms),
-        Duration::from_millis(settings.relay.reconnect_max_ms),
-    );
-    let mut session: Option<PgSession> = None;
-    loop {
-        let measured = tokio::select! {
-            () = shutdown.cancelled() => return,
-            measured = measure(&settings, &mut session) => measured,
-        };
-        let delay = match measured {
-            Ok(()) => {
-                backoff.reset();
-                EVERY
+    let limit = settings.query_timeout();
+    let (settings, shutdown) = (&settings, &shutdown);
+    let _ = tasks::supervise::<GaugeError, _>(
+        "outbox gauges",
+        tasks::backoff(settings),
+        EVERY,
+        shutdown,
+        move |progress| async move {
+            let pg = PgSession::connect(&settings.postgres).await?;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    measured = measure(&pg, limit) => measured?,
+                }
+                progress.made();
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(EVERY) => {}
+                }
             }
-            Err(error) => {
-                session = None;
-                let delay = backoff.next_delay().max(EVERY);
-                warn!(%error, retry_in_ms = delay.as_millis() as u64, "outbox gauges not updated");
-                delay
-            }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
-        }
-    }
+        },
+    )
+    .await;
 }
 
-async fn measure(settings: &Settings, session: &mut Option<PgSession>) -> Result<(), GaugeError> {
-    let limit = settings.query_timeout();
-    let pg = match session {
-        Some(pg) => pg,
-        None => {
-            let connected = tokio::time::timeout(limit, PgSession::connect(&settings.postgres))
-                .await
-                .map_err(|_| GaugeError::Timeout(limit))??;
-            session.insert(connected)
-        }
-    };
-    let row = tokio::time::timeout(limit, pg.client.query_one(MEASURE_SQL, &[]))
-        .await
-        .map_err(|_| GaugeError::Timeout(limit))??;
+async fn measure(pg: &PgSession, limit: Duration) -> Result<(), GaugeError> {
+    let row = tasks::bounded(
+        limit,
+        GaugeError::Timeout,
+        pg.client.query_one(MEASURE_SQL, &[]),
+    )
+    .await?;
     METRICS.backlog_rows.set(row.try_get(0)?);
     METRICS.backlog_oldest_age_seconds.set(row.try_get(1)?);
     METRICS.failed_rows.set(row.try_get(2)?);

@@ -70,6 +70,7 @@ pub mod secret;
 pub mod shutdown;
 pub mod sql;
 pub mod systemd;
+pub mod tasks;
 pub mod tls;
 pub mod topology;
 pub mod validate;

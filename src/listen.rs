@@ -64,6 +64,9 @@ pub enum ConnectError {
     /// certificate rejected, the authentication refused).
     #[error("{}", describe(.0))]
     Postgres(tokio_postgres::Error),
+    /// The server took the connection and did not finish the handshake.
+    #[error("no answer to the connection's handshake within {0:?} (postgres.query_timeout_secs)")]
+    Timeout(Duration),
 }
 
 impl From<tokio_postgres::Error> for ConnectError {
@@ -111,8 +114,16 @@ impl PgSession {
     /// with keepalives on both ends, so a dead peer is noticed in seconds, not hours:
     /// the server also checks that the client is still there while it runs a query. (A
     /// pooler or proxy in between answers for a partitioned client; the leader's lease,
-    /// [`crate::lease`], covers that.)
+    /// [`crate::lease`], covers that.) The whole of it, handshake included, is bounded
+    /// by `postgres.query_timeout_secs`.
     pub async fn connect(settings: &PostgresSettings) -> Result<Self, ConnectError> {
+        let limit = Duration::from_secs(settings.query_timeout_secs);
+        tokio::time::timeout(limit, Self::open(settings))
+            .await
+            .map_err(|_| ConnectError::Timeout(limit))?
+    }
+
+    async fn open(settings: &PostgresSettings) -> Result<Self, ConnectError> {
         let (mut config, tls) = tls::postgres(settings)?;
         let options = format!(
             "{} {SERVER_SIDE_CHECKS}",

@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::backoff::Backoff;
 use crate::config::Settings;
-use crate::listen::PgSession;
+use crate::listen::{ConnectError, PgSession};
+use crate::tasks::{self, Failure};
 
 /// Pause between two delete batches.
 const BATCH_PAUSE: Duration = Duration::from_millis(200);
@@ -37,6 +37,19 @@ pub async fn prune_batch(
         .await
 }
 
+/// Why a retention pass stopped.
+#[derive(Debug, thiserror::Error)]
+enum RetentionError {
+    #[error("connecting to Postgres: {0}")]
+    Connect(#[from] ConnectError),
+    #[error("removing delivered events: {}", crate::listen::describe(.0))]
+    Query(#[from] tokio_postgres::Error),
+    #[error("removing delivered events: no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl Failure for RetentionError {}
+
 /// Prunes every `retention.interval_secs` until `shutdown`, reconnecting on errors.
 pub async fn run(settings: Settings, shutdown: CancellationToken) {
     let retention = &settings.retention;
@@ -44,20 +57,26 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) {
         return;
     }
     let interval = Duration::from_secs(retention.interval_secs);
-    let mut backoff = Backoff::new(
-        Duration::from_millis(settings.relay.reconnect_min_ms),
-        Duration::from_millis(settings.relay.reconnect_max_ms),
-    );
-    loop {
-        let pass = async {
+    let limit = settings.query_timeout();
+    let (settings, shutdown) = (&settings, &shutdown);
+    let _ = tasks::supervise::<RetentionError, _>(
+        "retention",
+        tasks::backoff(settings),
+        Duration::ZERO,
+        shutdown,
+        move |progress| async move {
             let pg = PgSession::connect(&settings.postgres).await?;
             loop {
                 let mut removed = 0;
                 loop {
-                    let batch = prune_batch(
-                        &pg.client,
-                        retention.delivered_max_age_hours,
-                        i64::from(retention.batch_size),
+                    let batch = tasks::bounded(
+                        limit,
+                        RetentionError::Timeout,
+                        prune_batch(
+                            &pg.client,
+                            retention.delivered_max_age_hours,
+                            i64::from(retention.batch_size),
+                        ),
                     )
                     .await?;
                     removed += batch;
@@ -66,27 +85,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) {
                     }
                     tokio::time::sleep(BATCH_PAUSE).await;
                 }
+                progress.made();
                 if removed > 0 {
                     info!(rows = removed, "retention: removed old delivered events");
                 } else {
                     debug!("retention: nothing to remove");
                 }
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Ok::<_, anyhow::Error>(()),
+                    _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(interval) => {}
                 }
             }
-        };
-        match pass.await {
-            Ok(()) => return,
-            Err(error) => {
-                let delay = backoff.next_delay();
-                warn!(error = %format!("{error:#}"), "retention interrupted; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
+        },
+    )
+    .await;
 }

@@ -8,13 +8,14 @@
 
 use std::time::Duration;
 
+use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::listen::{ConnectError, PgSession};
 use crate::metrics::METRICS;
+use crate::tasks::{self, Failure};
 
 /// The statement each scan runs: every time-based scan, as of the database's `now()`,
 /// with `scan.license_grace_days` as $1.
@@ -30,67 +31,53 @@ pub enum ScanError {
     Timeout(Duration),
 }
 
+impl Failure for ScanError {}
+
 /// Scans every `scan.interval_secs` until `shutdown`. A lost connection is reopened with
-/// backoff; a failed statement is retried at the next scan. Returns at once when
-/// `scan.enabled` is false.
+/// backoff; a failed statement on a live connection (say, a missing table) is retried at
+/// the next scan, as sooner would only fail again. Returns at once when `scan.enabled` is
+/// false.
 pub async fn run(settings: Settings, shutdown: CancellationToken) {
     if !settings.scan.enabled {
         info!("due-event scans disabled (scan.enabled = false)");
         return;
     }
-    let mut backoff = Backoff::new(
-        Duration::from_millis(settings.relay.reconnect_min_ms),
-        Duration::from_millis(settings.relay.reconnect_max_ms),
-    );
-    let mut session = None;
-    loop {
-        let outcome = tokio::select! {
-            () = shutdown.cancelled() => return,
-            outcome = scan_once(&settings, &mut session) => outcome,
-        };
-        METRICS.scan_runs.inc();
-        let delay = match outcome {
-            Ok(recorded) => {
-                debug!(recorded, "due-event scan done");
-                backoff.reset();
-                settings.scan_interval()
-            }
-            Err(error) => {
-                METRICS.scan_failures.inc();
-                let delay = if keeps_session(&error, session.as_ref()) {
-                    // The SQL failed on a live connection (say, a missing table): retrying
-                    // sooner than the schedule would only fail again.
-                    settings.scan_interval()
-                } else {
-                    session = None;
-                    backoff.next_delay()
-                };
-                warn!(%error, retry_in_ms = delay.as_millis() as u64, "due-event scan failed");
-                delay
-            }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
-        }
-    }
-}
-
-/// Whether the session survives `error`: the statement failed, not the connection.
-fn keeps_session(error: &ScanError, session: Option<&PgSession>) -> bool {
-    matches!(error, ScanError::Query(_)) && session.is_some_and(|pg| !pg.client.is_closed())
-}
-
-/// One scan on `session`, connecting first when there is none; how many events it recorded.
-async fn scan_once(settings: &Settings, session: &mut Option<PgSession>) -> Result<i32, ScanError> {
-    let pg = match session {
-        Some(pg) => pg,
-        None => session.insert(PgSession::connect(&settings.postgres).await?),
-    };
     let limit = settings.query_timeout();
     let grace = settings.scan.license_grace_days;
-    let row = tokio::time::timeout(limit, pg.client.query_one(SCAN_SQL, &[&grace]))
-        .await
-        .map_err(|_| ScanError::Timeout(limit))??;
-    Ok(row.try_get(0)?)
+    let (settings, shutdown) = (&settings, &shutdown);
+    let _ = tasks::supervise::<ScanError, _>(
+        "due-event scan",
+        tasks::backoff(settings),
+        Duration::ZERO,
+        shutdown,
+        move |progress| async move {
+            let pg = PgSession::connect(&settings.postgres).await?;
+            let params: [&(dyn ToSql + Sync); 1] = [&grace];
+            loop {
+                let scanned = tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    scanned = tasks::bounded(limit, ScanError::Timeout, pg.client.query_one(SCAN_SQL, &params)) => scanned,
+                };
+                METRICS.scan_runs.inc();
+                match scanned.and_then(|row| Ok(row.try_get::<_, i32>(0)?)) {
+                    Ok(recorded) => {
+                        debug!(recorded, "due-event scan done");
+                        progress.made();
+                    }
+                    Err(error) => {
+                        METRICS.scan_failures.inc();
+                        if !matches!(error, ScanError::Query(_)) || pg.client.is_closed() {
+                            return Err(error);
+                        }
+                        warn!(%error, retry_in_ms = settings.scan_interval().as_millis() as u64, "due-event scan failed");
+                    }
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(settings.scan_interval()) => {}
+                }
+            }
+        },
+    )
+    .await;
 }

@@ -1,7 +1,7 @@
-//! Every wait on the broker is bounded: a broker that accepts TCP and never answers, or a
-//! connection black-holed mid-stream, is given up on within its timeout with a log line
-//! naming the step, retried until the path heals, and SIGTERM ends the process within
-//! `relay.stop_timeout_secs` whatever the broker does.
+//! Every network wait is bounded: a broker or a Postgres server that accepts TCP and never
+//! answers, or a connection black-holed mid-stream, is given up on within its timeout with
+//! a log line naming the step, retried until the path heals, and SIGTERM ends the process
+//! within `relay.stop_timeout_secs` whatever the broker does.
 
 mod common;
 
@@ -100,6 +100,38 @@ async fn wait_delivered(env: &TestEnv, at_least: i64) {
         assert!(Instant::now() < deadline, "fewer than {at_least} delivered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A Postgres address that accepts TCP and never answers the handshake: every task that
+/// connects (the relay, the scans, the outbox gauges) gives up within
+/// `postgres.query_timeout_secs`, keeps trying, and once the path heals the events written
+/// meanwhile flow.
+#[tokio::test]
+async fn postgres_that_never_answers_is_retried_until_it_does() {
+    let env = TestEnv::new().await;
+    env.seed().await;
+    let postgres = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    postgres.set(Mode::Blackhole);
+    let database = env.db_url.rsplit('/').next().expect("database name");
+    let relay = Spawned::start(
+        &env,
+        &["run"],
+        &[
+            setting(
+                "ITRELAY__POSTGRES__URL",
+                &format!("postgres://postgres@127.0.0.1:{}/{database}", postgres.port),
+            ),
+            setting("ITRELAY__POSTGRES__QUERY_TIMEOUT_SECS", "1"),
+            setting("ITRELAY__RELAY__LEASE_SECS", "2"),
+        ],
+    );
+    insert_tickets(&env.client, "SILENT", 20).await;
+    relay
+        .wait_for_log("no answer to the connection's handshake within 1s", 3)
+        .await;
+    postgres.set(Mode::Forward);
+    let outcome = env.reconcile("PF-10", 20).await;
+    outcome.assert_nothing_lost();
 }
 
 /// (a) The broker's address accepts TCP and never says a word: each attempt times out
@@ -257,7 +289,9 @@ async fn canary_gives_up_on_a_broker_that_never_answers() {
             setting("ITRELAY__CANARY__ENABLED", "true"),
         ],
     );
-    relay.wait_for_log("canary interrupted; retrying", 2).await;
+    relay
+        .wait_for_log("canary interrupted; reconnecting", 2)
+        .await;
     let logs = relay.logs.lock().unwrap().clone();
     assert!(
         logs.iter().any(|line| line.contains("canary interrupted")
