@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::catalog;
 use crate::secret::{Secret, SecretUrl};
-use crate::tls::{self, TlsFiles};
+use crate::tls::{self, SettingError, TlsFiles};
 
 /// The compiled-in defaults, `config/default.toml`.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -77,6 +77,15 @@ impl PostgresSettings {
             client_cert_file: self.client_cert_file.as_deref(),
             client_key_file: self.client_key_file.as_deref(),
         }
+    }
+
+    /// What connecting takes (see [`tls::postgres`]), reading the TLS files.
+    pub fn connect_options(&self) -> Result<tls::PostgresOptions, SettingError> {
+        tls::postgres(
+            self.url.expose(),
+            self.password.as_ref().map(Secret::expose),
+            self.tls_files(),
+        )
     }
 }
 
@@ -156,6 +165,15 @@ impl AmqpSettings {
             client_cert_file: self.client_cert_file.as_deref(),
             client_key_file: self.client_key_file.as_deref(),
         }
+    }
+
+    /// What connecting takes (see [`tls::amqp`]), reading the TLS files.
+    pub fn connect_options(&self) -> Result<tls::AmqpOptions, SettingError> {
+        tls::amqp(
+            self.url.expose(),
+            self.password.as_ref().map(Secret::expose),
+            self.tls_files(),
+        )
     }
 }
 
@@ -406,10 +424,14 @@ impl Settings {
     /// Checks every value that the types alone do not.
     fn validate(&self) -> Result<(), ConfigError> {
         // Builds what connecting needs, reading the TLS files, so a bad one stops the start.
-        tls::postgres(&self.postgres).map_err(|e| ConfigError::invalid(e.key, e.reason))?;
+        self.postgres
+            .connect_options()
+            .map_err(|e| ConfigError::invalid(e.key, e.reason))?;
         check_channel(&self.postgres.channel)
             .map_err(|reason| ConfigError::invalid("postgres.channel", reason))?;
-        tls::amqp(&self.amqp).map_err(|e| ConfigError::invalid(e.key, e.reason))?;
+        self.amqp
+            .connect_options()
+            .map_err(|e| ConfigError::invalid(e.key, e.reason))?;
         // Empty, every module's exchange would be the bare module name, shared with
         // anything else on the broker that publishes there.
         check_not_empty(&self.amqp.exchange_prefix)
@@ -613,16 +635,6 @@ impl Settings {
 
     pub fn scan_interval(&self) -> Duration {
         Duration::from_secs(self.scan.interval_secs)
-    }
-}
-
-/// The driver's own parse error can quote the input, password included: say less.
-pub(crate) fn unparsable_url(error: &tokio_postgres::Error) -> String {
-    let reason = error.to_string();
-    if reason.contains("password") {
-        "not a valid connection URL".to_owned()
-    } else {
-        format!("not a valid connection URL ({reason})")
     }
 }
 

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use crate::config::PostgresSettings;
 use crate::redact::redact_text;
-use crate::tls::{self, SettingError};
+use crate::tls::SettingError;
 
 /// The server's side of the keepalives and a check, every 5 s while a query runs, that
 /// the client is still connected (Postgres 14 or later).
@@ -124,7 +124,7 @@ impl PgSession {
     }
 
     async fn open(settings: &PostgresSettings) -> Result<Self, ConnectError> {
-        let (mut config, tls) = tls::postgres(settings)?;
+        let (mut config, tls) = settings.connect_options()?;
         let options = format!(
             "{} {SERVER_SIDE_CHECKS}",
             config.get_options().unwrap_or_default()

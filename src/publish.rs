@@ -86,7 +86,7 @@ pub async fn open_connection(
     name: &str,
 ) -> Result<Connection, PublishError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    let (mut uri, tls) = tls::amqp(settings)?;
+    let (mut uri, tls) = settings.connect_options()?;
     // Heartbeats unless the URL sets them: a silent broker is noticed in 2 × this.
     uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
     uri.query.frame_max.get_or_insert(FRAME_MAX);

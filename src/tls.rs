@@ -19,8 +19,6 @@ use rustls::{
 };
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::{unparsable_url, AmqpSettings, PostgresSettings};
-
 /// A setting that cannot be used, named by its key; the reason never holds a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{key}`: {reason}")]
@@ -136,21 +134,27 @@ pub fn split_sslmode(url: &str) -> Result<(String, SslMode), String> {
     Ok((url, mode))
 }
 
-/// What connecting to Postgres takes: the driver's configuration (the URL without
-/// `sslmode`, the password applied) and the TLS connector, `None` under `sslmode=disable`.
+/// What connecting to Postgres takes: the driver's configuration and the TLS connector.
+pub type PostgresOptions = (tokio_postgres::Config, Option<MakeRustlsConnect>);
+
+/// What connecting to RabbitMQ takes: the URI and the TLS connector.
+pub type AmqpOptions = (AMQPUri, Option<RustlsConnector>);
+
+/// The driver's configuration (the URL without `sslmode`, `password` over the URL's) and
+/// the TLS connector, `None` under `sslmode=disable`.
 pub fn postgres(
-    settings: &PostgresSettings,
-) -> Result<(tokio_postgres::Config, Option<MakeRustlsConnect>), SettingError> {
-    let (url, mode) =
-        split_sslmode(settings.url.expose()).map_err(|e| SettingError::new("postgres.url", e))?;
+    url: &str,
+    password: Option<&str>,
+    files: TlsFiles<'_>,
+) -> Result<PostgresOptions, SettingError> {
+    let (url, mode) = split_sslmode(url).map_err(|e| SettingError::new("postgres.url", e))?;
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| SettingError::new("postgres.url", unparsable_url(&e)))?;
     config.ssl_mode(mode.driver_mode());
-    if let Some(password) = &settings.password {
-        config.password(password.expose());
+    if let Some(password) = password {
+        config.password(password);
     }
-    let files = settings.tls_files();
     let tls = match mode {
         SslMode::Disable => None,
         _ => Some(MakeRustlsConnect::new(client_config(
@@ -161,25 +165,34 @@ pub fn postgres(
     Ok((config, tls))
 }
 
-/// What connecting to RabbitMQ takes: the URI (the password applied) and, for
-/// `amqps://`, the TLS connector, which always checks the broker's certificate and name.
-pub fn amqp(settings: &AmqpSettings) -> Result<(AMQPUri, Option<RustlsConnector>), SettingError> {
-    let mut uri: AMQPUri = settings
-        .url
-        .expose()
+/// The URI (`password` over the URL's) and, for `amqps://`, the TLS connector, which
+/// always checks the broker's certificate and name.
+pub fn amqp(
+    url: &str,
+    password: Option<&str>,
+    files: TlsFiles<'_>,
+) -> Result<AmqpOptions, SettingError> {
+    let mut uri: AMQPUri = url
         .parse()
         .map_err(|_| SettingError::new("amqp.url", "not an amqp:// or amqps:// URL"))?;
-    if let Some(password) = &settings.password {
-        uri.authority.userinfo.password = password.expose().to_owned();
+    if let Some(password) = password {
+        uri.authority.userinfo.password = password.to_owned();
     }
     let tls = match uri.scheme {
         AMQPScheme::AMQP => None,
-        AMQPScheme::AMQPS => Some(RustlsConnector::from(client_config(
-            settings.tls_files(),
-            Verify::Full,
-        )?)),
+        AMQPScheme::AMQPS => Some(RustlsConnector::from(client_config(files, Verify::Full)?)),
     };
     Ok((uri, tls))
+}
+
+/// The driver's own parse error can quote the input, password included: say less.
+fn unparsable_url(error: &tokio_postgres::Error) -> String {
+    let reason = error.to_string();
+    if reason.contains("password") {
+        "not a valid connection URL".to_owned()
+    } else {
+        format!("not a valid connection URL ({reason})")
+    }
 }
 
 /// A rustls client configuration from `files`, checking the server as `verify` says.
