@@ -128,6 +128,7 @@ enum Command {
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum SqlFile {
+    /// The install, for the tables of `[mapping]`, granting `[install] enqueue_roles`.
     Install,
     Uninstall,
     ReferenceSchema,
@@ -253,8 +254,9 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             });
         }
         Command::Install => {
+            let install = sql::install_sql(&settings.mapping, &settings.install)?;
             let pg = connect_postgres(&settings).await?;
-            sql::install(&pg.client, &settings.postgres.channel)
+            sql::apply_install(&pg.client, &settings.postgres.channel, &install)
                 .await
                 .context("applying sql/install.sql")?;
             println!(
@@ -273,9 +275,9 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         Command::Sql { file } => print!(
             "{}",
             match file {
-                SqlFile::Install => sql::INSTALL,
-                SqlFile::Uninstall => sql::UNINSTALL,
-                SqlFile::ReferenceSchema => sql::REFERENCE_SCHEMA,
+                SqlFile::Install => sql::install_sql(&settings.mapping, &settings.install)?,
+                SqlFile::Uninstall => sql::UNINSTALL.to_owned(),
+                SqlFile::ReferenceSchema => sql::REFERENCE_SCHEMA.to_owned(),
             }
         ),
         Command::Check { declare } => return Ok(check(&settings, declare).await),
@@ -435,6 +437,16 @@ async fn check(settings: &Settings, declare: bool) -> ExitCode {
                     Err(error) => Err(error.into()),
                 },
             );
+            if !settings.mapping.is_empty() {
+                let detail = match sql::mapping_problems(&pg.client, &settings.mapping).await {
+                    Ok(problems) if problems.is_empty() => {
+                        Ok("every mapped table and column found, of a compatible type".to_owned())
+                    }
+                    Ok(problems) => Err(anyhow::anyhow!(problems.join("; "))),
+                    Err(error) => Err(error),
+                };
+                report("mapping", detail);
+            }
             if let Ok((present, missing)) = sql::trigger_status(&pg.client).await {
                 // A missing trigger is a table the database does not have: reported, not failed.
                 let detail = if missing.is_empty() {
