@@ -1,4 +1,4 @@
--- itrelay install, schema version 1.
+-- itrelay install, schema version 2.
 --
 -- Creates the relay's own schema `itrelay` (the outbox and its bookkeeping) and one
 -- trigger per event on the IT module's tables, each named itrelay_..._trigger so that it
@@ -14,11 +14,35 @@
 -- The triggers go on the IT tables found on the search_path (see sql/reference_schema.sql
 -- for the columns each reads). A table that does not exist gets no trigger, with a NOTICE
 -- saying so; `itrelay check` lists the triggers installed and missing.
+--
+-- Upgrades: this file also brings any earlier version of the schema to this one, in
+-- place (each step below is idempotent and says which install it upgrades), keeping
+-- every outbox row; it refuses to downgrade a newer schema. Needs PostgreSQL 14 or later.
 
 BEGIN;
 
 -- One installer at a time.
 DO $$ BEGIN PERFORM pg_advisory_xact_lock(hashtext('itrelay install')); END $$;
+
+-- PostgreSQL 14 or later (CREATE OR REPLACE TRIGGER; the relay's session settings), and
+-- never over a newer itrelay's schema.
+DO $$
+DECLARE
+    installed integer;
+BEGIN
+    IF current_setting('server_version_num')::integer < 140000 THEN
+        RAISE EXCEPTION 'itrelay needs PostgreSQL 14 or later; this server is %',
+            current_setting('server_version');
+    END IF;
+    IF to_regclass('itrelay.schema_version') IS NOT NULL THEN
+        SELECT max(version) INTO installed FROM itrelay.schema_version;
+        IF installed > 2 THEN
+            RAISE EXCEPTION 'itrelay schema version % is installed, newer than this install (version 2): not downgrading', installed
+                USING HINT = 'Install with the itrelay release that installed it, or a newer one.';
+        END IF;
+    END IF;
+END;
+$$;
 
 CREATE SCHEMA IF NOT EXISTS itrelay;
 
@@ -1430,6 +1454,6 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA itrelay FROM PUBLIC;
 
 -- ==== Version ====
 
-INSERT INTO itrelay.schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
+INSERT INTO itrelay.schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;
 
 COMMIT;

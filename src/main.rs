@@ -206,6 +206,18 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             } else {
                 None
             };
+            // An older, newer or missing schema stops the start, naming the fix. Postgres
+            // unreachable now: the relay waits for it.
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
+                checked = tokio::time::timeout(settings.query_timeout(), installed_version(&settings)) => {
+                    if let Ok(Ok(installed)) = checked {
+                        if let Some(problem) = sql::version_problem(installed) {
+                            anyhow::bail!(problem);
+                        }
+                    }
+                }
+            }
             let relay = Relay::new(settings.clone())?.with_health(health.clone());
             METRICS.prime(&Router::from_settings(&settings));
             let stop_timeout = settings.stop_timeout();
@@ -363,6 +375,12 @@ fn emit(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The installed schema version, through a session of its own.
+async fn installed_version(settings: &Settings) -> anyhow::Result<Option<i32>> {
+    let pg = connect_postgres(settings).await?;
+    Ok(sql::installed_version(&pg.client).await?)
+}
+
 async fn connect_postgres(settings: &Settings) -> anyhow::Result<PgSession> {
     PgSession::connect(&settings.postgres)
         .await
@@ -426,14 +444,10 @@ async fn check(settings: &Settings, declare: bool) -> ExitCode {
             report(
                 "sql",
                 match installed {
-                    Ok(Some(v)) if v == sql::SCHEMA_VERSION => {
-                        Ok(format!("schema version {v} installed"))
-                    }
-                    Ok(Some(v)) => Err(anyhow::anyhow!(
-                        "schema version {v} installed, this binary needs {}: run `itrelay install`",
-                        sql::SCHEMA_VERSION
-                    )),
-                    Ok(None) => Err(anyhow::anyhow!("not installed: run `itrelay install`")),
+                    Ok(installed) => match sql::version_problem(installed) {
+                        None => Ok(format!("schema version {} installed", sql::SCHEMA_VERSION)),
+                        Some(problem) => Err(anyhow::anyhow!(problem)),
+                    },
                     Err(error) => Err(error.into()),
                 },
             );

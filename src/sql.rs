@@ -12,7 +12,7 @@ pub const UNINSTALL: &str = include_str!("../sql/uninstall.sql");
 pub const REFERENCE_SCHEMA: &str = include_str!("../sql/reference_schema.sql");
 
 /// The schema version `INSTALL` creates.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Each mapped table or column (and each unmapped column of a mapped table) that does not
 /// exist, or whose type is not of the reference column's category (pg_type.typcategory:
@@ -192,13 +192,44 @@ pub async fn installed_version(client: &Client) -> Result<Option<i32>, tokio_pos
         .try_get(0)
 }
 
+/// What is wrong with the installed schema version for this binary, and the command
+/// that fixes it; `None` when it is [`SCHEMA_VERSION`].
+pub fn version_problem(installed: Option<i32>) -> Option<String> {
+    match installed {
+        Some(v) if v == SCHEMA_VERSION => None,
+        Some(v) if v < SCHEMA_VERSION => Some(format!(
+            "schema version {v} installed, this binary needs {SCHEMA_VERSION}: run `itrelay install` \
+             with this binary (it upgrades in place, keeping every pending event)"
+        )),
+        Some(v) => Some(format!(
+            "schema version {v} installed, newer than this binary's {SCHEMA_VERSION}: run the \
+             itrelay release that installed it, or a newer one"
+        )),
+        None => Some("not installed: run `itrelay install`".to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn a_version_other_than_this_one_names_the_fix() {
+        assert_eq!(version_problem(Some(SCHEMA_VERSION)), None);
+        let older = version_problem(Some(SCHEMA_VERSION - 1)).unwrap();
+        assert!(older.contains("run `itrelay install`"), "{older}");
+        let newer = version_problem(Some(SCHEMA_VERSION + 1)).unwrap();
+        assert!(newer.contains("newer than this binary"), "{newer}");
+        assert!(version_problem(None)
+            .unwrap()
+            .contains("run `itrelay install`"));
+    }
+
+    #[test]
     fn install_file_records_the_version_it_declares() {
         assert!(INSTALL.contains(&format!("schema version {SCHEMA_VERSION}.")));
         assert!(INSTALL.contains(&format!("VALUES ({SCHEMA_VERSION}) ON CONFLICT DO NOTHING")));
+        assert!(INSTALL.contains(&format!("IF installed > {SCHEMA_VERSION} THEN")));
+        assert!(INSTALL.contains(&format!("this install (version {SCHEMA_VERSION})")));
     }
 }
