@@ -131,6 +131,8 @@ enum SqlFile {
     /// The install, for the tables of `[mapping]`, granting `[install] enqueue_roles`.
     Install,
     Uninstall,
+    /// The relay's least-privileged role, for psql, on the tables of `[mapping]`.
+    Role,
     ReferenceSchema,
 }
 
@@ -289,6 +291,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             match file {
                 SqlFile::Install => sql::install_sql(&settings.mapping, &settings.install)?,
                 SqlFile::Uninstall => sql::UNINSTALL.to_owned(),
+                SqlFile::Role => sql::role_sql(&settings.mapping)?,
                 SqlFile::ReferenceSchema => sql::REFERENCE_SCHEMA.to_owned(),
             }
         ),

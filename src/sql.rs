@@ -8,6 +8,8 @@ use crate::mapping::Mapping;
 
 pub const INSTALL: &str = include_str!("../sql/install.sql");
 pub const UNINSTALL: &str = include_str!("../sql/uninstall.sql");
+/// The relay's least-privileged role, for psql (it takes `-v relay_role=...`).
+pub const ROLE: &str = include_str!("../sql/role.sql");
 /// The IT tables the triggers read; applied by the demo and tests, never by `install`.
 pub const REFERENCE_SCHEMA: &str = include_str!("../sql/reference_schema.sql");
 
@@ -63,6 +65,25 @@ pub async fn mapping_problems(client: &Client, mapping: &Mapping) -> anyhow::Res
         }
     }
     Ok(problems)
+}
+
+/// `ROLE` granting the enrichment lookups on the tables of `mapping`.
+pub fn role_sql(mapping: &Mapping) -> anyhow::Result<String> {
+    let tables: Vec<String> = catalog::Reference::ALL
+        .iter()
+        .map(|r| format!("'{}'", mapping.table_sql(r.table())))
+        .collect();
+    render::replace_region(
+        ROLE,
+        "-- generated from [mapping]: begin\n",
+        "-- generated from [mapping]: end\n",
+        &format!(
+            "SELECT format('GRANT SELECT ON %s TO %I', to_regclass(name), :'relay_role')\n\
+             FROM unnest(ARRAY[{}]) AS name\n\
+             WHERE to_regclass(name) IS NOT NULL\n\\gexec\n",
+            tables.join(", ")
+        ),
+    )
 }
 
 /// `[install]`: what `itrelay install` adds to the SQL it applies.
@@ -212,6 +233,11 @@ pub fn version_problem(installed: Option<i32>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_role_script_without_a_mapping_is_the_file() {
+        assert_eq!(role_sql(&Mapping::default()).unwrap(), ROLE);
+    }
 
     #[test]
     fn a_version_other_than_this_one_names_the_fix() {

@@ -285,3 +285,56 @@ async fn check_names_each_mapped_column_missing_or_of_another_type() {
     }
     assert!(!report.contains("it_tickets"), "{report}");
 }
+
+#[tokio::test]
+async fn the_role_script_grants_the_lookups_on_the_mapped_tables_that_exist() {
+    let role = common::role::TestRole::new();
+    let env = TestEnv::new().await;
+    env.execute(REAL_SCHEMA).await;
+    let file = std::env::temp_dir().join(format!("itrelay-role-mapping-{}.toml", env.id));
+    // employees mapped to a table this database lacks: skipped, as install skips it.
+    let mapping = MAPPING.replace("table = \"inv.staff\"", "table = \"inv.people\"");
+    std::fs::write(&file, mapping).unwrap();
+    let printed = tokio::process::Command::new(env!("CARGO_BIN_EXE_itrelay"))
+        .arg("--config")
+        .arg(&file)
+        .args(["sql", "role"])
+        .envs(env.env_vars())
+        .output()
+        .await
+        .expect("run itrelay sql role");
+    std::fs::remove_file(&file).unwrap();
+    assert!(printed.status.success(), "{printed:?}");
+    let script = std::env::temp_dir().join(format!("itrelay-role-{}.sql", env.id));
+    std::fs::write(&script, &printed.stdout).unwrap();
+    let applied = std::process::Command::new("psql")
+        .arg(&env.db_url)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-v"])
+        .arg(format!("relay_role={}", role.0))
+        .arg("-f")
+        .arg(&script)
+        .output()
+        .expect("run psql");
+    std::fs::remove_file(&script).unwrap();
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    for (table, granted) in [
+        ("inv.suppliers", true),
+        ("inv.hardware", true),
+        ("inv.staff", false),
+    ] {
+        let has: bool = env
+            .client
+            .query_one(
+                "SELECT has_table_privilege($1, $2, 'SELECT')",
+                &[&role.0, &table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(has, granted, "{table}");
+    }
+}
