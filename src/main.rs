@@ -208,12 +208,12 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             } else {
                 None
             };
-            // An older, newer or missing schema stops the start, naming the fix. Postgres
-            // unreachable now: the relay waits for it.
+            // An older or newer schema stops the start, naming the fix. Postgres
+            // unreachable or itrelay not installed yet: the relay waits for them, retrying.
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
                 checked = tokio::time::timeout(settings.query_timeout(), installed_version(&settings)) => {
-                    if let Ok(Ok(installed)) = checked {
+                    if let Ok(Ok(installed @ Some(_))) = checked {
                         if let Some(problem) = sql::version_problem(installed) {
                             anyhow::bail!(problem);
                         }
