@@ -217,6 +217,41 @@ mod tests {
         );
     }
 
+    /// `lock_entity` is data, so the rule it follows is checked here: enqueue locks the
+    /// entity exactly where the business write does not lock the entity's own row (a
+    /// time-based scan, a row of another table than the entity's).
+    #[test]
+    fn entities_are_locked_where_the_write_does_not_lock_their_row() {
+        const ENTITY_TABLES: [(&str, &str); 12] = [
+            ("asset_id", "it_assets"),
+            ("ticket_id", "it_tickets"),
+            ("license_id", "it_licenses"),
+            ("contract_id", "it_vendor_contracts"),
+            ("patch_id", "it_patches"),
+            ("incident_id", "it_security_incidents"),
+            ("vulnerability_id", "it_vulnerabilities"),
+            ("request_id", "it_purchase_requests"),
+            ("onboarding_instance_id", "it_onboarding_instances"),
+            ("account_id", "it_access_accounts"),
+            ("run_id", "it_report_runs"),
+            ("change_id", "it_changes"),
+        ];
+        for event in Catalog::load(&root().join("catalog")).unwrap().events {
+            let own_table = ENTITY_TABLES
+                .iter()
+                .find(|(key, _)| *key == event.entity_key)
+                .map(|(_, table)| *table);
+            let own_row = own_table == Some(event.source.table.as_str());
+            let time_based = event.source.scan.is_some();
+            assert_eq!(
+                event.lock_entity,
+                time_based || !own_row,
+                "{}",
+                event.event_type
+            );
+        }
+    }
+
     /// Adding an event type takes files in the catalog folder alone: a made-up one shows
     /// up in the triggers, the routes, the docs and the Rust catalog (hence the AsyncAPI
     /// document, which lists every event of the Rust catalog).

@@ -108,8 +108,8 @@ pub struct TriggerFunction<'a> {
 }
 
 impl TriggerFunction<'_> {
-    /// The name of its `index`-th trigger: `itrelay_<function>_trigger`, the insert trigger
-    /// of a function with both `itrelay_<function>_insert_trigger`.
+    /// The name of `trigger`: `itrelay_<function>_trigger`, but for the insert trigger of a
+    /// function with both an insert and an update trigger, `itrelay_<function>_insert_trigger`.
     pub fn trigger_name(&self, trigger: &TriggerDef) -> String {
         let both = self.triggers.iter().any(|t| t.on == Operation::Insert)
             && self.triggers.iter().any(|t| t.on == Operation::Update);
