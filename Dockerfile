@@ -30,7 +30,7 @@ RUN mkdir -p src benches \
  && rm -rf src benches
 COPY src ./src
 COPY sql ./sql
-COPY schemas ./schemas
+COPY catalog ./catalog
 COPY config ./config
 # The manifest declares these benches; cargo wants their files even for a binary build.
 COPY benches ./benches
@@ -38,7 +38,8 @@ COPY benches ./benches
 RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked --bin itrelay \
  && install -D -m 0755 -t /out target/release/itrelay \
- && /out/itrelay asyncapi > /out/asyncapi.json
+ && /out/itrelay asyncapi > /out/asyncapi.json \
+ && install -D -m 0644 -t /out/schemas catalog/*.json
 
 FROM gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
 ARG VERSION=0.1.0
@@ -55,7 +56,7 @@ COPY --from=build /out/itrelay /usr/local/bin/itrelay
 COPY sql /usr/share/itrelay/sql
 # For consumers: the JSON Schemas of every event (`dataschema` names them) and the
 # AsyncAPI document of the exchanges and messages, the same as `itrelay asyncapi` prints.
-COPY schemas /usr/share/itrelay/schemas
+COPY --from=build /out/schemas /usr/share/itrelay/schemas
 COPY --from=build /out/asyncapi.json /usr/share/itrelay/asyncapi.json
 COPY docs /usr/share/itrelay/docs
 # Numeric, so that runAsNonRoot can check it without reading /etc/passwd.

@@ -1,4 +1,4 @@
--- itrelay install, schema version 1.
+-- itrelay install, schema version 2.
 --
 -- Creates the relay's own schema `itrelay` (the outbox and its bookkeeping) and one
 -- trigger per event on the IT module's tables, each named itrelay_..._trigger so that it
@@ -14,11 +14,35 @@
 -- The triggers go on the IT tables found on the search_path (see sql/reference_schema.sql
 -- for the columns each reads). A table that does not exist gets no trigger, with a NOTICE
 -- saying so; `itrelay check` lists the triggers installed and missing.
+--
+-- Upgrades: this file also brings any earlier version of the schema to this one, in
+-- place (each step below is idempotent and says which install it upgrades), keeping
+-- every outbox row; it refuses to downgrade a newer schema. Needs PostgreSQL 14 or later.
 
 BEGIN;
 
 -- One installer at a time.
 DO $$ BEGIN PERFORM pg_advisory_xact_lock(hashtext('itrelay install')); END $$;
+
+-- PostgreSQL 14 or later (CREATE OR REPLACE TRIGGER; the relay's session settings), and
+-- never over a newer itrelay's schema.
+DO $$
+DECLARE
+    installed integer;
+BEGIN
+    IF current_setting('server_version_num')::integer < 140000 THEN
+        RAISE EXCEPTION 'itrelay needs PostgreSQL 14 or later; this server is %',
+            current_setting('server_version');
+    END IF;
+    IF to_regclass('itrelay.schema_version') IS NOT NULL THEN
+        SELECT max(version) INTO installed FROM itrelay.schema_version;
+        IF installed > 2 THEN
+            RAISE EXCEPTION 'itrelay schema version % is installed, newer than this install (version 2): not downgrading', installed
+                USING HINT = 'Install with the itrelay release that installed it, or a newer one.';
+        END IF;
+    END IF;
+END;
+$$;
 
 CREATE SCHEMA IF NOT EXISTS itrelay;
 
@@ -110,50 +134,51 @@ CREATE TABLE IF NOT EXISTS itrelay.copies (
 );
 CREATE INDEX IF NOT EXISTS copies_waiting ON itrelay.copies (outbox_id) WHERE state = 'waiting';
 
--- Which payload field names the entity of each event type (the catalog's entity key;
--- a test checks the two agree), and whether itrelay.enqueue must lock the entity: true
--- where the business write does not lock the entity's own row (an assignment's asset,
--- a time-based scan's subject).
+-- Which payload field names the entity of each event type (the catalog's entity_key),
+-- and whether itrelay.enqueue must lock the entity: true where the business write does
+-- not lock the entity's own row (an assignment's asset, a time-based scan's subject).
 CREATE TABLE IF NOT EXISTS itrelay.event_entities (
     event_type   text PRIMARY KEY,
     entity_field text NOT NULL,
     lock_entity  boolean NOT NULL DEFAULT false
 );
 ALTER TABLE itrelay.event_entities ADD COLUMN IF NOT EXISTS lock_entity boolean NOT NULL DEFAULT false;
+-- generated from catalog/ (entity_key, lock_entity): begin
 INSERT INTO itrelay.event_entities (event_type, entity_field, lock_entity) VALUES
-    ('it_contract_expiring', 'contract_id', true),
-    ('it_license_expiring', 'license_id', true),
-    ('it_sla_breached', 'ticket_id', true),
-    ('it_patch_deployment_overdue', 'patch_id', true),
-    ('it_license_compliance_alert', 'license_id', true),
-    ('it_asset_purchased', 'asset_id', false),
+    ('it_account_deactivated', 'account_id', false),
+    ('it_account_provisioned', 'account_id', false),
     ('it_asset_assigned', 'asset_id', true),
     ('it_asset_disposed', 'asset_id', false),
-    ('it_ticket_created', 'ticket_id', false),
-    ('it_ticket_status_changed', 'ticket_id', false),
-    ('it_license_renewed', 'license_id', false),
     ('it_asset_maintenance_required', 'asset_id', true),
-    ('it_license_created', 'license_id', false),
-    ('it_security_incident_created', 'incident_id', false),
+    ('it_asset_purchased', 'asset_id', false),
+    ('it_cab_review_required', 'change_id', false),
+    ('it_change_approved', 'change_id', false),
+    ('it_change_implemented', 'change_id', false),
+    ('it_change_rejected', 'change_id', false),
+    ('it_change_rolled_back', 'change_id', false),
+    ('it_change_scheduled', 'change_id', false),
+    ('it_change_submitted', 'change_id', false),
+    ('it_contract_expiring', 'contract_id', true),
     ('it_critical_vulnerability_detected', 'vulnerability_id', false),
-    ('it_purchase_request_submitted', 'request_id', false),
+    ('it_license_compliance_alert', 'license_id', true),
+    ('it_license_created', 'license_id', false),
+    ('it_license_expiring', 'license_id', true),
+    ('it_license_renewed', 'license_id', false),
+    ('it_patch_deployment_overdue', 'patch_id', true),
+    ('it_provisioning_completed', 'onboarding_instance_id', false),
+    ('it_provisioning_started', 'onboarding_instance_id', false),
     ('it_purchase_request_approved', 'request_id', false),
     ('it_purchase_request_received', 'request_id', false),
-    ('it_provisioning_started', 'onboarding_instance_id', false),
-    ('it_provisioning_completed', 'onboarding_instance_id', false),
-    ('it_account_provisioned', 'account_id', false),
-    ('it_account_deactivated', 'account_id', false),
-    ('it_report_generated', 'run_id', false),
+    ('it_purchase_request_submitted', 'request_id', false),
     ('it_report_failed', 'run_id', false),
-    ('it_change_submitted', 'change_id', false),
-    ('it_change_approved', 'change_id', false),
-    ('it_change_rejected', 'change_id', false),
-    ('it_change_scheduled', 'change_id', false),
-    ('it_change_implemented', 'change_id', false),
-    ('it_change_rolled_back', 'change_id', false),
-    ('it_cab_review_required', 'change_id', false)
+    ('it_report_generated', 'run_id', false),
+    ('it_security_incident_created', 'incident_id', false),
+    ('it_sla_breached', 'ticket_id', true),
+    ('it_ticket_created', 'ticket_id', false),
+    ('it_ticket_status_changed', 'ticket_id', false)
 ON CONFLICT (event_type) DO UPDATE
 SET entity_field = excluded.entity_field, lock_entity = excluded.lock_entity;
+-- generated from catalog/: end
 
 -- One row per entity whose events itrelay.enqueue orders with a row lock (see there).
 CREATE TABLE IF NOT EXISTS itrelay.entity_locks (
@@ -318,11 +343,186 @@ AS $$
     SELECT itrelay.enqueue(p_event_type, 'enqueue', p_payload);
 $$;
 
--- ==== Row-change events: one trigger function and trigger(s) per event ====
+-- ==== Row-change events: generated from catalog/ by src/catalog/render.rs, do not edit ====
 
--- it_asset_purchased: reads it_assets.asset_id, asset_tag, asset_type, asset_name,
--- purchase_cost, purchase_date, vendor_id, po_number, serial_number, warranty_months,
--- organization_id, site_id. The relay adds vendor_name from it_vendors.
+-- itrelay's triggers on tables that are no longer the mapped ones go.
+DO $$
+DECLARE
+    old record;
+BEGIN
+    FOR old IN
+        SELECT t.tgname, t.tgrelid::regclass AS on_table
+        FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+        WHERE p.pronamespace = 'itrelay'::regnamespace AND NOT t.tgisinternal
+          AND t.tgrelid <> ALL (array_remove(ARRAY[
+              to_regclass('it_access_accounts'),
+              to_regclass('it_asset_assignments'),
+              to_regclass('it_assets'),
+              to_regclass('it_changes'),
+              to_regclass('it_licenses'),
+              to_regclass('it_maintenance_requests'),
+              to_regclass('it_onboarding_instances'),
+              to_regclass('it_purchase_requests'),
+              to_regclass('it_report_runs'),
+              to_regclass('it_security_incidents'),
+              to_regclass('it_tickets'),
+              to_regclass('it_vulnerabilities')]::regclass[], NULL))
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', old.tgname, old.on_table);
+    END LOOP;
+END;
+$$;
+
+-- it_account_deactivated (it_access_accounts): update where status becomes 'deactivated'.
+-- it_account_provisioned (it_access_accounts): update where status becomes 'active'.
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_account_status()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    event_type text := CASE NEW.status WHEN 'active' THEN 'it_account_provisioned'
+                                       ELSE 'it_account_deactivated' END;
+BEGIN
+    PERFORM itrelay.enqueue(event_type, 'it_access_accounts', jsonb_strip_nulls(jsonb_build_object(
+        'event_type', event_type,
+        'organization_id', NEW.organization_id,
+        'account_id', NEW.account_id,
+        'employee_id', NEW.employee_id,
+        'system_name', NEW.system_name,
+        'account_username', NEW.account_username,
+        'previous_status', OLD.status,
+        'new_status', NEW.status,
+        'changed_by', NEW.updated_by,
+        'reason', CASE WHEN NEW.status = 'deactivated' THEN NEW.deactivation_reason END)));
+    RETURN NULL;
+END;
+$$;
+
+DO $$
+BEGIN
+    IF to_regclass('it_access_accounts') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_access_accounts, so no trigger itrelay_account_status_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER itrelay_account_status_trigger
+            AFTER UPDATE ON it_access_accounts
+            FOR EACH ROW
+            WHEN (NEW.status IN ('active', 'deactivated') AND NEW.status IS DISTINCT FROM OLD.status)
+            EXECUTE FUNCTION itrelay.itrelay_notify_account_status();
+    END IF;
+END;
+$$;
+
+-- it_asset_assigned (it_asset_assignments): insert.
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_asset_assigned()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM itrelay.enqueue('it_asset_assigned', 'it_asset_assignments', jsonb_strip_nulls(jsonb_build_object(
+        'event_type', 'it_asset_assigned',
+        'asset_id', NEW.asset_id,
+        'employee_id', NEW.employee_id,
+        'assignment_date', NEW.assignment_date,
+        'previous_assignee_id', NEW.previous_assignee_id,
+        'location', CASE WHEN NEW.site_id IS NOT NULL THEN jsonb_build_object(
+            'site_id', NEW.site_id,
+            'building', NEW.building,
+            'room', NEW.room) END,
+        'organization_id', NEW.organization_id,
+        'assigned_by', NEW.assigned_by)));
+    RETURN NULL;
+END;
+$$;
+
+DO $$
+BEGIN
+    IF to_regclass('it_asset_assignments') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_asset_assignments, so no trigger itrelay_asset_assigned_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER itrelay_asset_assigned_trigger
+            AFTER INSERT ON it_asset_assignments
+            FOR EACH ROW
+            EXECUTE FUNCTION itrelay.itrelay_notify_asset_assigned();
+    END IF;
+END;
+$$;
+
+-- it_asset_disposed (it_assets): update where status becomes 'disposed'.
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_asset_disposed()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM itrelay.enqueue('it_asset_disposed', 'it_assets', jsonb_strip_nulls(jsonb_build_object(
+        'event_type', 'it_asset_disposed',
+        'asset_id', NEW.asset_id,
+        'asset_tag', NEW.asset_tag,
+        'asset_name', NEW.asset_name,
+        'disposal_method', NEW.disposal_method,
+        'disposal_date', NEW.disposal_date,
+        'disposal_value', NEW.disposal_value,
+        'data_sanitization_method', NEW.data_sanitization_method,
+        'certificate_of_destruction', NEW.certificate_of_destruction,
+        'disposed_by', NEW.updated_by,
+        'organization_id', NEW.organization_id)));
+    RETURN NULL;
+END;
+$$;
+
+DO $$
+BEGIN
+    IF to_regclass('it_assets') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_assets, so no trigger itrelay_asset_disposed_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER itrelay_asset_disposed_trigger
+            AFTER UPDATE ON it_assets
+            FOR EACH ROW
+            WHEN (NEW.status = 'disposed' AND OLD.status IS DISTINCT FROM 'disposed')
+            EXECUTE FUNCTION itrelay.itrelay_notify_asset_disposed();
+    END IF;
+END;
+$$;
+
+-- it_asset_maintenance_required (it_maintenance_requests): insert.
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_asset_maintenance_required()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM itrelay.enqueue('it_asset_maintenance_required', 'it_maintenance_requests', jsonb_strip_nulls(jsonb_build_object(
+        'event_type', 'it_asset_maintenance_required',
+        'asset_id', NEW.asset_id,
+        'maintenance_type', NEW.maintenance_type,
+        'description', NEW.description,
+        'priority', NEW.priority,
+        'requested_by', NEW.requested_by,
+        'organization_id', NEW.organization_id)));
+    RETURN NULL;
+END;
+$$;
+
+DO $$
+BEGIN
+    IF to_regclass('it_maintenance_requests') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_maintenance_requests, so no trigger itrelay_asset_maintenance_required_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER itrelay_asset_maintenance_required_trigger
+            AFTER INSERT ON it_maintenance_requests
+            FOR EACH ROW
+            EXECUTE FUNCTION itrelay.itrelay_notify_asset_maintenance_required();
+    END IF;
+END;
+$$;
+
+-- it_asset_purchased (it_assets): insert or update where purchase_cost and purchase_date are first both set.
 CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_asset_purchased()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -332,7 +532,7 @@ AS $$
 BEGIN
     -- Once per asset, ever: clearing purchase_cost or purchase_date and setting it again
     -- does not capitalise the asset a second time.
-    PERFORM itrelay.record_due('it_asset_purchased', NEW.asset_id, 'first set', 0, TG_TABLE_NAME,
+    PERFORM itrelay.record_due('it_asset_purchased', NEW.asset_id, 'first set', 0, 'it_assets',
         jsonb_strip_nulls(jsonb_build_object(
         'event_type', 'it_asset_purchased',
         'asset_id', NEW.asset_id,
@@ -351,9 +551,6 @@ BEGIN
 END;
 $$;
 
--- Fires when purchase_cost and purchase_date are first both set: on insert with both,
--- or on the update that sets the second of them; once per asset (itrelay.due_events
--- remembers it), so setting them again after clearing one fires nothing.
 DO $$
 BEGIN
     IF to_regclass('it_assets') IS NULL THEN
@@ -376,341 +573,92 @@ BEGIN
         CREATE OR REPLACE TRIGGER itrelay_asset_purchased_trigger
             AFTER UPDATE ON it_assets
             FOR EACH ROW
-            WHEN (NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL
-                  AND (OLD.purchase_cost IS NULL OR OLD.purchase_date IS NULL))
+            WHEN (NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL AND (OLD.purchase_cost IS NULL OR OLD.purchase_date IS NULL))
             EXECUTE FUNCTION itrelay.itrelay_notify_asset_purchased();
     END IF;
 END;
 $$;
 
--- it_asset_disposed: reads it_assets.asset_id, asset_tag, asset_name, disposal_method,
--- disposal_date, disposal_value, data_sanitization_method, certificate_of_destruction,
--- updated_by (as disposed_by), organization_id.
-CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_asset_disposed()
+-- it_cab_review_required (it_changes): status becomes 'submitted' with risk_level high or critical, or cab_review_required set.
+-- it_change_approved (it_changes): update where status becomes 'approved'.
+-- it_change_implemented (it_changes): update where status becomes 'implemented'.
+-- it_change_rejected (it_changes): update where status becomes 'rejected'.
+-- it_change_rolled_back (it_changes): update where status becomes 'rolled_back'.
+-- it_change_scheduled (it_changes): update where status becomes 'scheduled'.
+-- it_change_submitted (it_changes): insert or update where status becomes 'submitted'.
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_change_status()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-BEGIN
-    PERFORM itrelay.enqueue('it_asset_disposed', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_asset_disposed',
-        'asset_id', NEW.asset_id,
-        'asset_tag', NEW.asset_tag,
-        'asset_name', NEW.asset_name,
-        'disposal_method', NEW.disposal_method,
-        'disposal_date', NEW.disposal_date,
-        'disposal_value', NEW.disposal_value,
-        'data_sanitization_method', NEW.data_sanitization_method,
-        'certificate_of_destruction', NEW.certificate_of_destruction,
-        'disposed_by', NEW.updated_by,
-        'organization_id', NEW.organization_id)));
-    RETURN NULL;
-END;
-$$;
-
--- Fires when status changes to 'disposed'.
-DO $$
-BEGIN
-    IF to_regclass('it_assets') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_assets, so no trigger itrelay_asset_disposed_trigger';
-    ELSE
-        CREATE OR REPLACE TRIGGER itrelay_asset_disposed_trigger
-            AFTER UPDATE ON it_assets
-            FOR EACH ROW
-            WHEN (NEW.status = 'disposed' AND OLD.status IS DISTINCT FROM 'disposed')
-            EXECUTE FUNCTION itrelay.itrelay_notify_asset_disposed();
-    END IF;
-END;
-$$;
-
--- it_asset_assigned: reads it_asset_assignments.asset_id, employee_id, assignment_date,
--- previous_assignee_id, site_id, building, room (as location), organization_id,
--- assigned_by. The relay adds asset_tag, asset_name, asset_type (and the location, when
--- the assignment has no site) from it_assets, and employee_name from employees.
-CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_asset_assigned()
-RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM itrelay.enqueue('it_asset_assigned', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_asset_assigned',
-        'asset_id', NEW.asset_id,
-        'employee_id', NEW.employee_id,
-        'assignment_date', NEW.assignment_date,
-        'previous_assignee_id', NEW.previous_assignee_id,
-        'location', CASE WHEN NEW.site_id IS NOT NULL THEN jsonb_build_object(
-            'site_id', NEW.site_id,
-            'building', NEW.building,
-            'room', NEW.room) END,
+DECLARE
+    event_type text := 'it_change_' || NEW.status;
+    actor_field text := CASE NEW.status WHEN 'submitted' THEN 'submitted_by'
+                                        WHEN 'approved' THEN 'approved_by'
+                                        WHEN 'rejected' THEN 'rejected_by'
+                                        WHEN 'scheduled' THEN 'scheduled_by'
+                                        WHEN 'implemented' THEN 'implemented_by'
+                                        ELSE 'rolled_back_by' END;
+    change jsonb := jsonb_build_object(
         'organization_id', NEW.organization_id,
-        'assigned_by', NEW.assigned_by)));
-    RETURN NULL;
-END;
-$$;
-
--- Fires on every new assignment.
-DO $$
+        'change_id', NEW.change_id,
+        'change_number', NEW.change_number,
+        'title', NEW.title,
+        'change_type', NEW.change_type,
+        'risk_level', NEW.risk_level,
+        'scheduled_start', NEW.scheduled_start,
+        'scheduled_end', NEW.scheduled_end);
 BEGIN
-    IF to_regclass('it_asset_assignments') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_asset_assignments, so no trigger itrelay_asset_assigned_trigger';
-    ELSE
-        CREATE OR REPLACE TRIGGER itrelay_asset_assigned_trigger
-            AFTER INSERT ON it_asset_assignments
-            FOR EACH ROW
-            EXECUTE FUNCTION itrelay.itrelay_notify_asset_assigned();
-    END IF;
-END;
-$$;
-
--- it_ticket_created: reads it_tickets.ticket_id, ticket_number, category, subcategory,
--- priority, subject, description, requester_id, affected_asset_id, organization_id,
--- site_id. The relay adds requester_name and requester_email from employees.
-CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_ticket_created()
-RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM itrelay.enqueue('it_ticket_created', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_ticket_created',
-        'ticket_id', NEW.ticket_id,
-        'ticket_number', NEW.ticket_number,
-        'category', NEW.category,
-        'subcategory', NEW.subcategory,
-        'priority', NEW.priority,
-        'subject', NEW.subject,
-        'description', NEW.description,
-        'requester_id', NEW.requester_id,
-        'affected_asset_id', NEW.affected_asset_id,
-        'organization_id', NEW.organization_id,
-        'site_id', NEW.site_id)));
-    RETURN NULL;
-END;
-$$;
-
--- Fires on every new ticket.
-DO $$
-BEGIN
-    IF to_regclass('it_tickets') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_tickets, so no trigger itrelay_ticket_created_trigger';
-    ELSE
-        CREATE OR REPLACE TRIGGER itrelay_ticket_created_trigger
-            AFTER INSERT ON it_tickets
-            FOR EACH ROW
-            EXECUTE FUNCTION itrelay.itrelay_notify_ticket_created();
-    END IF;
-END;
-$$;
-
--- it_ticket_status_changed: reads it_tickets.ticket_id, ticket_number, status (old and
--- new), requester_id, assigned_to_id, updated_by (as changed_by), resolution_notes,
--- organization_id.
-CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_ticket_status_changed()
-RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM itrelay.enqueue('it_ticket_status_changed', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_ticket_status_changed',
-        'ticket_id', NEW.ticket_id,
-        'ticket_number', NEW.ticket_number,
-        'old_status', OLD.status,
+    PERFORM itrelay.enqueue(event_type, 'it_changes', jsonb_strip_nulls(change || jsonb_build_object(
+        'event_type', event_type,
+        -- OLD is NULL on insert: no previous status.
+        'previous_status', CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END,
         'new_status', NEW.status,
-        'requester_id', NEW.requester_id,
-        'assigned_to_id', NEW.assigned_to_id,
-        'changed_by', NEW.updated_by,
-        'resolution_notes', NEW.resolution_notes,
-        'organization_id', NEW.organization_id)));
+        actor_field, NEW.updated_by,
+        'approval_notes', CASE WHEN NEW.status = 'approved' THEN NEW.approval_notes END,
+        'reason', CASE WHEN NEW.status IN ('rejected', 'rolled_back') THEN NEW.status_reason END)));
+    IF NEW.status = 'submitted'
+       AND (NEW.risk_level IN ('high', 'critical') OR NEW.cab_review_required) THEN
+        PERFORM itrelay.enqueue('it_cab_review_required', 'it_changes', jsonb_strip_nulls(change || jsonb_build_object(
+            'event_type', 'it_cab_review_required',
+            'requested_by', NEW.updated_by,
+            'reason', CASE WHEN NEW.cab_review_required THEN NEW.cab_review_reason
+                           ELSE 'risk level ' || NEW.risk_level END)));
+    END IF;
     RETURN NULL;
 END;
 $$;
 
--- Fires when status changes.
 DO $$
 BEGIN
-    IF to_regclass('it_tickets') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_tickets, so no trigger itrelay_ticket_status_changed_trigger';
+    IF to_regclass('it_changes') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_changes, so no trigger itrelay_change_status_insert_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER itrelay_ticket_status_changed_trigger
-            AFTER UPDATE ON it_tickets
+        CREATE OR REPLACE TRIGGER itrelay_change_status_insert_trigger
+            AFTER INSERT ON it_changes
             FOR EACH ROW
-            WHEN (NEW.status IS DISTINCT FROM OLD.status)
-            EXECUTE FUNCTION itrelay.itrelay_notify_ticket_status_changed();
+            WHEN (NEW.status = 'submitted')
+            EXECUTE FUNCTION itrelay.itrelay_notify_change_status();
     END IF;
 END;
 $$;
 
--- it_license_renewed: reads it_licenses.license_id, software_name, software_vendor,
--- expiration_date (old and new), renewal_cost, updated_by (as renewed_by),
--- organization_id; renewal_date is the day of the update.
-CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_license_renewed()
-RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM itrelay.enqueue('it_license_renewed', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_license_renewed',
-        'license_id', NEW.license_id,
-        'software_name', NEW.software_name,
-        'software_vendor', NEW.software_vendor,
-        'old_expiration_date', OLD.expiration_date,
-        'new_expiration_date', NEW.expiration_date,
-        'renewal_date', current_date,
-        'renewal_cost', NEW.renewal_cost,
-        'renewed_by', NEW.updated_by,
-        'organization_id', NEW.organization_id)));
-    RETURN NULL;
-END;
-$$;
-
--- Fires when expiration_date is extended (new > old).
 DO $$
 BEGIN
-    IF to_regclass('it_licenses') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_licenses, so no trigger itrelay_license_renewed_trigger';
+    IF to_regclass('it_changes') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_changes, so no trigger itrelay_change_status_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER itrelay_license_renewed_trigger
-            AFTER UPDATE ON it_licenses
+        CREATE OR REPLACE TRIGGER itrelay_change_status_trigger
+            AFTER UPDATE ON it_changes
             FOR EACH ROW
-            WHEN (NEW.expiration_date > OLD.expiration_date)
-            EXECUTE FUNCTION itrelay.itrelay_notify_license_renewed();
+            WHEN (NEW.status IN ('submitted', 'approved', 'rejected', 'scheduled', 'implemented', 'rolled_back') AND NEW.status IS DISTINCT FROM OLD.status)
+            EXECUTE FUNCTION itrelay.itrelay_notify_change_status();
     END IF;
 END;
 $$;
 
--- it_asset_maintenance_required: reads it_maintenance_requests.asset_id, maintenance_type,
--- description, priority, requested_by, organization_id. The relay adds asset_tag,
--- asset_name and location from it_assets.
-CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_asset_maintenance_required()
-RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM itrelay.enqueue('it_asset_maintenance_required', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_asset_maintenance_required',
-        'asset_id', NEW.asset_id,
-        'maintenance_type', NEW.maintenance_type,
-        'description', NEW.description,
-        'priority', NEW.priority,
-        'requested_by', NEW.requested_by,
-        'organization_id', NEW.organization_id)));
-    RETURN NULL;
-END;
-$$;
-
--- Fires on every new maintenance request.
-DO $$
-BEGIN
-    IF to_regclass('it_maintenance_requests') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_maintenance_requests, so no trigger itrelay_asset_maintenance_required_trigger';
-    ELSE
-        CREATE OR REPLACE TRIGGER itrelay_asset_maintenance_required_trigger
-            AFTER INSERT ON it_maintenance_requests
-            FOR EACH ROW
-            EXECUTE FUNCTION itrelay.itrelay_notify_asset_maintenance_required();
-    END IF;
-END;
-$$;
-
--- it_license_created: reads it_licenses.license_id, software_name, software_vendor,
--- license_type, license_count, cost_per_license, purchase_date, expiration_date,
--- vendor_id, organization_id; total_cost = license_count * cost_per_license. The
--- license_key itself is never copied (the contract marks it sensitive): a row that has
--- one gets license_key_ref = 'it_licenses/<license_id>/license_key' instead.
-CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_license_created()
-RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM itrelay.enqueue('it_license_created', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_license_created',
-        'license_id', NEW.license_id,
-        'software_name', NEW.software_name,
-        'software_vendor', NEW.software_vendor,
-        'license_type', NEW.license_type,
-        'license_key_ref', CASE WHEN NEW.license_key <> ''
-            THEN 'it_licenses/' || NEW.license_id || '/license_key' END,
-        'license_count', NEW.license_count,
-        'cost_per_license', NEW.cost_per_license,
-        'total_cost', NEW.license_count * NEW.cost_per_license,
-        'purchase_date', NEW.purchase_date,
-        'expiration_date', NEW.expiration_date,
-        'vendor_id', NEW.vendor_id,
-        'organization_id', NEW.organization_id)));
-    RETURN NULL;
-END;
-$$;
-
--- Fires on every new license.
-DO $$
-BEGIN
-    IF to_regclass('it_licenses') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_licenses, so no trigger itrelay_license_created_trigger';
-    ELSE
-        CREATE OR REPLACE TRIGGER itrelay_license_created_trigger
-            AFTER INSERT ON it_licenses
-            FOR EACH ROW
-            EXECUTE FUNCTION itrelay.itrelay_notify_license_created();
-    END IF;
-END;
-$$;
-
--- it_security_incident_created: reads it_security_incidents.incident_id, incident_number,
--- incident_type, severity, description, affected_asset_ids, affected_user_ids (uuid[]),
--- detected_at, reported_by, organization_id, site_id.
-CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_security_incident_created()
-RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM itrelay.enqueue('it_security_incident_created', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_security_incident_created',
-        'incident_id', NEW.incident_id,
-        'incident_number', NEW.incident_number,
-        'incident_type', NEW.incident_type,
-        'severity', NEW.severity,
-        'description', NEW.description,
-        'affected_asset_ids', NEW.affected_asset_ids,
-        'affected_user_ids', NEW.affected_user_ids,
-        'detected_at', NEW.detected_at,
-        'reported_by', NEW.reported_by,
-        'organization_id', NEW.organization_id,
-        'site_id', NEW.site_id)));
-    RETURN NULL;
-END;
-$$;
-
--- Fires on every new security incident.
-DO $$
-BEGIN
-    IF to_regclass('it_security_incidents') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_security_incidents, so no trigger itrelay_security_incident_created_trigger';
-    ELSE
-        CREATE OR REPLACE TRIGGER itrelay_security_incident_created_trigger
-            AFTER INSERT ON it_security_incidents
-            FOR EACH ROW
-            EXECUTE FUNCTION itrelay.itrelay_notify_security_incident_created();
-    END IF;
-END;
-$$;
-
--- it_critical_vulnerability_detected: reads it_vulnerabilities.vulnerability_id, cve_id,
--- vulnerability_name, severity, cvss_score, affected_asset_ids (uuid[]; its cardinality
--- is affected_asset_count), remediation_available, patch_id, organization_id.
+-- it_critical_vulnerability_detected (it_vulnerabilities): insert as critical, or update where severity becomes 'critical'.
 CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_critical_vulnerability_detected()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -718,7 +666,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM itrelay.enqueue('it_critical_vulnerability_detected', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
+    PERFORM itrelay.enqueue('it_critical_vulnerability_detected', 'it_vulnerabilities', jsonb_strip_nulls(jsonb_build_object(
         'event_type', 'it_critical_vulnerability_detected',
         'vulnerability_id', NEW.vulnerability_id,
         'cve_id', NEW.cve_id,
@@ -734,8 +682,6 @@ BEGIN
 END;
 $$;
 
--- Fires when severity becomes 'critical': on insert as critical, or on the update that
--- raises it to critical.
 DO $$
 BEGIN
     IF to_regclass('it_vulnerabilities') IS NULL THEN
@@ -764,65 +710,123 @@ BEGIN
 END;
 $$;
 
--- it_purchase_request_submitted: reads it_purchase_requests.request_id, request_number,
--- requester_id, request_type, estimated_cost, justification, vendor_id, organization_id,
--- site_id. The relay adds requester_name from employees and, when there is a vendor,
--- vendor_name from it_vendors.
-CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_purchase_request_submitted()
+-- it_license_created (it_licenses): insert.
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_license_created()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM itrelay.enqueue('it_purchase_request_submitted', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_purchase_request_submitted',
-        'request_id', NEW.request_id,
-        'request_number', NEW.request_number,
-        'requester_id', NEW.requester_id,
-        'request_type', NEW.request_type,
-        'estimated_cost', NEW.estimated_cost,
-        'justification', NEW.justification,
+    PERFORM itrelay.enqueue('it_license_created', 'it_licenses', jsonb_strip_nulls(jsonb_build_object(
+        'event_type', 'it_license_created',
+        'license_id', NEW.license_id,
+        'software_name', NEW.software_name,
+        'software_vendor', NEW.software_vendor,
+        'license_type', NEW.license_type,
+        'license_key_ref', CASE WHEN NEW.license_key <> ''
+            THEN 'it_licenses/' || NEW.license_id || '/license_key' END,
+        'license_count', NEW.license_count,
+        'cost_per_license', NEW.cost_per_license,
+        'total_cost', NEW.license_count * NEW.cost_per_license,
+        'purchase_date', NEW.purchase_date,
+        'expiration_date', NEW.expiration_date,
         'vendor_id', NEW.vendor_id,
-        'organization_id', NEW.organization_id,
-        'site_id', NEW.site_id)));
+        'organization_id', NEW.organization_id)));
     RETURN NULL;
 END;
 $$;
 
--- Fires when approval_status becomes 'submitted' (insert as submitted, or update to it).
 DO $$
 BEGIN
-    IF to_regclass('it_purchase_requests') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger itrelay_purchase_request_submitted_insert_trigger';
+    IF to_regclass('it_licenses') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_licenses, so no trigger itrelay_license_created_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER itrelay_purchase_request_submitted_insert_trigger
-            AFTER INSERT ON it_purchase_requests
+        CREATE OR REPLACE TRIGGER itrelay_license_created_trigger
+            AFTER INSERT ON it_licenses
             FOR EACH ROW
-            WHEN (NEW.approval_status = 'submitted')
-            EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_submitted();
+            EXECUTE FUNCTION itrelay.itrelay_notify_license_created();
     END IF;
+END;
+$$;
+
+-- it_license_renewed (it_licenses): update where expiration_date is extended (new > old).
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_license_renewed()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM itrelay.enqueue('it_license_renewed', 'it_licenses', jsonb_strip_nulls(jsonb_build_object(
+        'event_type', 'it_license_renewed',
+        'license_id', NEW.license_id,
+        'software_name', NEW.software_name,
+        'software_vendor', NEW.software_vendor,
+        'old_expiration_date', OLD.expiration_date,
+        'new_expiration_date', NEW.expiration_date,
+        'renewal_date', current_date,
+        'renewal_cost', NEW.renewal_cost,
+        'renewed_by', NEW.updated_by,
+        'organization_id', NEW.organization_id)));
+    RETURN NULL;
 END;
 $$;
 
 DO $$
 BEGIN
-    IF to_regclass('it_purchase_requests') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger itrelay_purchase_request_submitted_trigger';
+    IF to_regclass('it_licenses') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_licenses, so no trigger itrelay_license_renewed_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER itrelay_purchase_request_submitted_trigger
-            AFTER UPDATE ON it_purchase_requests
+        CREATE OR REPLACE TRIGGER itrelay_license_renewed_trigger
+            AFTER UPDATE ON it_licenses
             FOR EACH ROW
-            WHEN (NEW.approval_status = 'submitted' AND OLD.approval_status IS DISTINCT FROM 'submitted')
-            EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_submitted();
+            WHEN (NEW.expiration_date > OLD.expiration_date)
+            EXECUTE FUNCTION itrelay.itrelay_notify_license_renewed();
     END IF;
 END;
 $$;
 
--- it_purchase_request_approved: reads it_purchase_requests.request_id, request_number,
--- requester_id, request_type, estimated_cost, vendor_id, updated_by (as approved_by),
--- approval_notes, organization_id; approved_at is the transaction time. The relay adds
--- vendor_name from it_vendors when there is a vendor.
+-- it_provisioning_completed (it_onboarding_instances): update where status becomes 'completed'.
+-- it_provisioning_started (it_onboarding_instances): update where status becomes 'in_progress'.
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_provisioning_status()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    event_type text := CASE NEW.status WHEN 'in_progress' THEN 'it_provisioning_started'
+                                       ELSE 'it_provisioning_completed' END;
+BEGIN
+    PERFORM itrelay.enqueue(event_type, 'it_onboarding_instances', jsonb_strip_nulls(jsonb_build_object(
+        'event_type', event_type,
+        'organization_id', NEW.organization_id,
+        'onboarding_instance_id', NEW.onboarding_instance_id,
+        'employee_id', NEW.employee_id,
+        'previous_status', OLD.status,
+        'new_status', NEW.status,
+        'changed_by', NEW.updated_by,
+        'completed_at', CASE WHEN NEW.status = 'completed' THEN NEW.completed_at END)));
+    RETURN NULL;
+END;
+$$;
+
+DO $$
+BEGIN
+    IF to_regclass('it_onboarding_instances') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_onboarding_instances, so no trigger itrelay_provisioning_status_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER itrelay_provisioning_status_trigger
+            AFTER UPDATE ON it_onboarding_instances
+            FOR EACH ROW
+            WHEN (NEW.status IN ('in_progress', 'completed') AND NEW.status IS DISTINCT FROM OLD.status)
+            EXECUTE FUNCTION itrelay.itrelay_notify_provisioning_status();
+    END IF;
+END;
+$$;
+
+-- it_purchase_request_approved (it_purchase_requests): insert or update where approval_status becomes 'approved'.
 CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_purchase_request_approved()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -830,7 +834,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM itrelay.enqueue('it_purchase_request_approved', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
+    PERFORM itrelay.enqueue('it_purchase_request_approved', 'it_purchase_requests', jsonb_strip_nulls(jsonb_build_object(
         'event_type', 'it_purchase_request_approved',
         'request_id', NEW.request_id,
         'request_number', NEW.request_number,
@@ -846,7 +850,6 @@ BEGIN
 END;
 $$;
 
--- Fires when approval_status becomes 'approved' (insert as approved, or update to it).
 DO $$
 BEGIN
     IF to_regclass('it_purchase_requests') IS NULL THEN
@@ -875,11 +878,7 @@ BEGIN
 END;
 $$;
 
--- it_purchase_request_received: reads it_purchase_requests.request_id, request_number,
--- po_number, received_date, updated_by (as received_by), vendor_id, organization_id, and
--- the request's it_purchase_request_items with quantity_received > 0 (item_description,
--- quantity_received as quantity, serial_numbers), in line_number order. Record the
--- items before (or in the same statement as) setting received_date.
+-- it_purchase_request_received (it_purchase_requests): update where received_date is first set (items from it_purchase_request_items).
 CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_purchase_request_received()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -889,16 +888,19 @@ AS $$
 DECLARE
     items jsonb;
 BEGIN
+    -- The request's items, from their table: beside the trigger's table unless mapped.
     EXECUTE format(
         'SELECT coalesce(jsonb_agg(jsonb_build_object(
                      ''item_description'', item_description,
                      ''quantity'', quantity_received,
-                     ''serial_numbers'', serial_numbers) ORDER BY line_number), ''[]'')
-         FROM %I.it_purchase_request_items
-         WHERE request_id = $1 AND quantity_received > 0', TG_TABLE_SCHEMA)
+                     ''serial_numbers'', serial_numbers)
+                     ORDER BY line_number), ''[]'')
+         FROM %s
+         WHERE request_id = $1
+           AND quantity_received > 0', format('%I.%I', TG_TABLE_SCHEMA, 'it_purchase_request_items'))
     INTO items
     USING NEW.request_id;
-    PERFORM itrelay.enqueue('it_purchase_request_received', TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
+    PERFORM itrelay.enqueue('it_purchase_request_received', 'it_purchase_requests', jsonb_strip_nulls(jsonb_build_object(
         'event_type', 'it_purchase_request_received',
         'request_id', NEW.request_id,
         'request_number', NEW.request_number,
@@ -912,7 +914,6 @@ BEGIN
 END;
 $$;
 
--- Fires when received_date is first set.
 DO $$
 BEGIN
     IF to_regclass('it_purchase_requests') IS NULL THEN
@@ -927,93 +928,59 @@ BEGIN
 END;
 $$;
 
--- it_provisioning_started / it_provisioning_completed: reads
--- it_onboarding_instances.onboarding_instance_id, employee_id, status (old and new),
--- updated_by (as changed_by), completed_at (completed only), organization_id.
-CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_provisioning_status()
+-- it_purchase_request_submitted (it_purchase_requests): insert or update where approval_status becomes 'submitted'.
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_purchase_request_submitted()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    event_type text := CASE NEW.status WHEN 'in_progress' THEN 'it_provisioning_started'
-                                       ELSE 'it_provisioning_completed' END;
 BEGIN
-    PERFORM itrelay.enqueue(event_type, TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
-        'event_type', event_type,
+    PERFORM itrelay.enqueue('it_purchase_request_submitted', 'it_purchase_requests', jsonb_strip_nulls(jsonb_build_object(
+        'event_type', 'it_purchase_request_submitted',
+        'request_id', NEW.request_id,
+        'request_number', NEW.request_number,
+        'requester_id', NEW.requester_id,
+        'request_type', NEW.request_type,
+        'estimated_cost', NEW.estimated_cost,
+        'justification', NEW.justification,
+        'vendor_id', NEW.vendor_id,
         'organization_id', NEW.organization_id,
-        'onboarding_instance_id', NEW.onboarding_instance_id,
-        'employee_id', NEW.employee_id,
-        'previous_status', OLD.status,
-        'new_status', NEW.status,
-        'changed_by', NEW.updated_by,
-        'completed_at', CASE WHEN NEW.status = 'completed' THEN NEW.completed_at END)));
+        'site_id', NEW.site_id)));
     RETURN NULL;
 END;
 $$;
 
--- Fires when status changes to 'in_progress' (started) or 'completed' (completed).
 DO $$
 BEGIN
-    IF to_regclass('it_onboarding_instances') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_onboarding_instances, so no trigger itrelay_provisioning_status_trigger';
+    IF to_regclass('it_purchase_requests') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger itrelay_purchase_request_submitted_insert_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER itrelay_provisioning_status_trigger
-            AFTER UPDATE ON it_onboarding_instances
+        CREATE OR REPLACE TRIGGER itrelay_purchase_request_submitted_insert_trigger
+            AFTER INSERT ON it_purchase_requests
             FOR EACH ROW
-            WHEN (NEW.status IN ('in_progress', 'completed') AND NEW.status IS DISTINCT FROM OLD.status)
-            EXECUTE FUNCTION itrelay.itrelay_notify_provisioning_status();
+            WHEN (NEW.approval_status = 'submitted')
+            EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_submitted();
     END IF;
 END;
 $$;
 
--- it_account_provisioned / it_account_deactivated: reads it_access_accounts.account_id,
--- employee_id, system_name, account_username, status (old and new), updated_by (as
--- changed_by), deactivation_reason (as reason, deactivated only), organization_id.
-CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_account_status()
-RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    event_type text := CASE NEW.status WHEN 'active' THEN 'it_account_provisioned'
-                                       ELSE 'it_account_deactivated' END;
-BEGIN
-    PERFORM itrelay.enqueue(event_type, TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
-        'event_type', event_type,
-        'organization_id', NEW.organization_id,
-        'account_id', NEW.account_id,
-        'employee_id', NEW.employee_id,
-        'system_name', NEW.system_name,
-        'account_username', NEW.account_username,
-        'previous_status', OLD.status,
-        'new_status', NEW.status,
-        'changed_by', NEW.updated_by,
-        'reason', CASE WHEN NEW.status = 'deactivated' THEN NEW.deactivation_reason END)));
-    RETURN NULL;
-END;
-$$;
-
--- Fires when status changes to 'active' (provisioned) or 'deactivated' (deactivated).
 DO $$
 BEGIN
-    IF to_regclass('it_access_accounts') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_access_accounts, so no trigger itrelay_account_status_trigger';
+    IF to_regclass('it_purchase_requests') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_purchase_requests, so no trigger itrelay_purchase_request_submitted_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER itrelay_account_status_trigger
-            AFTER UPDATE ON it_access_accounts
+        CREATE OR REPLACE TRIGGER itrelay_purchase_request_submitted_trigger
+            AFTER UPDATE ON it_purchase_requests
             FOR EACH ROW
-            WHEN (NEW.status IN ('active', 'deactivated') AND NEW.status IS DISTINCT FROM OLD.status)
-            EXECUTE FUNCTION itrelay.itrelay_notify_account_status();
+            WHEN (NEW.approval_status = 'submitted' AND OLD.approval_status IS DISTINCT FROM 'submitted')
+            EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_submitted();
     END IF;
 END;
 $$;
 
--- it_report_generated / it_report_failed (draft): reads it_report_runs.run_id, report_id,
--- report_name, format, status, requested_by, organization_id; generated also
--- document_id; failed also error_code, error_message, retryable.
+-- it_report_failed (it_report_runs): insert or update where status becomes 'failed'.
+-- it_report_generated (it_report_runs): insert or update where status becomes 'completed'.
 CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_report_run_status()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -1024,7 +991,7 @@ DECLARE
     failed boolean := NEW.status = 'failed';
     event_type text := CASE WHEN failed THEN 'it_report_failed' ELSE 'it_report_generated' END;
 BEGIN
-    PERFORM itrelay.enqueue(event_type, TG_TABLE_NAME, jsonb_strip_nulls(jsonb_build_object(
+    PERFORM itrelay.enqueue(event_type, 'it_report_runs', jsonb_strip_nulls(jsonb_build_object(
         'event_type', event_type,
         'organization_id', NEW.organization_id,
         'report_id', NEW.report_id,
@@ -1040,8 +1007,6 @@ BEGIN
 END;
 $$;
 
--- Fires when status becomes 'completed' (generated) or 'failed' (failed): on insert of a
--- finished run, or on the update that finishes it.
 DO $$
 BEGIN
     IF to_regclass('it_report_runs') IS NULL THEN
@@ -1070,88 +1035,119 @@ BEGIN
 END;
 $$;
 
--- it_change_submitted / _approved / _rejected / _scheduled / _implemented / _rolled_back
--- and it_cab_review_required (draft): reads it_changes.change_id, change_number, title,
--- change_type, risk_level, status (old and new), updated_by (as submitted_by,
--- approved_by, ... after the new status; requested_by for the CAB review),
--- scheduled_start, scheduled_end, approval_notes (approved only), status_reason (as
--- reason, rejected and rolled_back only), cab_review_required, cab_review_reason,
--- organization_id. A submission also asks for a CAB review when risk_level is high or
--- critical or cab_review_required is set; that event follows it_change_submitted.
-CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_change_status()
+-- it_security_incident_created (it_security_incidents): insert.
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_security_incident_created()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    event_type text := 'it_change_' || NEW.status;
-    actor_field text := CASE NEW.status WHEN 'submitted' THEN 'submitted_by'
-                                        WHEN 'approved' THEN 'approved_by'
-                                        WHEN 'rejected' THEN 'rejected_by'
-                                        WHEN 'scheduled' THEN 'scheduled_by'
-                                        WHEN 'implemented' THEN 'implemented_by'
-                                        ELSE 'rolled_back_by' END;
-    change jsonb := jsonb_build_object(
-        'organization_id', NEW.organization_id,
-        'change_id', NEW.change_id,
-        'change_number', NEW.change_number,
-        'title', NEW.title,
-        'change_type', NEW.change_type,
-        'risk_level', NEW.risk_level,
-        'scheduled_start', NEW.scheduled_start,
-        'scheduled_end', NEW.scheduled_end);
 BEGIN
-    PERFORM itrelay.enqueue(event_type, TG_TABLE_NAME, jsonb_strip_nulls(change || jsonb_build_object(
-        'event_type', event_type,
-        -- OLD is NULL on insert: no previous status.
-        'previous_status', CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END,
-        'new_status', NEW.status,
-        actor_field, NEW.updated_by,
-        'approval_notes', CASE WHEN NEW.status = 'approved' THEN NEW.approval_notes END,
-        'reason', CASE WHEN NEW.status IN ('rejected', 'rolled_back') THEN NEW.status_reason END)));
-    IF NEW.status = 'submitted'
-       AND (NEW.risk_level IN ('high', 'critical') OR NEW.cab_review_required) THEN
-        PERFORM itrelay.enqueue('it_cab_review_required', TG_TABLE_NAME, jsonb_strip_nulls(change || jsonb_build_object(
-            'event_type', 'it_cab_review_required',
-            'requested_by', NEW.updated_by,
-            'reason', CASE WHEN NEW.cab_review_required THEN NEW.cab_review_reason
-                           ELSE 'risk level ' || NEW.risk_level END)));
-    END IF;
+    PERFORM itrelay.enqueue('it_security_incident_created', 'it_security_incidents', jsonb_strip_nulls(jsonb_build_object(
+        'event_type', 'it_security_incident_created',
+        'incident_id', NEW.incident_id,
+        'incident_number', NEW.incident_number,
+        'incident_type', NEW.incident_type,
+        'severity', NEW.severity,
+        'description', NEW.description,
+        'affected_asset_ids', NEW.affected_asset_ids,
+        'affected_user_ids', NEW.affected_user_ids,
+        'detected_at', NEW.detected_at,
+        'reported_by', NEW.reported_by,
+        'organization_id', NEW.organization_id,
+        'site_id', NEW.site_id)));
     RETURN NULL;
 END;
 $$;
 
--- Fires when status becomes 'submitted' (insert as submitted, or update to it), or
--- changes to 'approved', 'rejected', 'scheduled', 'implemented' or 'rolled_back'.
 DO $$
 BEGIN
-    IF to_regclass('it_changes') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_changes, so no trigger itrelay_change_status_insert_trigger';
+    IF to_regclass('it_security_incidents') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_security_incidents, so no trigger itrelay_security_incident_created_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER itrelay_change_status_insert_trigger
-            AFTER INSERT ON it_changes
+        CREATE OR REPLACE TRIGGER itrelay_security_incident_created_trigger
+            AFTER INSERT ON it_security_incidents
             FOR EACH ROW
-            WHEN (NEW.status = 'submitted')
-            EXECUTE FUNCTION itrelay.itrelay_notify_change_status();
+            EXECUTE FUNCTION itrelay.itrelay_notify_security_incident_created();
     END IF;
+END;
+$$;
+
+-- it_ticket_created (it_tickets): insert.
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_ticket_created()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM itrelay.enqueue('it_ticket_created', 'it_tickets', jsonb_strip_nulls(jsonb_build_object(
+        'event_type', 'it_ticket_created',
+        'ticket_id', NEW.ticket_id,
+        'ticket_number', NEW.ticket_number,
+        'category', NEW.category,
+        'subcategory', NEW.subcategory,
+        'priority', NEW.priority,
+        'subject', NEW.subject,
+        'description', NEW.description,
+        'requester_id', NEW.requester_id,
+        'affected_asset_id', NEW.affected_asset_id,
+        'organization_id', NEW.organization_id,
+        'site_id', NEW.site_id)));
+    RETURN NULL;
 END;
 $$;
 
 DO $$
 BEGIN
-    IF to_regclass('it_changes') IS NULL THEN
-        RAISE NOTICE 'itrelay: no table it_changes, so no trigger itrelay_change_status_trigger';
+    IF to_regclass('it_tickets') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_tickets, so no trigger itrelay_ticket_created_trigger';
     ELSE
-        CREATE OR REPLACE TRIGGER itrelay_change_status_trigger
-            AFTER UPDATE ON it_changes
+        CREATE OR REPLACE TRIGGER itrelay_ticket_created_trigger
+            AFTER INSERT ON it_tickets
             FOR EACH ROW
-            WHEN (NEW.status IN ('submitted', 'approved', 'rejected', 'scheduled', 'implemented', 'rolled_back')
-                  AND NEW.status IS DISTINCT FROM OLD.status)
-            EXECUTE FUNCTION itrelay.itrelay_notify_change_status();
+            EXECUTE FUNCTION itrelay.itrelay_notify_ticket_created();
     END IF;
 END;
 $$;
+
+-- it_ticket_status_changed (it_tickets): update where status changes.
+CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_ticket_status_changed()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM itrelay.enqueue('it_ticket_status_changed', 'it_tickets', jsonb_strip_nulls(jsonb_build_object(
+        'event_type', 'it_ticket_status_changed',
+        'ticket_id', NEW.ticket_id,
+        'ticket_number', NEW.ticket_number,
+        'old_status', OLD.status,
+        'new_status', NEW.status,
+        'requester_id', NEW.requester_id,
+        'assigned_to_id', NEW.assigned_to_id,
+        'changed_by', NEW.updated_by,
+        'resolution_notes', NEW.resolution_notes,
+        'organization_id', NEW.organization_id)));
+    RETURN NULL;
+END;
+$$;
+
+DO $$
+BEGIN
+    IF to_regclass('it_tickets') IS NULL THEN
+        RAISE NOTICE 'itrelay: no table it_tickets, so no trigger itrelay_ticket_status_changed_trigger';
+    ELSE
+        CREATE OR REPLACE TRIGGER itrelay_ticket_status_changed_trigger
+            AFTER UPDATE ON it_tickets
+            FOR EACH ROW
+            WHEN (NEW.status IS DISTINCT FROM OLD.status)
+            EXECUTE FUNCTION itrelay.itrelay_notify_ticket_status_changed();
+    END IF;
+END;
+$$;
+-- ==== End of the row-change events ====
 
 -- ==== Time-based events ====
 
@@ -1451,8 +1447,13 @@ $$;
 -- to named producing roles only.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA itrelay FROM PUBLIC;
 
+-- The roles named in the relay's `[install] enqueue_roles` (none when applied with psql:
+-- grant them as below) may call the durable API, itrelay.enqueue(event_type, payload).
+-- generated from [install] enqueue_roles: begin
+-- generated from [install] enqueue_roles: end
+
 -- ==== Version ====
 
-INSERT INTO itrelay.schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
+INSERT INTO itrelay.schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;
 
 COMMIT;

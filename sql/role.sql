@@ -4,6 +4,7 @@
 -- the owner of the itrelay schema and the IT tables, holding CREATEROLE):
 --
 --   psql -v ON_ERROR_STOP=1 -d itdb -v relay_role=itrelay_relay -f sql/role.sql
+--   itrelay sql role | psql -v ON_ERROR_STOP=1 -d itdb -v relay_role=itrelay_relay   # with a [mapping]
 --   psql -d itdb -c '\password itrelay_relay'     -- or: ALTER ROLE itrelay_relay PASSWORD '...'
 --
 -- relay_role defaults to itrelay_relay. Idempotent: applying it again changes nothing, and
@@ -57,8 +58,14 @@ GRANT SELECT ON itrelay.schema_version TO :"relay_role";
 GRANT SELECT ON itrelay.settings TO :"relay_role";
 GRANT SELECT, INSERT, UPDATE ON itrelay.leader TO :"relay_role";
 
--- Enrichment lookups (src/outbox.rs).
-GRANT SELECT ON it_vendors, employees, it_assets TO :"relay_role";
+-- Enrichment lookups (src/outbox.rs), on the tables this database has (`itrelay sql role`
+-- names the tables of the relay's [mapping] here) ...
+-- generated from [mapping]: begin
+SELECT format('GRANT SELECT ON %s TO %I', to_regclass(name), :'relay_role')
+FROM unnest(ARRAY['it_vendors', 'employees', 'it_assets']) AS name
+WHERE to_regclass(name) IS NOT NULL
+\gexec
+-- generated from [mapping]: end
 
 -- The time-based scans: the tables they read, where this database has them ...
 SELECT format('GRANT SELECT ON %s TO %I', to_regclass(name), :'relay_role')

@@ -52,6 +52,12 @@ pub struct Settings {
     pub cloudevents: crate::cloudevents::CloudEventsSettings,
     /// Event type → subscriber modules.
     pub routes: BTreeMap<String, Vec<String>>,
+    /// The reference tables and columns mapped onto the database's real ones.
+    #[serde(default)]
+    pub mapping: crate::mapping::Mapping,
+    /// What `itrelay install` adds: roles granted the durable API.
+    #[serde(default)]
+    pub install: crate::sql::InstallSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -445,6 +451,7 @@ impl Settings {
         self.cloudevents
             .check()
             .map_err(|reason| ConfigError::invalid("cloudevents.type_prefix", reason))?;
+        self.check_install()?;
         if self.postgres.query_timeout_secs == 0 {
             return Err(ConfigError::invalid(
                 "postgres.query_timeout_secs",
@@ -568,6 +575,15 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    fn check_install(&self) -> Result<(), ConfigError> {
+        let catalog = catalog::sources()
+            .map_err(|error| ConfigError::invalid("mapping", format!("{error:#}")))?;
+        self.mapping
+            .check(&catalog::render::reference_columns(&catalog))
+            .and_then(|()| self.install.check())
+            .map_err(|error| ConfigError::invalid(error.key, error.reason))
     }
 
     fn validate_routes(&self) -> Result<(), ConfigError> {

@@ -53,6 +53,7 @@ pub mod http;
 pub mod lease;
 pub mod listen;
 pub mod logging;
+pub mod mapping;
 pub mod metrics;
 pub mod notified;
 pub mod ops;

@@ -128,8 +128,11 @@ enum Command {
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum SqlFile {
+    /// The install, for the tables of `[mapping]`, granting `[install] enqueue_roles`.
     Install,
     Uninstall,
+    /// The relay's least-privileged role, for psql, on the tables of `[mapping]`.
+    Role,
     ReferenceSchema,
 }
 
@@ -205,6 +208,18 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             } else {
                 None
             };
+            // An older or newer schema stops the start, naming the fix. Postgres
+            // unreachable or itrelay not installed yet: the relay waits for them, retrying.
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
+                checked = tokio::time::timeout(settings.query_timeout(), installed_version(&settings)) => {
+                    if let Ok(Ok(installed @ Some(_))) = checked {
+                        if let Some(problem) = sql::version_problem(installed) {
+                            anyhow::bail!(problem);
+                        }
+                    }
+                }
+            }
             let relay = Relay::new(settings.clone())?.with_health(health.clone());
             METRICS.prime(&Router::from_settings(&settings));
             let stop_timeout = settings.stop_timeout();
@@ -253,8 +268,9 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             });
         }
         Command::Install => {
+            let install = sql::install_sql(&settings.mapping, &settings.install)?;
             let pg = connect_postgres(&settings).await?;
-            sql::install(&pg.client, &settings.postgres.channel)
+            sql::apply_install(&pg.client, &settings.postgres.channel, &install)
                 .await
                 .context("applying sql/install.sql")?;
             println!(
@@ -273,9 +289,10 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         Command::Sql { file } => print!(
             "{}",
             match file {
-                SqlFile::Install => sql::INSTALL,
-                SqlFile::Uninstall => sql::UNINSTALL,
-                SqlFile::ReferenceSchema => sql::REFERENCE_SCHEMA,
+                SqlFile::Install => sql::install_sql(&settings.mapping, &settings.install)?,
+                SqlFile::Uninstall => sql::UNINSTALL.to_owned(),
+                SqlFile::Role => sql::role_sql(&settings.mapping)?,
+                SqlFile::ReferenceSchema => sql::REFERENCE_SCHEMA.to_owned(),
             }
         ),
         Command::Check { declare } => return Ok(check(&settings, declare).await),
@@ -361,6 +378,12 @@ fn emit(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The installed schema version, through a session of its own.
+async fn installed_version(settings: &Settings) -> anyhow::Result<Option<i32>> {
+    let pg = connect_postgres(settings).await?;
+    Ok(sql::installed_version(&pg.client).await?)
+}
+
 async fn connect_postgres(settings: &Settings) -> anyhow::Result<PgSession> {
     PgSession::connect(&settings.postgres)
         .await
@@ -424,17 +447,23 @@ async fn check(settings: &Settings, declare: bool) -> ExitCode {
             report(
                 "sql",
                 match installed {
-                    Ok(Some(v)) if v == sql::SCHEMA_VERSION => {
-                        Ok(format!("schema version {v} installed"))
-                    }
-                    Ok(Some(v)) => Err(anyhow::anyhow!(
-                        "schema version {v} installed, this binary needs {}: run `itrelay install`",
-                        sql::SCHEMA_VERSION
-                    )),
-                    Ok(None) => Err(anyhow::anyhow!("not installed: run `itrelay install`")),
+                    Ok(installed) => match sql::version_problem(installed) {
+                        None => Ok(format!("schema version {} installed", sql::SCHEMA_VERSION)),
+                        Some(problem) => Err(anyhow::anyhow!(problem)),
+                    },
                     Err(error) => Err(error.into()),
                 },
             );
+            if !settings.mapping.is_empty() {
+                let detail = match sql::mapping_problems(&pg.client, &settings.mapping).await {
+                    Ok(problems) if problems.is_empty() => {
+                        Ok("every mapped table and column found, of a compatible type".to_owned())
+                    }
+                    Ok(problems) => Err(anyhow::anyhow!(problems.join("; "))),
+                    Err(error) => Err(error),
+                };
+                report("mapping", detail);
+            }
             if let Ok((present, missing)) = sql::trigger_status(&pg.client).await {
                 // A missing trigger is a table the database does not have: reported, not failed.
                 let detail = if missing.is_empty() {

@@ -16,6 +16,7 @@ use crate::delivery::{CopyRecord, CopyState};
 use crate::enrich::{ReferenceData, ReferenceRow};
 use crate::event::{DeadLetter, OutboxRow, Rejection, Stage};
 use crate::floor::Probe;
+use crate::mapping::Mapping;
 use crate::redact;
 
 /// Source table recorded for events that arrived as whole-JSON notifications.
@@ -81,7 +82,10 @@ impl Outbox {
     /// table's statistics change, so a claim planned just after the outbox was vacuumed
     /// empty would read the whole table on every call once it has grown, until
     /// autovacuum analyzes it again. Every statement here has an index path.
-    pub async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
+    pub async fn prepare(
+        client: &Client,
+        mapping: &Mapping,
+    ) -> Result<Self, tokio_postgres::Error> {
         client.batch_execute("SET enable_seqscan = off").await?;
         Ok(Self {
             // One index scan in id order from the floor, stepping over exactly the rows
@@ -161,7 +165,7 @@ impl Outbox {
                      FROM unnest($1::text[], $2::jsonb[]) AS n(event_type, payload)",
                 )
                 .await?,
-            lookups: prepare_lookups(client).await?,
+            lookups: prepare_lookups(client, mapping).await?,
         })
     }
 
@@ -393,17 +397,19 @@ fn json_error_position(error: &serde_json::Error) -> String {
     }
 }
 
-/// Prepares the lookup of each reference table. A table that does not exist is left
-/// out, with a warning: events that need a row of it are dead-lettered at enrichment.
+/// Prepares the lookup of each reference table, by its mapped name. A table that does not
+/// exist is left out, with a warning: events that need a row of it are dead-lettered at
+/// enrichment.
 async fn prepare_lookups(
     client: &Client,
+    mapping: &Mapping,
 ) -> Result<Vec<(Reference, Statement)>, tokio_postgres::Error> {
     let mut lookups = Vec::new();
-    for reference in [Reference::Vendor, Reference::Employee, Reference::Asset] {
-        match client.prepare(lookup_sql(reference)).await {
+    for reference in Reference::ALL {
+        match client.prepare(&lookup_sql(reference, mapping)).await {
             Ok(statement) => lookups.push((reference, statement)),
             Err(error) if error.code() == Some(&SqlState::UNDEFINED_TABLE) => {
-                warn!(table = reference.table(), "reference table not found; events that need a row of it are dead-lettered at enrichment");
+                warn!(table = %mapping.table_sql(reference.table()), "reference table not found; events that need a row of it are dead-lettered at enrichment");
             }
             Err(error) => return Err(error),
         }
@@ -412,23 +418,41 @@ async fn prepare_lookups(
 }
 
 /// id, organization_id and the columns enrichment copies, for the rows with ids in $1.
-fn lookup_sql(reference: Reference) -> &'static str {
-    match reference {
-        Reference::Vendor => {
-            "SELECT vendor_id, organization_id, jsonb_build_object('vendor_name', vendor_name)
-             FROM it_vendors WHERE vendor_id = ANY($1)"
-        }
-        Reference::Employee => {
-            "SELECT employee_id, organization_id, jsonb_strip_nulls(jsonb_build_object(
-                 'employee_name', employee_name, 'email', email))
-             FROM employees WHERE employee_id = ANY($1)"
-        }
-        Reference::Asset => {
-            "SELECT asset_id, organization_id, jsonb_strip_nulls(jsonb_build_object(
-                 'asset_tag', asset_tag, 'asset_name', asset_name, 'asset_type', asset_type,
-                 'location', CASE WHEN site_id IS NOT NULL THEN jsonb_build_object(
-                     'site_id', site_id, 'building', building, 'room', room) END))
-             FROM it_assets WHERE asset_id = ANY($1)"
-        }
-    }
+fn lookup_sql(reference: Reference, mapping: &Mapping) -> String {
+    let table = reference.table();
+    let c = |column: &str| mapping.column_sql(table, column);
+    let (id, fields) = match reference {
+        Reference::Vendor => (
+            c("vendor_id"),
+            format!("jsonb_build_object('vendor_name', {})", c("vendor_name")),
+        ),
+        Reference::Employee => (
+            c("employee_id"),
+            format!(
+                "jsonb_strip_nulls(jsonb_build_object('employee_name', {}, 'email', {}))",
+                c("employee_name"),
+                c("email")
+            ),
+        ),
+        Reference::Asset => (
+            c("asset_id"),
+            format!(
+                "jsonb_strip_nulls(jsonb_build_object(
+                     'asset_tag', {}, 'asset_name', {}, 'asset_type', {},
+                     'location', CASE WHEN {site} IS NOT NULL THEN jsonb_build_object(
+                         'site_id', {site}, 'building', {}, 'room', {}) END))",
+                c("asset_tag"),
+                c("asset_name"),
+                c("asset_type"),
+                c("building"),
+                c("room"),
+                site = c("site_id"),
+            ),
+        ),
+    };
+    format!(
+        "SELECT {id}, {}, {fields} FROM {} WHERE {id} = ANY($1)",
+        c("organization_id"),
+        mapping.table_sql(table)
+    )
 }

@@ -296,7 +296,9 @@ impl Relay {
         //   sees it, or after, and then its NOTIFY reaches this session;
         // - readiness (`itrelay_leader`) is reported only once the first claim has run.
         self.bounded(pg.listen(channel)).await?;
-        let outbox = self.bounded(Outbox::prepare(&pg.client)).await?;
+        let outbox = self
+            .bounded(Outbox::prepare(&pg.client, &self.settings.mapping))
+            .await?;
         let copies = self.bounded(Copies::prepare(&pg.client)).await?;
         let mut gates = self.bounded(copies.gates(&pg.client)).await?;
         info!(%channel, "leading: relaying events");

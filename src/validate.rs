@@ -1,5 +1,5 @@
 //! Validation: the body about to be published must match its event type's JSON Schema
-//! (`schemas/`), formats (uuid, date, date-time) included.
+//! (`catalog/`), formats (uuid, date, date-time) included.
 
 use std::collections::HashMap;
 

@@ -412,7 +412,7 @@ fn images_are_pinned_labelled_and_ship_what_consumers_need() {
         assert!(text.contains(&key), "no {key} label");
     }
     for shipped in [
-        "COPY schemas /usr/share/itrelay/schemas",
+        "COPY --from=build /out/schemas /usr/share/itrelay/schemas",
         "/usr/share/itrelay/asyncapi.json",
     ] {
         assert!(text.contains(shipped), "the image does not ship {shipped}");

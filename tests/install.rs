@@ -135,7 +135,7 @@ async fn check_reports_each_part() {
     for line in [
         "ok    config",
         "ok    postgres",
-        "ok    sql       schema version 1",
+        "ok    sql       schema version 2",
         "ok    rabbitmq",
     ] {
         assert!(report.contains(line), "{report}");

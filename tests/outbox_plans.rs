@@ -18,7 +18,9 @@ async fn plans_made_on_an_empty_outbox_use_the_indexes_once_it_has_grown() {
         .batch_execute("SET plan_cache_mode = force_generic_plan")
         .await
         .expect("generic plans");
-    let outbox = Outbox::prepare(&client).await.expect("prepare");
+    let outbox = Outbox::prepare(&client, &Default::default())
+        .await
+        .expect("prepare");
     outbox.probe(&client).await.expect("probe");
     assert!(outbox
         .claim(&client, 500, 0, &[])

@@ -228,7 +228,11 @@ impl TestEnv {
 
     /// Starts the relay in-process with this test's settings.
     pub fn start_relay(&mut self, extra: &[(&str, &str)]) {
-        let settings = self.settings(extra);
+        self.start_relay_with(self.settings(extra));
+    }
+
+    /// Starts the relay in-process with `settings`.
+    pub fn start_relay_with(&mut self, settings: Settings) {
         let router = Router::from_settings(&settings);
         self.relay_exchanges
             .extend(router.exchanges().into_iter().map(str::to_owned));

@@ -1,0 +1,268 @@
+//! The SQL generated from the catalog: the row-change triggers and the entity table of
+//! `sql/install.sql`, for the reference tables or for a [`Mapping`] onto real ones.
+
+use std::collections::BTreeSet;
+use std::fmt::Write;
+
+use anyhow::{bail, Context};
+
+use super::source::{Catalog, TriggerFunction};
+use crate::mapping::{Mapping, ReferenceColumns};
+
+/// The markers around each generated region of `sql/install.sql`.
+pub const TRIGGERS_BEGIN: &str =
+    "-- ==== Row-change events: generated from catalog/ by src/catalog/render.rs, do not edit ====\n";
+pub const TRIGGERS_END: &str = "-- ==== End of the row-change events ====\n";
+pub const ENTITIES_BEGIN: &str = "-- generated from catalog/ (entity_key, lock_entity): begin\n";
+pub const ENTITIES_END: &str = "-- generated from catalog/: end\n";
+pub const GRANTS_BEGIN: &str = "-- generated from [install] enqueue_roles: begin\n";
+pub const GRANTS_END: &str = "-- generated from [install] enqueue_roles: end\n";
+
+/// `text` with the part between `begin` and `end` (markers kept) replaced by `content`.
+pub fn replace_region(text: &str, begin: &str, end: &str, content: &str) -> anyhow::Result<String> {
+    let start = text
+        .find(begin)
+        .with_context(|| format!("no marker {begin:?}"))?
+        + begin.len();
+    let stop = start
+        + text[start..]
+            .find(end)
+            .with_context(|| format!("no marker {end:?}"))?;
+    Ok(format!("{}{content}{}", &text[..start], &text[stop..]))
+}
+
+/// `install` (the text of `sql/install.sql`) with its generated regions rendered from
+/// `catalog` for `mapping`, granting the durable API to `enqueue_roles`.
+pub fn install_sql(
+    install: &str,
+    catalog: &Catalog,
+    mapping: &Mapping,
+    enqueue_roles: &[String],
+) -> anyhow::Result<String> {
+    let install = replace_region(install, ENTITIES_BEGIN, ENTITIES_END, &entities(catalog))?;
+    let install = replace_region(&install, GRANTS_BEGIN, GRANTS_END, &grants(enqueue_roles))?;
+    replace_region(
+        &install,
+        TRIGGERS_BEGIN,
+        TRIGGERS_END,
+        &triggers(catalog, mapping)?,
+    )
+}
+
+fn grants(roles: &[String]) -> String {
+    roles
+        .iter()
+        .map(|role| {
+            let role = crate::mapping::quote(role);
+            format!(
+                "GRANT USAGE ON SCHEMA itrelay TO {role};\n\
+                 GRANT EXECUTE ON FUNCTION itrelay.enqueue(text, jsonb) TO {role};\n"
+            )
+        })
+        .collect()
+}
+
+fn entities(catalog: &Catalog) -> String {
+    let rows: Vec<String> = catalog
+        .events
+        .iter()
+        .map(|e| {
+            format!(
+                "    ('{}', '{}', {})",
+                e.event_type, e.entity_key, e.lock_entity
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO itrelay.event_entities (event_type, entity_field, lock_entity) VALUES\n{}\n\
+         ON CONFLICT (event_type) DO UPDATE\n\
+         SET entity_field = excluded.entity_field, lock_entity = excluded.lock_entity;\n",
+        rows.join(",\n")
+    )
+}
+
+fn triggers(catalog: &Catalog, mapping: &Mapping) -> anyhow::Result<String> {
+    let functions = catalog.trigger_functions();
+    let mut tables: Vec<String> = functions
+        .iter()
+        .map(|f| format!("to_regclass('{}')", mapping.table_sql(f.table)))
+        .collect();
+    tables.sort();
+    tables.dedup();
+    // A table mapped elsewhere since the last install keeps no trigger of itrelay's.
+    let mut sql = format!(
+        "\n-- itrelay's triggers on tables that are no longer the mapped ones go.\n\
+         DO $$\nDECLARE\n    old record;\nBEGIN\n    FOR old IN\n        \
+         SELECT t.tgname, t.tgrelid::regclass AS on_table\n        \
+         FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid\n        \
+         WHERE p.pronamespace = 'itrelay'::regnamespace AND NOT t.tgisinternal\n          \
+         AND t.tgrelid <> ALL (array_remove(ARRAY[\n              {}]::regclass[], NULL))\n    \
+         LOOP\n        EXECUTE format('DROP TRIGGER %I ON %s', old.tgname, old.on_table);\n    \
+         END LOOP;\nEND;\n$$;\n",
+        tables.join(",\n              ")
+    );
+    for function in functions {
+        render_function(&mut sql, &function, mapping)
+            .with_context(|| format!("trigger function {}", function.name))?;
+    }
+    Ok(sql)
+}
+
+fn render_function(sql: &mut String, f: &TriggerFunction, mapping: &Mapping) -> anyhow::Result<()> {
+    let table = mapping.table_sql(f.table);
+    writeln!(sql)?;
+    for event in &f.events {
+        writeln!(
+            sql,
+            "-- {} ({}): {}.",
+            event.event_type, f.table, event.source.condition
+        )?;
+    }
+    let body = expand(f.body, f.table, mapping, false)?;
+    write!(
+        sql,
+        "CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_{}()\nRETURNS trigger\nLANGUAGE plpgsql\n\
+         SECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\nAS $$\n{body}$$;\n",
+        f.name
+    )?;
+    for trigger in f.triggers {
+        let name = f.trigger_name(trigger);
+        let when = match &trigger.when {
+            Some(when) => format!(
+                "\n            WHEN ({})",
+                expand(when, f.table, mapping, true)?
+            ),
+            None => String::new(),
+        };
+        write!(
+            sql,
+            "\nDO $$\nBEGIN\n    IF to_regclass('{table}') IS NULL THEN\n        \
+             RAISE NOTICE 'itrelay: no table {display}, so no trigger {name}';\n    ELSE\n        \
+             CREATE OR REPLACE TRIGGER {name}\n            AFTER {op} ON {table}\n            \
+             FOR EACH ROW{when}\n            EXECUTE FUNCTION itrelay.itrelay_notify_{function}();\n    \
+             END IF;\nEND;\n$$;\n",
+            display = table.replace('"', ""),
+            op = trigger.on.sql(),
+            function = f.name,
+        )?;
+    }
+    Ok(())
+}
+
+/// Expands a trigger body or WHEN condition: `NEW.<column>` and `OLD.<column>` of the
+/// trigger's `table`, `{{source_table}}`, `{{table:<t>}}` (a text expression: the
+/// schema-qualified name of table t) and `{{literal_column:<t>.<column>}}` (the column,
+/// inside a string literal). A WHEN condition cannot hold a subquery: `in_when` refuses
+/// columns mapped to expressions there.
+fn expand(text: &str, table: &str, mapping: &Mapping, in_when: bool) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = next_token(rest) {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if let Some(after) = rest.strip_prefix("{{") {
+            let end = after.find("}}").context("unclosed {{")?;
+            out.push_str(&template(&after[..end], table, mapping)?);
+            rest = &after[end + 2..];
+        } else {
+            let (row, after) = rest.split_at(3);
+            let after = &after[1..];
+            let len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            let column = &after[..len];
+            if in_when
+                && matches!(
+                    mapping.column(table, column),
+                    Some(crate::mapping::ColumnSource::Expression { .. })
+                )
+            {
+                bail!("{table}.{column} is read by a trigger's WHEN condition: map it to a column, not an expression");
+            }
+            out.push_str(&mapping.row_column_sql(table, row, column));
+            rest = &after[len..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Where the next `{{`, `NEW.<x>` or `OLD.<x>` (as a whole word) starts.
+fn next_token(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    (0..bytes.len()).find(|&i| {
+        let word_start = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        text[i..].starts_with("{{")
+            || (word_start
+                && (text[i..].starts_with("NEW.") || text[i..].starts_with("OLD."))
+                && text[i + 4..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
+    })
+}
+
+fn template(name: &str, table: &str, mapping: &Mapping) -> anyhow::Result<String> {
+    if name == "source_table" {
+        return Ok(format!("'{table}'"));
+    }
+    if let Some(other) = name.strip_prefix("table:") {
+        return Ok(match mapping.real_table(other) {
+            Some(real) if real.contains('.') => format!("'{}'", mapping.table_sql(other)),
+            Some(real) => format!("format('%I.%I', TG_TABLE_SCHEMA, '{real}')"),
+            None => format!("format('%I.%I', TG_TABLE_SCHEMA, '{other}')"),
+        });
+    }
+    if let Some(column) = name.strip_prefix("literal_column:") {
+        let (other, column) = column
+            .split_once('.')
+            .context("literal_column:<table>.<column>")?;
+        return Ok(mapping.column_sql(other, column).replace('\'', "''"));
+    }
+    bail!("unknown template {{{{{name}}}}}")
+}
+
+/// Every reference table and column the generated SQL and the enrichment lookups read:
+/// the keys a mapping may name.
+pub fn reference_columns(catalog: &Catalog) -> ReferenceColumns {
+    let mut known = ReferenceColumns::new();
+    for f in catalog.trigger_functions() {
+        let mut texts = vec![f.body];
+        texts.extend(f.triggers.iter().filter_map(|t| t.when.as_deref()));
+        for text in texts {
+            let mut rest = text;
+            while let Some(at) = next_token(rest) {
+                rest = &rest[at..];
+                let (table, after) = match rest.strip_prefix("{{") {
+                    Some(after) => {
+                        let end = after.find("}}").unwrap_or(after.len());
+                        let inner = &after[..end];
+                        if let Some(column) = inner.strip_prefix("literal_column:") {
+                            if let Some((t, c)) = column.split_once('.') {
+                                known.entry(t.into()).or_default().insert(c.into());
+                            }
+                        } else if let Some(t) = inner.strip_prefix("table:") {
+                            known.entry(t.into()).or_default();
+                        }
+                        rest = &after[end..];
+                        continue;
+                    }
+                    None => (f.table, &rest[4..]),
+                };
+                let len = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                known
+                    .entry(table.into())
+                    .or_default()
+                    .insert(after[..len].into());
+                rest = &after[len..];
+            }
+        }
+    }
+    for reference in super::Reference::ALL {
+        let columns: BTreeSet<String> = reference.columns().iter().map(|c| (*c).into()).collect();
+        known
+            .entry(reference.table().into())
+            .or_default()
+            .extend(columns);
+    }
+    known
+}
