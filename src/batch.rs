@@ -10,7 +10,7 @@
 //!   ([`crate::delivery::judge`]) and so each row's, which the loop records in one
 //!   statement.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -18,18 +18,15 @@ use tokio::time::Instant;
 use tokio_postgres::Client;
 use tracing::{debug, warn};
 
-use crate::canary;
 use crate::catalog;
-use crate::decode::decode;
 use crate::delivery::{self, Answer, CopyRecord, CopyState, Gates, Verdict, BEHIND};
-use crate::enrich::{self, enrich};
 use crate::envelope::{self, envelope, Message};
-use crate::event::{DeadLetter, Event, OutboxRow};
+use crate::event::{DeadLetter, Event};
+use crate::pipeline::{Decoded, Processed};
 use crate::floor::ClaimFloor;
 use crate::metrics::{DeadLetterLabels, RelayedLabels, METRICS};
 use crate::outbox::{claimed_id, Claimed, Outbox, Outcome};
 use crate::publish::{Confirmation, PublishError, Publisher, Unconfirmed};
-use crate::redact::redact;
 use crate::relay::{Relay, SessionError};
 use crate::route::Destination;
 
@@ -43,14 +40,6 @@ pub struct BatchReport {
     pub retried: usize,
     /// Copies left waiting for a retry.
     pub waiting: usize,
-}
-
-/// Rows through the pipeline: events ready to publish, dead letters, canaries.
-#[derive(Default)]
-pub struct Processed {
-    pub events: Vec<Event>,
-    pub dead: Vec<DeadLetter>,
-    pub canaries: Vec<OutboxRow>,
 }
 
 /// A claimed batch, through the pipeline and ready to publish.
@@ -188,50 +177,24 @@ impl Relay {
         Ok(Prepared { ids, processed })
     }
 
-    /// Takes claimed rows through redact → decode → enrich → validate; what cannot be
-    /// relayed becomes a dead letter, one row at a time.
+    /// Takes claimed rows through the pipeline ([`crate::pipeline`]), fetching the
+    /// reference rows enrichment needs in one round trip; what cannot be relayed becomes
+    /// a dead letter, one row at a time.
     pub async fn process(
         &self,
         client: &Client,
         outbox: &Outbox,
         rows: Vec<Claimed>,
     ) -> Result<Processed, SessionError> {
-        let mut events = Vec::with_capacity(rows.len());
-        let mut processed = Processed::default();
-        for row in rows {
-            let mut row = match row {
-                Ok(row) => row,
-                Err(unreadable) => {
-                    processed.dead.push(*unreadable);
-                    continue;
-                }
-            };
-            if row.event_type == canary::EVENT_TYPE {
-                processed.canaries.push(row);
-                continue;
-            }
-            redact(&mut row.payload);
-            match decode(row) {
-                Ok(event) => events.push(event),
-                Err(dead_letter) => processed.dead.push(*dead_letter),
-            }
-        }
-        let wanted: BTreeSet<_> = events.iter().flat_map(enrich::wanted).collect();
+        let decoded = Decoded::new(rows);
+        let wanted = decoded.wanted();
         let references = if wanted.is_empty() {
             Default::default()
         } else {
             self.bounded(outbox.fetch_references(client, &wanted))
                 .await?
         };
-        for mut event in events {
-            let checked =
-                enrich(&mut event, &references).and_then(|()| self.validators.validate(&mut event));
-            match checked {
-                Ok(()) => processed.events.push(event),
-                Err(rejection) => processed.dead.push(event.into_dead_letter(rejection)),
-            }
-        }
-        Ok(processed)
+        Ok(decoded.complete(&references, &self.validators))
     }
 
     /// Publishes a prepared batch without waiting for the confirms: the first round of

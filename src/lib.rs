@@ -57,6 +57,7 @@ pub mod metrics;
 pub mod notified;
 pub mod ops;
 pub mod outbox;
+pub mod pipeline;
 pub mod process;
 pub mod publish;
 pub mod redact;

@@ -5,11 +5,10 @@ use std::collections::HashMap;
 
 use itrelay::catalog::Reference;
 use itrelay::cloudevents::CloudEventsSettings;
-use itrelay::decode::decode;
-use itrelay::enrich::{enrich, ReferenceData, ReferenceRow};
+use itrelay::enrich::{ReferenceData, ReferenceRow};
 use itrelay::envelope::{envelope, Message};
 use itrelay::event::OutboxRow;
-use itrelay::redact::redact;
+use itrelay::pipeline::process;
 use itrelay::validate::Validators;
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
@@ -71,16 +70,13 @@ pub fn references() -> Result<ReferenceData, uuid::Error> {
     )]))
 }
 
-/// One event through the pure pipeline, in the relay's order:
-/// redact → decode → enrich → validate → envelope.
+/// One event through the relay's pure pipeline ([`itrelay::pipeline::process`]), then
+/// into its message.
 pub fn pipeline(
-    mut row: OutboxRow,
+    row: OutboxRow,
     references: &ReferenceData,
     validators: &Validators,
 ) -> Result<Message, String> {
-    redact(&mut row.payload);
-    let mut event = decode(row).map_err(|dead| dead.rejection.to_string())?;
-    enrich(&mut event, references).map_err(|r| r.to_string())?;
-    validators.validate(&mut event).map_err(|r| r.to_string())?;
+    let event = process(row, references, validators).map_err(|dead| dead.rejection.to_string())?;
     Ok(envelope(&event, APP_ID, &CloudEventsSettings::default()))
 }
