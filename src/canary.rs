@@ -22,7 +22,7 @@ use crate::config::Settings;
 use crate::health::{Health, Role};
 use crate::listen::{ConnectError, PgSession};
 use crate::metrics::METRICS;
-use crate::publish::{
+use crate::sink::amqp::{
     bounded, close_connection, open_channel, open_connection, private_queue, PublishError,
 };
 use crate::route::Router;

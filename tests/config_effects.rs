@@ -8,7 +8,8 @@ mod common;
 use std::process::Output;
 
 use common::*;
-use itrelay::publish::Publisher;
+use itrelay::sink::amqp::Publisher;
+use itrelay::sink::Sink;
 use itrelay::route::Router;
 use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use itrelay::catalog::Reference;
 use itrelay::cloudevents::CloudEventsSettings;
 use itrelay::enrich::{ReferenceData, ReferenceRow};
-use itrelay::envelope::{envelope, Message};
+use itrelay::envelope::envelope;
+use itrelay::sink::Message;
 use itrelay::event::OutboxRow;
 use itrelay::pipeline::process;
 use itrelay::validate::Validators;
@@ -78,5 +79,5 @@ pub fn pipeline(
     validators: &Validators,
 ) -> Result<Message, String> {
     let event = process(row, references, validators).map_err(|dead| dead.rejection.to_string())?;
-    Ok(envelope(&event, APP_ID, &CloudEventsSettings::default()))
+    Ok(envelope(&event, &CloudEventsSettings::default()))
 }

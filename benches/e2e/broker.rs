@@ -15,7 +15,8 @@ use serde::Serialize;
 
 use crate::env::{amqp_properties, BenchEnv, AMQP_URL};
 use crate::stats::Percentiles;
-use itrelay::envelope::Message;
+use itrelay::sink::amqp::properties;
+use itrelay::sink::Message;
 
 #[derive(Debug, Serialize)]
 pub struct Ceiling {
@@ -180,7 +181,7 @@ async fn publish_batch(
             message.routing_key.as_str().into(),
             MANDATORY,
             &message.body,
-            message.properties.clone(),
+            properties(message, crate::sample::APP_ID),
         )
     }))
     .await?)

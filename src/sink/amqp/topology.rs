@@ -10,7 +10,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
 
 use crate::config::{AmqpSettings, QueueType};
-use crate::publish::{bounded, open_channel, PublishError};
+use super::{bounded, open_channel, PublishError};
 use crate::route::Router;
 use crate::tls::SettingError;
 
