@@ -22,10 +22,10 @@ use crate::config::Settings;
 use crate::health::{Health, Role};
 use crate::listen::{ConnectError, PgSession};
 use crate::metrics::METRICS;
+use crate::route::Router;
 use crate::sink::amqp::{
     bounded, close_connection, open_channel, open_connection, private_queue, PublishError,
 };
-use crate::route::Router;
 
 /// Outbox event type of canaries; the relay sends them to its canary exchange only.
 pub const EVENT_TYPE: &str = "itrelay_canary";

@@ -18,11 +18,11 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog;
 use crate::config::Settings;
 use crate::listen::PgSession;
-use crate::sink::amqp::Publisher;
-use crate::sink::Sink;
 use crate::relay::Relay;
 use crate::route::Router;
 use crate::secret::SecretUrl;
+use crate::sink::amqp::Publisher;
+use crate::sink::Sink;
 use crate::sql;
 
 const ORG: &str = "7f1c1c4e-8a2b-4d53-9a55-2a1e7b0c9d11";

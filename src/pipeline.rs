@@ -180,7 +180,11 @@ mod tests {
     fn each_stage_turns_away_what_it_cannot_pass() {
         let validators = validators();
         let cases = [
-            (row(1, "no_such_event", json!({})), &requester(), Stage::Decode),
+            (
+                row(1, "no_such_event", json!({})),
+                &requester(),
+                Stage::Decode,
+            ),
             (ticket(2), &ReferenceData::new(), Stage::Enrich),
             (
                 row(3, "it_ticket_created", {

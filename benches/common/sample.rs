@@ -7,9 +7,9 @@ use itrelay::catalog::Reference;
 use itrelay::cloudevents::CloudEventsSettings;
 use itrelay::enrich::{ReferenceData, ReferenceRow};
 use itrelay::envelope::envelope;
-use itrelay::sink::Message;
 use itrelay::event::OutboxRow;
 use itrelay::pipeline::process;
+use itrelay::sink::Message;
 use itrelay::validate::Validators;
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
@@ -26,7 +26,6 @@ pub const PRIORITY: &str = "medium";
 pub const SUBJECT: &str = "Laptop does not wake from sleep";
 pub const DESCRIPTION: &str = "Since this morning's update the laptop stays black after \
     opening the lid; an external monitor shows nothing either. Restarting helps for an hour.";
-pub const APP_ID: &str = "itrelay";
 
 /// The outbox row the `it_ticket_created` trigger writes for ticket `ticket_number`.
 pub fn ticket_row(outbox_id: i64, ticket_number: &str) -> OutboxRow {

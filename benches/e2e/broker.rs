@@ -18,6 +18,9 @@ use crate::stats::Percentiles;
 use itrelay::sink::amqp::properties;
 use itrelay::sink::Message;
 
+/// The relay's default `amqp.app_id`, as its messages carry it.
+const APP_ID: &str = "itrelay";
+
 #[derive(Debug, Serialize)]
 pub struct Ceiling {
     pub messages: usize,
@@ -181,7 +184,7 @@ async fn publish_batch(
             message.routing_key.as_str().into(),
             MANDATORY,
             &message.body,
-            properties(message, crate::sample::APP_ID),
+            properties(message, APP_ID),
         )
     }))
     .await?)

@@ -13,8 +13,8 @@ use crate::delivery::{self, CopyRecord, CopyState, Gates, Verdict, BEHIND};
 use crate::event::{DeadLetter, Event};
 use crate::outbox::Outcome;
 use crate::pipeline::Processed;
-use crate::sink::Confirmation;
 use crate::route::Destination;
+use crate::sink::Confirmation;
 
 /// A claimed batch, through the pipeline and ready to publish.
 pub(crate) struct Prepared {
@@ -40,7 +40,11 @@ pub(crate) struct Outgoing<'r, M> {
 }
 
 impl<'r, M> Outgoing<'r, M> {
-    pub fn new(events: Vec<Event>, messages: Vec<M>, copies: Vec<(usize, &'r Destination)>) -> Self {
+    pub fn new(
+        events: Vec<Event>,
+        messages: Vec<M>,
+        copies: Vec<(usize, &'r Destination)>,
+    ) -> Self {
         let keys: Vec<_> = copies
             .iter()
             .map(|&(i, d)| (d.module.as_str(), events[i].entity.as_deref()))

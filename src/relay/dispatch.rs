@@ -28,8 +28,8 @@ use crate::floor::ClaimFloor;
 use crate::metrics::{DeadLetterLabels, RelayedLabels, METRICS};
 use crate::outbox::{claimed_id, Claimed, Outbox};
 use crate::pipeline::{Decoded, Processed};
-use crate::sink::{Confirmation, Message, Sink};
 use crate::route::Destination;
+use crate::sink::{Confirmation, Message, Sink};
 
 /// A batch published, its confirms on their way.
 pub(crate) struct InFlight<'r, S: Sink> {
@@ -141,10 +141,7 @@ impl<'a, S: Sink> Dispatch<'a, S> {
             canaries,
         } = processed;
         let dead_messages = self.dead_letter_messages(&dead);
-        let canary_messages: Vec<Message> = canaries
-            .iter()
-            .map(envelope::canary)
-            .collect();
+        let canary_messages: Vec<Message> = canaries.iter().map(envelope::canary).collect();
         let mut copies = Vec::with_capacity(events.len());
         let mut held = Vec::new();
         for (index, event) in events.iter().enumerate() {
@@ -160,7 +157,11 @@ impl<'a, S: Sink> Dispatch<'a, S> {
         let (_, mut sends) = outgoing.round(0);
         sends.extend(dead_messages.iter().map(|m| (router.dead_letter(), m)));
         sends.extend(canary_messages.iter().map(|m| (router.canary(), m)));
-        let unconfirmed = self.sink.send(&sends).await.map_err(SessionError::sink::<S>)?;
+        let unconfirmed = self
+            .sink
+            .send(&sends)
+            .await
+            .map_err(SessionError::sink::<S>)?;
         Ok(InFlight {
             sent: Sent {
                 ids,
@@ -301,9 +302,7 @@ impl<'a, S: Sink> Dispatch<'a, S> {
 
     fn dead_letter_messages(&self, dead: &[DeadLetter]) -> Vec<Message> {
         let now = OffsetDateTime::now_utc();
-        dead.iter()
-            .map(|d| envelope::dead_letter(d, now))
-            .collect()
+        dead.iter().map(|d| envelope::dead_letter(d, now)).collect()
     }
 }
 

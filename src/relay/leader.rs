@@ -226,9 +226,7 @@ impl<'a, S: Sink> Leader<'a, S> {
             if granted {
                 break next;
             }
-            if next.claimed() > 0
-                || self.shutdown.is_cancelled()
-                || self.gates.due(Instant::now())
+            if next.claimed() > 0 || self.shutdown.is_cancelled() || self.gates.due(Instant::now())
             {
                 return Ok(Some(next).filter(|batch| batch.claimed() > 0));
             }
@@ -298,8 +296,7 @@ impl<'a, S: Sink> Leader<'a, S> {
         while let Some(notice) = self.pg.try_next_notice() {
             self.take_notice(notice);
         }
-        self.notify_events
-            .admit(&mut self.notified, Instant::now());
+        self.notify_events.admit(&mut self.notified, Instant::now());
         if !self.notified.is_empty() {
             let stored = self
                 .relay

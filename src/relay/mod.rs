@@ -26,9 +26,9 @@ use crate::health::{Health, Role};
 use crate::lease::{self, LeaseError, Takeover};
 use crate::listen::PgSession;
 use crate::metrics::{Service, METRICS};
+use crate::route::Router;
 use crate::sink::amqp::Publisher;
 use crate::sink::Sink;
-use crate::route::Router;
 use crate::sql;
 use crate::validate::Validators;
 

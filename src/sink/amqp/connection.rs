@@ -100,4 +100,3 @@ pub async fn private_queue(channel: &Channel) -> Result<lapin::Queue, lapin::Err
         .queue_declare("".into(), options, FieldTable::default())
         .await
 }
-

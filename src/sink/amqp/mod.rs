@@ -30,4 +30,3 @@ pub enum PublishError {
     #[error(transparent)]
     Setting(#[from] SettingError),
 }
-

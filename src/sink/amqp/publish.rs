@@ -196,10 +196,7 @@ impl Sink for Publisher {
     /// Waits for every confirm of `unconfirmed`; the answers come back in send order. A
     /// message counts as returned when a return naming its exchange and message id came
     /// back, whichever confirm carried it.
-    async fn confirm(
-        &self,
-        unconfirmed: Unconfirmed,
-    ) -> Result<Vec<Confirmation>, PublishError> {
+    async fn confirm(&self, unconfirmed: Unconfirmed) -> Result<Vec<Confirmation>, PublishError> {
         let Unconfirmed {
             seqs,
             sent,
