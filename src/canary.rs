@@ -21,10 +21,10 @@ use crate::config::Settings;
 use crate::health::{Health, Role};
 use crate::listen::{ConnectError, PgSession};
 use crate::metrics::METRICS;
-use crate::publish::{
+use crate::route::Router;
+use crate::sink::amqp::{
     bounded, close_connection, open_channel, open_connection, private_queue, PublishError,
 };
-use crate::route::Router;
 use crate::tasks::{self, Failure};
 
 /// Outbox event type of canaries; the relay sends them to its canary exchange only.

@@ -18,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog;
 use crate::config::Settings;
 use crate::listen::PgSession;
-use crate::publish::Publisher;
 use crate::relay::Relay;
 use crate::route::Router;
 use crate::secret::SecretUrl;
+use crate::sink::amqp::Publisher;
+use crate::sink::Sink;
 use crate::sql;
 
 const ORG: &str = "7f1c1c4e-8a2b-4d53-9a55-2a1e7b0c9d11";
@@ -193,7 +194,7 @@ async fn story(settings: &Settings) -> anyhow::Result<()> {
     println!("\n{received} messages relayed, each confirmed by the broker before its outbox row was marked delivered.");
     stop.cancel();
     running.await?;
-    crate::publish::close_connection(&connection, settings.amqp.connect_timeout()).await;
+    crate::sink::amqp::close_connection(&connection, settings.amqp.connect_timeout()).await;
     Ok(())
 }
 
@@ -227,10 +228,10 @@ async fn copies_caused(
 }
 
 async fn consumer(settings: &Settings) -> anyhow::Result<(Connection, Channel)> {
-    let connection = crate::publish::open_connection(&settings.amqp, "itrelay-demo")
+    let connection = crate::sink::amqp::open_connection(&settings.amqp, "itrelay-demo")
         .await
         .with_context(|| format!("connecting to {}", settings.amqp.url))?;
-    let channel = crate::publish::open_channel(&connection, &settings.amqp).await?;
+    let channel = crate::sink::amqp::open_channel(&connection, &settings.amqp).await?;
     Ok((connection, channel))
 }
 
@@ -242,7 +243,7 @@ async fn subscribe(channel: &Channel, settings: &Settings) -> anyhow::Result<lap
         .await?
         .close()
         .await;
-    let queue = crate::publish::private_queue(channel).await?;
+    let queue = crate::sink::amqp::private_queue(channel).await?;
     for exchange in router.exchanges() {
         channel
             .queue_bind(
@@ -286,7 +287,7 @@ async fn remove_exchanges(settings: &Settings) {
             .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
             .await;
     }
-    crate::publish::close_connection(&connection, settings.amqp.connect_timeout()).await;
+    crate::sink::amqp::close_connection(&connection, settings.amqp.connect_timeout()).await;
 }
 
 /// `url` pointing at `database` instead.

@@ -1,8 +1,7 @@
-//! The AMQP message for an event: JSON body, properties and headers, including the
-//! CloudEvents AMQP binding headers. Dead letters get the same treatment plus a reason.
+//! The message for an event: JSON body, id, type, time and headers, including the
+//! CloudEvents binding headers. Dead letters get the same treatment plus a reason.
+//! Sink-neutral: each sink carries it its own way ([`crate::sink`]).
 
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::BasicProperties;
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -10,14 +9,7 @@ use time::OffsetDateTime;
 use crate::cloudevents::CloudEventsSettings;
 use crate::event::{DeadLetter, Event, OutboxRow};
 use crate::outbox::NOTIFY_SOURCE;
-
-/// A message ready to publish to one or more exchanges.
-#[derive(Debug, Clone)]
-pub struct Message {
-    pub routing_key: String,
-    pub body: Vec<u8>,
-    pub properties: BasicProperties,
-}
+use crate::sink::{Header, Message};
 
 /// Header names a consumer can rely on.
 pub mod headers {
@@ -36,14 +28,12 @@ pub mod headers {
 
 /// The message every subscriber of `event` receives; `cloudevents` names the CloudEvents
 /// headers and the `type` attribute.
-pub fn envelope(event: &Event, app_id: &str, cloudevents: &CloudEventsSettings) -> Message {
+pub fn envelope(event: &Event, cloudevents: &CloudEventsSettings) -> Message {
     let event_type = event.spec.event_type;
     let schema_ref = event.spec.schema_ref();
     let time = rfc3339(event.occurred_at);
-    let mut table = FieldTable::default();
-    let mut put = |name: &str, value: AMQPValue| {
-        table.insert(ShortString::from(name), value);
-    };
+    let mut headers = Vec::with_capacity(14);
+    let mut put = |name: &str, value: Header| headers.push((name.to_owned(), value));
     put(headers::SCHEMA_REF, long_string(&schema_ref));
     put(
         headers::ORGANIZATION_ID,
@@ -51,9 +41,9 @@ pub fn envelope(event: &Event, app_id: &str, cloudevents: &CloudEventsSettings) 
     );
     put(headers::SOURCE_TABLE, long_string(&event.source_table));
     if event.source_table == NOTIFY_SOURCE {
-        put(headers::UNAUTHENTICATED, AMQPValue::Boolean(true));
+        put(headers::UNAUTHENTICATED, Header::Bool(true));
     }
-    put(headers::OUTBOX_ID, AMQPValue::LongLongInt(event.outbox_id));
+    put(headers::OUTBOX_ID, Header::Int(event.outbox_id));
     let ce = |attribute: &str| cloudevents.header(attribute);
     put(&ce("specversion"), long_string("1.0"));
     put(&ce("id"), long_string(&event.event_id.to_string()));
@@ -82,28 +72,23 @@ pub fn envelope(event: &Event, app_id: &str, cloudevents: &CloudEventsSettings) 
     Message {
         routing_key: event_type.to_owned(),
         body,
-        properties: properties(
-            event.event_id.to_string(),
-            event_type,
-            event.occurred_at,
-            app_id,
-        )
-        .with_headers(table),
+        id: event.event_id.to_string(),
+        kind: event_type.to_owned(),
+        timestamp: unix_seconds(event.occurred_at),
+        headers,
     }
 }
 
 /// The message sent to the dead-letter exchange for a rejected event. Its routing key is
 /// the event type (`unknown` when there was none), its body what was received (redacted).
-pub fn dead_letter(dead: &DeadLetter, app_id: &str, now: OffsetDateTime) -> Message {
+pub fn dead_letter(dead: &DeadLetter, now: OffsetDateTime) -> Message {
     let routing_key = if dead.event_type.is_empty() {
         "unknown".to_owned()
     } else {
         dead.event_type.clone()
     };
-    let mut table = FieldTable::default();
-    let mut put = |name: &str, value: AMQPValue| {
-        table.insert(ShortString::from(name), value);
-    };
+    let mut headers = Vec::with_capacity(6);
+    let mut put = |name: &str, value: Header| headers.push((name.to_owned(), value));
     put(
         headers::REJECTED_AT_STAGE,
         long_string(dead.rejection.stage.as_str()),
@@ -114,9 +99,9 @@ pub fn dead_letter(dead: &DeadLetter, app_id: &str, now: OffsetDateTime) -> Mess
     );
     put(headers::SOURCE_TABLE, long_string(&dead.source_table));
     if dead.source_table == NOTIFY_SOURCE {
-        put(headers::UNAUTHENTICATED, AMQPValue::Boolean(true));
+        put(headers::UNAUTHENTICATED, Header::Bool(true));
     }
-    put(headers::OUTBOX_ID, AMQPValue::LongLongInt(dead.outbox_id));
+    put(headers::OUTBOX_ID, Header::Int(dead.outbox_id));
     if let Some(module) = &dead.module {
         put(headers::REJECTED_FOR_MODULE, long_string(module));
     }
@@ -126,36 +111,30 @@ pub fn dead_letter(dead: &DeadLetter, app_id: &str, now: OffsetDateTime) -> Mess
         other => serde_json::to_vec(other).unwrap_or_default(),
     };
     Message {
-        properties: properties(dead.event_id.to_string(), &routing_key, now, app_id)
-            .with_headers(table),
+        id: dead.event_id.to_string(),
+        kind: routing_key.clone(),
+        timestamp: unix_seconds(now),
+        headers,
         routing_key,
         body,
     }
 }
 
 /// The message for a canary row: its payload as is, to the relay's canary exchange.
-pub fn canary(row: &OutboxRow, app_id: &str) -> Message {
+pub fn canary(row: &OutboxRow) -> Message {
     Message {
         routing_key: row.event_type.clone(),
         // Cannot fail: a JSON value always serializes.
         body: serde_json::to_vec(&row.payload).unwrap_or_default(),
-        properties: properties(
-            row.event_id.to_string(),
-            &row.event_type,
-            row.created_at,
-            app_id,
-        ),
+        id: row.event_id.to_string(),
+        kind: row.event_type.clone(),
+        timestamp: unix_seconds(row.created_at),
+        headers: Vec::new(),
     }
 }
 
-fn properties(message_id: String, kind: &str, at: OffsetDateTime, app_id: &str) -> BasicProperties {
-    BasicProperties::default()
-        .with_message_id(ShortString::from(message_id))
-        .with_type(ShortString::from(kind))
-        .with_timestamp(at.unix_timestamp().max(0) as u64)
-        .with_content_type(ShortString::from("application/json"))
-        .with_delivery_mode(2)
-        .with_app_id(ShortString::from(app_id))
+fn unix_seconds(at: OffsetDateTime) -> u64 {
+    at.unix_timestamp().max(0) as u64
 }
 
 fn rfc3339(at: OffsetDateTime) -> String {
@@ -163,8 +142,8 @@ fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_default()
 }
 
-fn long_string(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value))
+fn long_string(value: &str) -> Header {
+    Header::Text(value.to_owned())
 }
 
 #[cfg(test)]
@@ -179,18 +158,16 @@ mod tests {
 
     const EVENT_ID: Uuid = Uuid::from_u128(0xabc);
 
-    fn header<'a>(properties: &'a BasicProperties, name: &str) -> &'a AMQPValue {
-        properties
-            .headers()
-            .as_ref()
-            .and_then(|table| table.inner().get(name))
+    fn header<'a>(message: &'a Message, name: &str) -> &'a Header {
+        message
+            .header(name)
             .unwrap_or_else(|| panic!("no header {name}"))
     }
 
-    fn text(value: &AMQPValue) -> String {
+    fn text(value: &Header) -> String {
         match value {
-            AMQPValue::LongString(s) => s.to_string(),
-            other => panic!("not a long string: {other:?}"),
+            Header::Text(s) => s.clone(),
+            other => panic!("not a text: {other:?}"),
         }
     }
 
@@ -207,32 +184,24 @@ mod tests {
             entity: None,
             payload: payload.as_object().unwrap().clone(),
         };
-        let message = envelope(&event, "itrelay", &CloudEventsSettings::default());
-        let p = &message.properties;
+        let message = envelope(&event, &CloudEventsSettings::default());
+        let p = &message;
         assert_eq!(message.routing_key, "it_asset_disposed");
         assert_eq!(
             serde_json::from_slice::<Value>(&message.body).unwrap(),
             payload
         );
-        assert_eq!(
-            p.message_id().as_ref().unwrap().as_str(),
-            EVENT_ID.to_string()
-        );
-        assert_eq!(p.kind().as_ref().unwrap().as_str(), "it_asset_disposed");
-        assert_eq!(*p.delivery_mode(), Some(2));
-        assert_eq!(*p.timestamp(), Some(1_772_366_400));
-        assert_eq!(
-            p.content_type().as_ref().unwrap().as_str(),
-            "application/json"
-        );
-        assert_eq!(p.app_id().as_ref().unwrap().as_str(), "itrelay");
+        assert_eq!(p.id, EVENT_ID.to_string());
+        assert_eq!(p.kind, "it_asset_disposed");
+        // Persistence, content type and app id are the sink's: sink::amqp::message.
+        assert_eq!(p.timestamp, 1_772_366_400);
         assert_eq!(text(header(p, "schema_ref")), "payload.ItAssetDisposed.v1");
         assert_eq!(
             text(header(p, "organization_id")),
             Uuid::from_u128(0x1).to_string()
         );
         assert_eq!(text(header(p, "source_table")), "it_assets");
-        assert_eq!(*header(p, "outbox_id"), AMQPValue::LongLongInt(42));
+        assert_eq!(*header(p, "outbox_id"), Header::Int(42));
         assert_eq!(text(header(p, "cloudEvents_id")), EVENT_ID.to_string());
         assert_eq!(text(header(p, "cloudEvents_type")), "it_asset_disposed");
         assert_eq!(text(header(p, "cloudEvents_specversion")), "1.0");
@@ -245,22 +214,16 @@ mod tests {
             header_prefix: crate::cloudevents::HeaderPrefix::Colon,
             type_prefix: "com.example.it".into(),
         };
-        let message = envelope(&event, "itrelay", &legacy);
-        let p = &message.properties;
+        let message = envelope(&event, &legacy);
+        let p = &message;
         assert_eq!(
             text(header(p, "cloudEvents:type")),
             "com.example.it.it_asset_disposed"
         );
         assert_eq!(text(header(p, "cloudEvents:id")), EVENT_ID.to_string());
-        assert!(p
-            .headers()
-            .as_ref()
-            .unwrap()
-            .inner()
-            .get("cloudEvents_id")
-            .is_none());
+        assert!(p.header("cloudEvents_id").is_none());
         assert_eq!(message.routing_key, "it_asset_disposed");
-        assert_eq!(p.kind().as_ref().unwrap().as_str(), "it_asset_disposed");
+        assert_eq!(p.kind, "it_asset_disposed");
     }
 
     #[test]
@@ -274,19 +237,16 @@ mod tests {
             rejection: Rejection::new(Stage::Decode, "payload is not valid JSON"),
             module: None,
         };
-        let message = dead_letter(&dead, "itrelay", datetime!(2026-03-01 12:00:00 UTC));
+        let message = dead_letter(&dead, datetime!(2026-03-01 12:00:00 UTC));
         assert_eq!(message.routing_key, "unknown");
         assert_eq!(message.body, b"{not json");
-        let p = &message.properties;
-        assert_eq!(
-            p.message_id().as_ref().unwrap().as_str(),
-            EVENT_ID.to_string()
-        );
+        let p = &message;
+        assert_eq!(p.id, EVENT_ID.to_string());
         assert_eq!(text(header(p, "x-rejected-stage")), "decode");
         assert_eq!(
             text(header(p, "x-rejection-reason")),
             "payload is not valid JSON"
         );
-        assert_eq!(*header(p, "x-unauthenticated"), AMQPValue::Boolean(true));
+        assert_eq!(*header(p, "x-unauthenticated"), Header::Bool(true));
     }
 }

@@ -13,13 +13,14 @@
 //! | lead: lock and lease | [`lease`] | Postgres |
 //! | claim, look up, record | [`outbox`], [`floor`] | Postgres |
 //! | per-destination outcomes, waiting copies | [`delivery`], [`copies`] | –, Postgres |
+//! | the pure pipeline: the four stages below | [`pipeline`] | – |
 //! | redact secrets | [`redact`] | – |
 //! | decode the row | [`decode`] | – |
 //! | enrich names | [`enrich`] | – |
 //! | validate the body against its schema | [`validate`] | – |
 //! | route to subscriber exchanges | [`route`] | – |
-//! | build the AMQP message | [`envelope`] | – |
-//! | publish with confirms | [`publish`] ([`topology`]: what it declares) | RabbitMQ |
+//! | build the message | [`envelope`] | – |
+//! | publish with confirms | [`sink`] ([`sink::amqp`]: RabbitMQ) | RabbitMQ |
 //! | the loop around them | [`relay`] | both |
 //!
 //! Redaction runs first so that no later stage, log line or error can see a secret;
@@ -33,7 +34,6 @@
 
 pub mod asyncapi;
 pub mod backoff;
-pub mod batch;
 pub mod canary;
 pub mod catalog;
 pub mod cloudevents;
@@ -58,20 +58,18 @@ pub mod metrics;
 pub mod notified;
 pub mod ops;
 pub mod outbox;
+pub mod pipeline;
 pub mod process;
-pub mod publish;
 pub mod redact;
 pub mod relay;
 pub mod retention;
-pub mod retry;
-pub mod returns;
 pub mod route;
 pub mod scan;
 pub mod secret;
 pub mod shutdown;
+pub mod sink;
 pub mod sql;
 pub mod systemd;
 pub mod tasks;
 pub mod tls;
-pub mod topology;
 pub mod validate;

@@ -10,12 +10,13 @@ use itrelay::config::{LogFormat, Settings};
 use itrelay::health::Health;
 use itrelay::listen::PgSession;
 use itrelay::metrics::METRICS;
-use itrelay::publish::{self, Publisher};
 use itrelay::relay::Relay;
 use itrelay::route::Router;
+use itrelay::sink::amqp::{self, topology, Publisher};
+use itrelay::sink::Sink;
 use itrelay::{
     asyncapi, canary, demo, describe, gauges, http, logging, ops, retention, scan, shutdown, sql,
-    systemd, topology,
+    systemd,
 };
 use tracing::info;
 
@@ -407,9 +408,9 @@ async fn declare_on_broker(settings: &Settings) -> anyhow::Result<String> {
 /// reported, not failed: the relay declares them when it starts.
 async fn look_at_broker(settings: &Settings) -> anyhow::Result<String> {
     let router = Router::from_settings(settings);
-    let connection = publish::open_connection(&settings.amqp, "itrelay-check").await?;
+    let connection = amqp::open_connection(&settings.amqp, "itrelay-check").await?;
     let missing = topology::inspect(&connection, &settings.amqp, &router).await;
-    publish::close_connection(&connection, settings.amqp.connect_timeout()).await;
+    amqp::close_connection(&connection, settings.amqp.connect_timeout()).await;
     let missing = missing?;
     Ok(if missing.is_empty() {
         format!(

@@ -8,8 +8,9 @@ mod common;
 use std::process::Output;
 
 use common::*;
-use itrelay::publish::Publisher;
 use itrelay::route::Router;
+use itrelay::sink::amqp::Publisher;
+use itrelay::sink::Sink;
 use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ExchangeKind};

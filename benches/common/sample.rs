@@ -5,11 +5,11 @@ use std::collections::HashMap;
 
 use itrelay::catalog::Reference;
 use itrelay::cloudevents::CloudEventsSettings;
-use itrelay::decode::decode;
-use itrelay::enrich::{enrich, ReferenceData, ReferenceRow};
-use itrelay::envelope::{envelope, Message};
+use itrelay::enrich::{ReferenceData, ReferenceRow};
+use itrelay::envelope::envelope;
 use itrelay::event::OutboxRow;
-use itrelay::redact::redact;
+use itrelay::pipeline::process;
+use itrelay::sink::Message;
 use itrelay::validate::Validators;
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
@@ -26,7 +26,6 @@ pub const PRIORITY: &str = "medium";
 pub const SUBJECT: &str = "Laptop does not wake from sleep";
 pub const DESCRIPTION: &str = "Since this morning's update the laptop stays black after \
     opening the lid; an external monitor shows nothing either. Restarting helps for an hour.";
-pub const APP_ID: &str = "itrelay";
 
 /// The outbox row the `it_ticket_created` trigger writes for ticket `ticket_number`.
 pub fn ticket_row(outbox_id: i64, ticket_number: &str) -> OutboxRow {
@@ -71,16 +70,13 @@ pub fn references() -> Result<ReferenceData, uuid::Error> {
     )]))
 }
 
-/// One event through the pure pipeline, in the relay's order:
-/// redact → decode → enrich → validate → envelope.
+/// One event through the relay's pure pipeline ([`itrelay::pipeline::process`]), then
+/// into its message.
 pub fn pipeline(
-    mut row: OutboxRow,
+    row: OutboxRow,
     references: &ReferenceData,
     validators: &Validators,
 ) -> Result<Message, String> {
-    redact(&mut row.payload);
-    let mut event = decode(row).map_err(|dead| dead.rejection.to_string())?;
-    enrich(&mut event, references).map_err(|r| r.to_string())?;
-    validators.validate(&mut event).map_err(|r| r.to_string())?;
-    Ok(envelope(&event, APP_ID, &CloudEventsSettings::default()))
+    let event = process(row, references, validators).map_err(|dead| dead.rejection.to_string())?;
+    Ok(envelope(&event, &CloudEventsSettings::default()))
 }

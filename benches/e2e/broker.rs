@@ -15,7 +15,11 @@ use serde::Serialize;
 
 use crate::env::{amqp_properties, BenchEnv, AMQP_URL};
 use crate::stats::Percentiles;
-use itrelay::envelope::Message;
+use itrelay::sink::amqp::properties;
+use itrelay::sink::Message;
+
+/// The relay's default `amqp.app_id`, as its messages carry it.
+const APP_ID: &str = "itrelay";
 
 #[derive(Debug, Serialize)]
 pub struct Ceiling {
@@ -180,7 +184,7 @@ async fn publish_batch(
             message.routing_key.as_str().into(),
             MANDATORY,
             &message.body,
-            message.properties.clone(),
+            properties(message, APP_ID),
         )
     }))
     .await?)

@@ -168,7 +168,8 @@ impl BenchEnv {
         Ok(())
     }
 
-    /// Empties the tickets and, when installed, the outbox: each phase starts alike.
+    /// Empties the tickets and, when installed, the outbox and its waiting copies (which
+    /// reference it): each phase starts alike.
     pub async fn reset_tables(&self) -> Result<()> {
         let installed: bool = self
             .client
@@ -176,7 +177,7 @@ impl BenchEnv {
             .await?
             .get(0);
         let sql = if installed {
-            "TRUNCATE it_tickets, itrelay.outbox"
+            "TRUNCATE it_tickets, itrelay.outbox, itrelay.copies"
         } else {
             "TRUNCATE it_tickets"
         };

@@ -1,147 +1,27 @@
-//! Publishing to RabbitMQ: durable topic exchanges declared at start, every message
-//! persistent and `mandatory` on a channel in confirm mode. A message counts as delivered
-//! only when the broker acks it and did not return it.
+//! Publishing on one channel in confirm mode: a batch is sent without waiting, then its
+//! confirms are awaited in send order, and returns are matched to their messages.
 
-use std::future::Future;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use futures_util::StreamExt;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Event};
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{Channel, Connection, Event};
 use lapin::{Confirmation as LapinConfirmation, PublisherConfirm};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
-use futures_util::FutureExt;
-
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::warn;
 
+use super::connection::{bounded, open_channel, open_connection};
+use super::message::properties;
+use super::returns::{Reply, Returns};
+use super::{topology, PublishError};
 use crate::config::AmqpSettings;
-use crate::envelope::Message;
-use crate::metrics::METRICS;
-use crate::returns::{Reply, Returns};
+use crate::metrics::{Service, METRICS};
 use crate::route::Router;
-use crate::tls::{self, SettingError};
-use crate::topology;
-
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("AMQP error: {0}")]
-    Amqp(#[from] lapin::Error),
-    #[error("the broker confirmed nothing within {0:?}")]
-    ConfirmTimeout(Duration),
-    /// A step of talking to the broker got no answer in time (a silent network).
-    #[error("{step}: no answer from the broker within {limit:?}")]
-    Timeout { step: String, limit: Duration },
-    /// A TLS file became unreadable since the start.
-    #[error(transparent)]
-    Setting(#[from] SettingError),
-}
-
-/// The broker's answer to one publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Confirmation {
-    Acked,
-    /// Acked but returned: no queue is bound for the routing key.
-    Returned {
-        reply_code: u16,
-        reply_text: String,
-    },
-    Nacked,
-}
-
-/// Heartbeat interval asked of the broker when the URL does not say (`?heartbeat=N`).
-const HEARTBEAT_SECS: u16 = 5;
-/// Largest frame asked of the broker when the URL does not say (`?frame_max=N`). lapin
-/// keeps a send and a receive buffer of 32 frames per connection, zero-filled: at
-/// RabbitMQ's default of 128 KiB that is 8 MiB resident per connection; at 8 KiB,
-/// 512 KiB. A message body larger than a frame is sent in several.
-const FRAME_MAX: u32 = 8192;
-
-/// Waits at most `limit` for one step of talking to the broker; a step that times out
-/// is named in the error (and so in the log line about it).
-pub async fn bounded<T, E: Into<PublishError>>(
-    limit: Duration,
-    step: impl FnOnce() -> String,
-    call: impl Future<Output = Result<T, E>>,
-) -> Result<T, PublishError> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(result) => result.map_err(Into::into),
-        Err(_) => Err(PublishError::Timeout {
-            step: step(),
-            limit,
-        }),
-    }
-}
-
-/// Opens a connection as the settings say: the password over the URL's, and for
-/// `amqps://` TLS with `amqp.ca_file` and the client certificate, if any.
-/// `name` is the connection's name in the broker's management UI.
-pub async fn open_connection(
-    settings: &AmqpSettings,
-    name: &str,
-) -> Result<Connection, PublishError> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    let (mut uri, tls) = settings.connect_options()?;
-    // Heartbeats unless the URL sets them: a silent broker is noticed in 2 × this.
-    uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
-    uri.query.frame_max.get_or_insert(FRAME_MAX);
-    // TCP, TLS and the AMQP handshake together: an endpoint that accepts and never
-    // answers is given up on after `amqp.connect_timeout_secs`.
-    let step = || {
-        format!(
-            "connecting to {} (TCP, TLS and AMQP handshake)",
-            settings.url
-        )
-    };
-    let limit = settings.connect_timeout();
-    match tls {
-        None => bounded(limit, step, Connection::connect_uri(uri, properties)).await,
-        Some(connector) => {
-            bounded(
-                limit,
-                step,
-                tls::amqps_connection(uri, connector, properties),
-            )
-            .await
-        }
-    }
-}
-
-/// Opens a channel, bounded by `amqp.connect_timeout_secs`.
-pub async fn open_channel(
-    connection: &Connection,
-    settings: &AmqpSettings,
-) -> Result<Channel, PublishError> {
-    bounded(
-        settings.connect_timeout(),
-        || "opening a channel".to_owned(),
-        connection.create_channel(),
-    )
-    .await
-}
-
-/// Closes `connection`, waiting at most `limit` for the broker to agree; a connection
-/// that already failed, or a broker that does not answer, has nothing left to say.
-pub async fn close_connection(connection: &Connection, limit: Duration) {
-    let _ = tokio::time::timeout(limit, connection.close(200, "shutting down".into())).await;
-}
-
-/// A server-named queue that lives as long as this connection: for watching exchanges.
-pub async fn private_queue(channel: &Channel) -> Result<lapin::Queue, lapin::Error> {
-    let options = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare("".into(), options, FieldTable::default())
-        .await
-}
+use crate::sink::{Confirmation, Message, Sink};
 
 /// Messages published and not yet confirmed, in send order: their confirms' numbers in
 /// [`Confirms`], and the exchange and message id of each, to match returns to them.
@@ -152,7 +32,7 @@ pub struct Unconfirmed {
 }
 
 /// The publisher's confirms not yet taken by [`Publisher::confirm`], and the returns
-/// seen: a confirm may carry another message's return ([`crate::returns`]).
+/// seen: a confirm may carry another message's return ([`super::returns`]).
 #[derive(Default)]
 struct Confirms {
     next: u64,
@@ -209,18 +89,14 @@ impl Confirms {
 pub struct Publisher {
     connection: Connection,
     channel: Channel,
+    /// The `app_id` of every message.
+    app_id: String,
     confirm_timeout: Duration,
     close_timeout: Duration,
     confirms: Mutex<Confirms>,
 }
 
 impl Publisher {
-    /// Whether the broker blocks this connection's publishing (`connection.blocked`,
-    /// sent during a memory or disk alarm) right now.
-    pub fn blocked(&self) -> bool {
-        self.connection.status().blocked()
-    }
-
     /// Connects, turns on publisher confirms and declares every exchange of `router`,
     /// plus the dead-letter exchange and its queue.
     pub async fn connect(
@@ -241,15 +117,36 @@ impl Publisher {
         Ok(Self {
             connection,
             channel,
+            app_id: settings.app_id.clone(),
             confirm_timeout,
             close_timeout: limit,
             confirms: Mutex::default(),
         })
     }
 
+    fn pending(&self) -> std::sync::MutexGuard<'_, Confirms> {
+        // Cannot fail: no code holding the lock panics (it never awaits, and only moves
+        // values between maps).
+        self.confirms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Sink for Publisher {
+    const SERVICE: Service = Service::Rabbitmq;
+    type Error = PublishError;
+    type Pending = Unconfirmed;
+
+    /// Whether the broker blocks this connection's publishing (`connection.blocked`,
+    /// sent during a memory or disk alarm) right now.
+    fn blocked(&self) -> bool {
+        self.connection.status().blocked()
+    }
+
     /// Publishes each `(exchange, message)` without waiting for the broker: the relay
     /// claims its next batch while these confirms are on their way.
-    pub async fn send(&self, sends: &[(&str, &Message)]) -> Result<Unconfirmed, PublishError> {
+    async fn send(&self, sends: &[(&str, &Message)]) -> Result<Unconfirmed, PublishError> {
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
@@ -264,7 +161,7 @@ impl Publisher {
                 message.routing_key.as_str().into(),
                 options,
                 &message.body,
-                message.properties.clone(),
+                properties(message, &self.app_id),
             )
         }));
         // Writing stalls when the network does: bounded like the confirms.
@@ -287,15 +184,7 @@ impl Publisher {
         }
         let sent = sends
             .iter()
-            .map(|(exchange, message)| {
-                let message_id = message
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|id| id.to_string())
-                    .unwrap_or_default();
-                ((*exchange).to_owned(), message_id)
-            })
+            .map(|(exchange, message)| ((*exchange).to_owned(), message.id.clone()))
             .collect();
         Ok(Unconfirmed {
             seqs: first..pending.next,
@@ -304,21 +193,10 @@ impl Publisher {
         })
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, Confirms> {
-        // Cannot fail: no code holding the lock panics (it never awaits, and only moves
-        // values between maps).
-        self.confirms
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Waits for every confirm of `unconfirmed`; the answers come back in send order. A
     /// message counts as returned when a return naming its exchange and message id came
     /// back, whichever confirm carried it.
-    pub async fn confirm(
-        &self,
-        unconfirmed: Unconfirmed,
-    ) -> Result<Vec<Confirmation>, PublishError> {
+    async fn confirm(&self, unconfirmed: Unconfirmed) -> Result<Vec<Confirmation>, PublishError> {
         let Unconfirmed {
             seqs,
             sent,
@@ -382,17 +260,8 @@ impl Publisher {
         Ok(confirmations)
     }
 
-    /// Publishes and waits for the confirms.
-    pub async fn publish(
-        &self,
-        sends: &[(&str, &Message)],
-    ) -> Result<Vec<Confirmation>, PublishError> {
-        let unconfirmed = self.send(sends).await?;
-        self.confirm(unconfirmed).await
-    }
-
     /// A signal fired when the broker connection fails, even while nothing is published.
-    pub fn failure_signal(&self) -> Arc<Notify> {
+    fn failure_signal(&self) -> Arc<Notify> {
         let failed = Arc::new(Notify::new());
         let signal = failed.clone();
         let mut events = self.connection.events_listener();
@@ -411,7 +280,7 @@ impl Publisher {
 
     /// Closes the channel and the connection; a broker that does not answer within
     /// `amqp.connect_timeout_secs` is left behind.
-    pub async fn close(self) {
+    async fn close(self) {
         // Closing a connection that already failed has nothing left to report.
         let closing = async {
             let _ = self.channel.close(200, "shutting down".into()).await;

@@ -9,8 +9,8 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
 
+use super::{bounded, open_channel, PublishError};
 use crate::config::{AmqpSettings, QueueType};
-use crate::publish::{bounded, open_channel, PublishError};
 use crate::route::Router;
 use crate::tls::SettingError;
 
