@@ -50,17 +50,16 @@ pub struct Storage {
 /// The current WAL position, in bytes.
 async fn wal_position(client: &tokio_postgres::Client) -> Result<f64> {
     Ok(client
-        .query_one(
-            "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::float8",
-            &[],
-        )
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::float8", &[])
         .await?
         .get(0))
 }
 
 /// Heap bytes, live and dead rows of the tables in schema itrelay.
 async fn itrelay_tables(client: &tokio_postgres::Client) -> Result<(i64, i64, i64)> {
-    client.batch_execute("SELECT pg_stat_clear_snapshot()").await?;
+    client
+        .batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await?;
     let row = client
         .query_one(
             "SELECT coalesce(sum(pg_relation_size(c.oid)), 0)::bigint,
