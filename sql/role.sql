@@ -15,7 +15,8 @@
 -- What the role can do, and why:
 --   itrelay.events          SELECT, UPDATE: claim pending rows, record failed or held ones;
 --                           INSERT: store whole-event notifications.
---   itrelay.progress        SELECT, UPDATE: record what was delivered, per batch.
+--   itrelay.progress        SELECT, UPDATE of floor, settled, recorded_at: record what was
+--                           delivered, per batch.
 --   itrelay.outbox, itrelay.pending
 --                           SELECT: status, dead letters, replay and the gauges.
 --   itrelay.schema_version  SELECT: `itrelay check` compares the installed version.
@@ -54,7 +55,7 @@ GRANT USAGE ON SCHEMA itrelay TO :"relay_role";
 
 -- Retention removes whole partitions through itrelay.retire_partitions, as the owner.
 GRANT SELECT, INSERT, UPDATE ON itrelay.events TO :"relay_role";
-GRANT SELECT, UPDATE ON itrelay.progress TO :"relay_role";
+GRANT SELECT, UPDATE (floor, settled, recorded_at) ON itrelay.progress TO :"relay_role";
 GRANT SELECT ON itrelay.outbox, itrelay.pending TO :"relay_role";
 GRANT SELECT, INSERT, UPDATE, DELETE ON itrelay.copies TO :"relay_role";
 GRANT SELECT ON itrelay.event_entities TO :"relay_role";

@@ -161,10 +161,15 @@ impl Outbox {
                          WHERE o.id = ANY($2) AND o.id = u.id AND o.state IN ('pending', 'queued')
                          RETURNING o.id, o.entity, u.state
                      ), requeued AS (
+                         -- Replayed rows delivered: found in the few rows recorded on
+                         -- their own, by the batch's id range, not an index probe per id.
                          UPDATE itrelay.events
                          SET state = 'delivered', attempts = attempts + 1, last_error = NULL,
                              delivered_at = now()
-                         WHERE state = 'queued' AND id = ANY($1)
+                         WHERE state = 'queued'
+                           AND id BETWEEN (SELECT min(i) FROM unnest($1::bigint[]) AS i)
+                                      AND (SELECT max(i) FROM unnest($1::bigint[]) AS i)
+                           AND id + 0 = ANY($1)
                          RETURNING 1
                      ), copies AS (
                          INSERT INTO itrelay.copies AS c
