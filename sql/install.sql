@@ -274,7 +274,12 @@ SELECT e.id, e.event_id, e.event_type, e.payload, e.source_table, e.created_at,
             WHEN e.id < (SELECT floor FROM itrelay.progress)
                  OR (SELECT settled FROM itrelay.progress) @> e.id::numeric THEN 'delivered'
             ELSE 'pending' END AS state,
-       e.attempts, e.last_error, e.delivered_at, e.entity
+       -- Delivered at the first try: one attempt, not recorded on the row.
+       CASE WHEN e.state = 'pending' AND e.attempts = 0
+                 AND (e.id < (SELECT floor FROM itrelay.progress)
+                      OR (SELECT settled FROM itrelay.progress) @> e.id::numeric) THEN 1
+            ELSE e.attempts END AS attempts,
+       e.last_error, e.delivered_at, e.entity
 FROM itrelay.events AS e;
 
 -- The pending events alone, found without reading the settled ones: the ranges of ids

@@ -422,9 +422,12 @@ pub async fn replay(
         "WITH selected AS (
                  SELECT id, state FROM itrelay.outbox WHERE {SELECTED}
              ), replayed AS (
-                 -- Queued: pending whatever itrelay.progress says of its id.
+                 -- Queued: pending whatever itrelay.progress says of its id. A row
+                 -- delivered at the first try was published once, though not recorded.
                  UPDATE itrelay.events AS o
-                 SET state = 'queued', last_error = NULL, delivered_at = NULL
+                 SET state = 'queued', last_error = NULL, delivered_at = NULL,
+                     attempts = CASE WHEN o.state = 'pending' THEN greatest(o.attempts, 1)
+                                     ELSE o.attempts END
                  FROM selected AS s
                  WHERE o.id = s.id AND s.state = ANY($5)
                  RETURNING o.id
