@@ -78,52 +78,278 @@ CREATE TABLE IF NOT EXISTS itrelay.schema_version (
     installed_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Every event, in commit order of its id, until the relay has delivered it.
-CREATE TABLE IF NOT EXISTS itrelay.outbox (
-    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+-- ==== Storage: the events, what the relay has settled, and the outbox view ====
+--
+-- Every event is written once, by itrelay.enqueue, and on the common path never written
+-- again: delivery is recorded per batch in itrelay.progress (a floor below which every
+-- id is settled, and the ids above it settled since), not by rewriting the event. Only
+-- the rare cases are written to the event's own row (failed, held, replayed). The
+-- events are partitioned by id range, so retention removes whole settled partitions
+-- (itrelay.retire_partitions) and the table stays small whether or not autovacuum runs.
+-- itrelay.outbox is a view over them with each event's state, for DBAs and tools.
+
+-- Every event, in commit order of its id (docs/ordering.md).
+CREATE TABLE IF NOT EXISTS itrelay.events (
+    id           bigint GENERATED ALWAYS AS IDENTITY,
     -- Fixed at insert: the AMQP message_id of every copy, so consumers can de-duplicate.
-    event_id     uuid NOT NULL DEFAULT gen_random_uuid() UNIQUE,
+    event_id     uuid NOT NULL DEFAULT gen_random_uuid(),
     event_type   text NOT NULL,
     payload      jsonb NOT NULL,
     -- The business table the trigger fired on, or 'notify' for events that arrived as
     -- a whole JSON notification.
     source_table text NOT NULL,
     created_at   timestamptz NOT NULL DEFAULT now(),
-    -- pending: waiting; held: confirmed on some subscriber exchanges, its other copies
-    -- wait in itrelay.copies for a retry; delivered: every copy confirmed (or
-    -- dead-lettered for its destination alone, see itrelay.copies); failed: the event
-    -- itself was dead-lettered with last_error, kept for inspection and replay.
+    -- pending: what became of it is in itrelay.progress (pending until settled there,
+    -- then delivered). The rest are recorded on the row itself: queued: put back to
+    -- pending by a replay or a DBA, whatever itrelay.progress says; held: confirmed on
+    -- some subscriber exchanges, its other copies wait in itrelay.copies for a retry;
+    -- delivered: every copy confirmed after a hold or a replay; failed: the event itself
+    -- was dead-lettered with last_error, kept for inspection and replay.
     state        text NOT NULL DEFAULT 'pending'
-                 CHECK (state IN ('pending', 'held', 'delivered', 'failed')),
+                 CHECK (state IN ('pending', 'queued', 'held', 'delivered', 'failed')),
+    -- Attempts and error of a row whose publication failed or that was recorded on
+    -- its row; 0 and NULL for events delivered at the first try.
     attempts     integer NOT NULL DEFAULT 0,
     last_error   text,
     delivered_at timestamptz,
     -- The entity the event is about, as `<key field>:<value>` (`ticket_id:…`): events of
     -- one entity reach each subscriber in the order of their ids.
-    entity       text
-);
+    entity       text,
+    PRIMARY KEY (id)
+) PARTITION BY RANGE (id);
 
--- Installs made before per-entity order and per-destination copies.
-ALTER TABLE itrelay.outbox ADD COLUMN IF NOT EXISTS entity text;
-DO $$
+-- Ids no range partition covers land here, so an insert never fails for want of a
+-- partition (the relay down for long, a jump in ids). itrelay.extend_partitions creates
+-- the next partitions above whatever this holds; retention empties it once settled.
+CREATE TABLE IF NOT EXISTS itrelay.events_default PARTITION OF itrelay.events DEFAULT;
+
+-- The rows recorded on their own (queued, held, delivered after a hold, failed): few.
+-- No entry for a pending row, so an event's insert writes none.
+CREATE INDEX IF NOT EXISTS events_recorded ON itrelay.events (id) WHERE state <> 'pending';
+
+-- What the relay has settled, updated once per batch. Every id below floor is settled:
+-- delivered, unless its row records otherwise. Ids in settled (all at or above floor)
+-- are settled too, as ranges [id, id + 1) of numeric, which hold the last possible id
+-- too. The floor is the relay's claim floor (src/floor.rs): it passes an id
+-- only once no transaction that could still commit a row below it is running.
+-- recorded_at: when the relay last recorded a batch.
+-- partition_span: how many ids each partition of itrelay.events holds.
+CREATE TABLE IF NOT EXISTS itrelay.progress (
+    singleton         boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    floor             bigint NOT NULL DEFAULT 0,
+    settled           nummultirange NOT NULL DEFAULT '{}',
+    recorded_at       timestamptz,
+    partition_span    bigint NOT NULL DEFAULT 100000 CHECK (partition_span > 0)
+) WITH (fillfactor = 20);
+INSERT INTO itrelay.progress DEFAULT VALUES ON CONFLICT DO NOTHING;
+
+-- Creates the range partitions of itrelay.events up to p_ahead spans above the next id,
+-- each ending on a multiple of the span: the first above every id already in the default
+-- partition (on a first call, from p_from's span, or the next id's). Each is created
+-- empty and attached, which does not block inserts. Returns how many it created.
+CREATE OR REPLACE FUNCTION itrelay.extend_partitions(p_ahead integer DEFAULT 2,
+    p_from bigint DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_span    numeric := (SELECT partition_span FROM itrelay.progress);
+    v_next    numeric;
+    v_lo      numeric;
+    v_hi      numeric;
+    v_created integer := 0;
+    v_name    text;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint
-                   WHERE conrelid = 'itrelay.outbox'::regclass AND conname = 'outbox_state_check'
-                     AND pg_get_constraintdef(oid) LIKE '%held%') THEN
-        ALTER TABLE itrelay.outbox DROP CONSTRAINT IF EXISTS outbox_state_check;
-        ALTER TABLE itrelay.outbox ADD CONSTRAINT outbox_state_check
-            CHECK (state IN ('pending', 'held', 'delivered', 'failed'));
-    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('itrelay partitions'));
+    -- Writers into the default partition wait for this call: no row lands in the range
+    -- of a partition being attached.
+    LOCK TABLE itrelay.events_default IN EXCLUSIVE MODE;
+    SELECT coalesce(s.last_value, s.start_value - 1) + 1 INTO v_next
+    FROM pg_sequences AS s
+    WHERE s.schemaname || '.' || s.sequencename = pg_get_serial_sequence('itrelay.events', 'id');
+    SELECT max((regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''?(-?\d+)''?\)'))[1]::numeric)
+    INTO v_lo
+    FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'itrelay.events'::regclass AND c.oid <> 'itrelay.events_default'::regclass;
+    v_lo := coalesce(v_lo, floor(coalesce(p_from, v_next) / v_span) * v_span);
+    v_lo := greatest(v_lo, (SELECT max(id) + 1 FROM itrelay.events_default));
+    WHILE v_lo < v_next + p_ahead * v_span LOOP
+        v_hi := least((floor(v_lo / v_span) + 1) * v_span, 9223372036854775807);
+        EXIT WHEN v_hi <= v_lo;
+        v_name := 'events_' || v_lo;
+        EXECUTE format('CREATE TABLE itrelay.%I (LIKE itrelay.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', v_name);
+        EXECUTE format('ALTER TABLE itrelay.events ATTACH PARTITION itrelay.%I FOR VALUES FROM (%s) TO (%s)',
+                       v_name, v_lo, v_hi);
+        v_created := v_created + 1;
+        v_lo := v_hi;
+    END LOOP;
+    RETURN v_created;
 END;
 $$;
 
+-- Removes the partitions of itrelay.events whose every event is settled and delivered
+-- (none failed, held or queued, none with a copy in itrelay.copies) and older than
+-- p_max_age, at most p_limit of them: truncated, which frees their space at once and
+-- leaves no dead rows, then dropped. The default partition is emptied, never dropped.
+-- Waits at most a moment for each lock: what it cannot lock now is left to the next
+-- call. Returns how many events it removed.
+CREATE OR REPLACE FUNCTION itrelay.retire_partitions(p_max_age interval, p_limit integer)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_floor   bigint := (SELECT floor FROM itrelay.progress);
+    v_part    record;
+    v_rows    bigint;
+    v_ready   boolean;
+    v_removed bigint := 0;
+    v_done    integer := 0;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('itrelay partitions'));
+    PERFORM set_config('lock_timeout', '100ms', true);
+    FOR v_part IN
+        SELECT c.oid::regclass AS part, c.oid = 'itrelay.events_default'::regclass AS is_default,
+               (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''?(-?\d+)''?\)'))[1]::numeric AS upper
+        FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'itrelay.events'::regclass
+        ORDER BY 3 NULLS LAST
+    LOOP
+        EXIT WHEN v_done >= p_limit;
+        CONTINUE WHEN v_part.upper > v_floor;
+        v_rows := -1;
+        BEGIN
+            -- Locked first: no insert into it (the default partition) commits after the
+            -- check and before the truncation.
+            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_part.part);
+            EXECUTE format(
+                'SELECT count(*), coalesce(bool_and(e.id < $1 AND e.state IN (''pending'', ''delivered'')
+                        AND coalesce(e.delivered_at, e.created_at) < now() - $2
+                        AND NOT EXISTS (SELECT 1 FROM itrelay.copies AS c WHERE c.outbox_id = e.id)), true)
+                 FROM %s AS e', v_part.part)
+            INTO v_rows, v_ready USING v_floor, p_max_age;
+            IF v_ready AND v_rows > 0 THEN
+                EXECUTE format('TRUNCATE %s', v_part.part);
+                v_removed := v_removed + v_rows;
+            END IF;
+        EXCEPTION WHEN lock_not_available THEN
+            v_ready := false; -- busy: the next call tries again
+        END;
+        CONTINUE WHEN NOT v_ready OR v_part.is_default;
+        BEGIN
+            EXECUTE format('DROP TABLE %s', v_part.part);
+            v_done := v_done + 1;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL; -- emptied already; dropped by a later call
+        END;
+    END LOOP;
+    RETURN v_removed;
+END;
+$$;
+
+-- ==== Upgrade: the storage of installs before issue 17 ====
+-- Those kept every event in a table itrelay.outbox and rewrote its row to record
+-- delivery. Its rows move to itrelay.events as they are, ids, states and all, behind a
+-- lock that holds writers until the new layout is in place; the floor goes to the first
+-- pending event. So nothing pending is lost or sent twice, and nothing settled is sent
+-- again. Stop the relay before, and start the new one after.
+DO $$
+DECLARE
+    v_first bigint;
+    v_last  bigint;
+BEGIN
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('itrelay.outbox')) IS DISTINCT FROM 'r' THEN
+        RETURN;
+    END IF;
+    LOCK TABLE itrelay.outbox IN ACCESS EXCLUSIVE MODE;
+    SELECT min(id), max(id) INTO v_first, v_last FROM itrelay.outbox;
+    IF v_last IS NOT NULL THEN
+        PERFORM setval(pg_get_serial_sequence('itrelay.events', 'id'), v_last);
+        PERFORM itrelay.extend_partitions(2, v_first);
+        INSERT INTO itrelay.events (id, event_id, event_type, payload, source_table, created_at,
+                                    state, attempts, last_error, delivered_at, entity)
+        OVERRIDING SYSTEM VALUE
+        SELECT id, event_id, event_type, payload, source_table, created_at, state, attempts,
+               last_error, delivered_at, entity
+        FROM itrelay.outbox;
+    END IF;
+    UPDATE itrelay.progress
+    SET floor = coalesce((SELECT min(id) FROM itrelay.outbox WHERE state = 'pending'), v_last + 1, 0),
+        settled = '{}';
+    -- Also drops the copies' foreign key to it.
+    DROP TABLE itrelay.outbox CASCADE;
+END;
+$$;
+-- ==== End of the upgrade ====
+
+-- Partitions for the ids to come; the relay extends them as ids are used.
+SELECT itrelay.extend_partitions();
+
+-- Every event with its state (pending, held, delivered, failed): itrelay.events seen
+-- through itrelay.progress. delivered_at is set for events recorded on their row only;
+-- itrelay.progress.recorded_at says when the relay last recorded a batch.
+CREATE OR REPLACE VIEW itrelay.outbox AS
+SELECT e.id, e.event_id, e.event_type, e.payload, e.source_table, e.created_at,
+       CASE WHEN e.state = 'queued' THEN 'pending'
+            WHEN e.state <> 'pending' THEN e.state
+            WHEN e.id < (SELECT floor FROM itrelay.progress)
+                 OR (SELECT settled FROM itrelay.progress) @> e.id::numeric THEN 'delivered'
+            ELSE 'pending' END AS state,
+       -- Delivered at the first try: one attempt, not recorded on the row.
+       CASE WHEN e.state = 'pending' AND e.attempts = 0
+                 AND (e.id < (SELECT floor FROM itrelay.progress)
+                      OR (SELECT settled FROM itrelay.progress) @> e.id::numeric) THEN 1
+            ELSE e.attempts END AS attempts,
+       e.last_error, e.delivered_at, e.entity
+FROM itrelay.events AS e;
+
+-- The pending events alone, found without reading the settled ones: the ranges of ids
+-- at or above the floor not settled, and the rows queued again.
+CREATE OR REPLACE VIEW itrelay.pending AS
+SELECT e.*
+FROM itrelay.progress AS p,
+     unnest(nummultirange(numrange(p.floor, 9223372036854775808)) - p.settled) AS g(ids),
+     LATERAL (SELECT * FROM itrelay.events AS e
+              WHERE e.id >= lower(g.ids)::bigint
+                AND e.id <= (upper(g.ids) - 1)::bigint
+                AND e.state = 'pending') AS e
+UNION ALL
+SELECT * FROM itrelay.events WHERE state = 'queued';
+
+-- Rows written into the view (by a DBA, or a tool) go to itrelay.events.
+CREATE OR REPLACE FUNCTION itrelay.outbox_insert()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO itrelay.events (event_id, event_type, payload, source_table, created_at, state,
+                                attempts, last_error, delivered_at, entity)
+    VALUES (coalesce(NEW.event_id, gen_random_uuid()), NEW.event_type, NEW.payload,
+            NEW.source_table, coalesce(NEW.created_at, now()), coalesce(NEW.state, 'pending'),
+            coalesce(NEW.attempts, 0), NEW.last_error, NEW.delivered_at, NEW.entity)
+    RETURNING id, event_id, created_at, state INTO NEW.id, NEW.event_id, NEW.created_at, NEW.state;
+    RETURN NEW;
+END;
+$$;
+-- (On the view itself, not an IT table: not one of the triggers `itrelay check` lists.)
+CREATE OR REPLACE
+    TRIGGER itrelay_outbox_insert INSTEAD OF INSERT ON itrelay.outbox
+    FOR EACH ROW EXECUTE FUNCTION itrelay.outbox_insert();
+
+-- ==== End of storage ====
 -- The copies (event x subscriber module) that were not confirmed at the first try:
 -- waiting: nacked by the broker (a full queue, ...) or held behind an earlier waiting
 -- copy of the same entity for the same module, sent again at next_attempt_at;
 -- failed: dead-lettered for this destination alone (returned: no queue bound), kept for
 -- inspection and replay. A confirmed copy leaves no row here.
 CREATE TABLE IF NOT EXISTS itrelay.copies (
-    outbox_id       bigint NOT NULL REFERENCES itrelay.outbox (id) ON DELETE CASCADE,
+    -- The event's id in itrelay.events (no foreign key: retention drops whole partitions,
+    -- and keeps every partition that still has a copy here).
+    outbox_id       bigint NOT NULL,
     module          text NOT NULL,
     entity          text,
     state           text NOT NULL CHECK (state IN ('waiting', 'failed')),
@@ -184,15 +410,6 @@ SET entity_field = excluded.entity_field, lock_entity = excluded.lock_entity;
 CREATE TABLE IF NOT EXISTS itrelay.entity_locks (
     entity text PRIMARY KEY
 );
-
--- The relay reads only pending rows, in id order.
-CREATE INDEX IF NOT EXISTS outbox_pending ON itrelay.outbox (id) WHERE state = 'pending';
-
--- Retention deletes delivered rows by age.
-CREATE INDEX IF NOT EXISTS outbox_delivered ON itrelay.outbox (delivered_at) WHERE state = 'delivered';
-
--- Failed rows are counted for /metrics (itrelay_outbox_failed_rows) every few seconds.
-CREATE INDEX IF NOT EXISTS outbox_failed ON itrelay.outbox (id) WHERE state = 'failed';
 
 -- Whether the relay is idle, waiting for a notification: the leader then holds the
 -- advisory lock `itrelay idle` (src/outbox.rs). While it drains (under load) it does not,
@@ -320,7 +537,7 @@ BEGIN
         INSERT INTO itrelay.entity_locks (entity) VALUES (v_entity)
         ON CONFLICT (entity) DO UPDATE SET entity = excluded.entity WHERE false;
     END IF;
-    INSERT INTO itrelay.outbox (event_type, payload, source_table, entity)
+    INSERT INTO itrelay.events (event_type, payload, source_table, entity)
     VALUES (p_event_type, itrelay.redact(p_payload), p_source_table, v_entity);
     IF NOT pg_try_advisory_xact_lock_shared(hashtextextended('itrelay idle', 0)) THEN
         PERFORM pg_notify((SELECT channel FROM itrelay.settings), '');

@@ -14,8 +14,12 @@
 --   postgres://itrelay_relay@db:5432/itdb?sslmode=verify-full
 --
 -- What the role can do, and why:
---   itrelay.outbox          SELECT, UPDATE: claim pending rows, mark them delivered or failed;
+--   itrelay.events          SELECT, UPDATE: claim pending rows, record failed or held ones;
 --                           INSERT: store whole-event notifications.
+--   itrelay.progress        SELECT, UPDATE of floor, settled, recorded_at: record what was
+--                           delivered, per batch.
+--   itrelay.outbox, itrelay.pending
+--                           SELECT: status, dead letters, replay and the gauges.
 --   itrelay.schema_version  SELECT: `itrelay check` compares the installed version.
 --   itrelay.settings        SELECT: the NOTIFY channel stored at install.
 --   itrelay.leader          SELECT, INSERT, UPDATE: the leader's lease.
@@ -50,8 +54,10 @@ ALTER ROLE :"relay_role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION
 GRANT CONNECT ON DATABASE :"DBNAME" TO :"relay_role";
 GRANT USAGE ON SCHEMA itrelay TO :"relay_role";
 
--- DELETE: retention removes old delivered rows.
-GRANT SELECT, INSERT, UPDATE, DELETE ON itrelay.outbox TO :"relay_role";
+-- Retention removes whole partitions through itrelay.retire_partitions, as the owner.
+GRANT SELECT, INSERT, UPDATE ON itrelay.events TO :"relay_role";
+GRANT SELECT, UPDATE (floor, settled, recorded_at) ON itrelay.progress TO :"relay_role";
+GRANT SELECT ON itrelay.outbox, itrelay.pending TO :"relay_role";
 GRANT SELECT, INSERT, UPDATE, DELETE ON itrelay.copies TO :"relay_role";
 GRANT SELECT ON itrelay.event_entities TO :"relay_role";
 GRANT SELECT ON itrelay.schema_version TO :"relay_role";

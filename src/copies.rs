@@ -46,7 +46,7 @@ impl Copies {
                     "SELECT o.id, o.event_id, o.event_type, o.payload::text, o.source_table,
                             o.created_at, o.entity, c.module, c.attempts,
                             c.next_attempt_at <= now()
-                     FROM itrelay.copies AS c JOIN itrelay.outbox AS o ON o.id = c.outbox_id
+                     FROM itrelay.copies AS c JOIN itrelay.events AS o ON o.id = c.outbox_id
                      WHERE c.state = 'waiting'
                      ORDER BY c.outbox_id, c.module
                      LIMIT $1",
@@ -74,7 +74,7 @@ impl Copies {
                            AND u.verdict <> 'confirmed'
                          RETURNING 1
                      ), finished AS (
-                         UPDATE itrelay.outbox AS o
+                         UPDATE itrelay.events AS o
                          SET state = 'delivered', delivered_at = now()
                          WHERE o.id IN (SELECT id FROM u) AND o.state = 'held'
                            AND NOT EXISTS (SELECT 1 FROM u AS w

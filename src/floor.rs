@@ -1,9 +1,9 @@
 //! Where a claim starts: the lowest outbox id that can still be pending. Pure bookkeeping;
 //! [`crate::outbox`] runs the statements.
 //!
-//! Marking a row delivered leaves its entry in the pending index until the table is
-//! vacuumed, so a claim that started at the lowest id would step over every row delivered
-//! since the last vacuum. The floor skips them, and stays exact with late commits: a row
+//! The claim keeps the floor in `itrelay.progress`: every id below it is settled, which
+//! is how an event delivered at the first try is recorded, without touching its row, and
+//! what retention goes by. So the floor must be exact with late commits: a row
 //! can still turn up below the ids already seen while the transaction that wrote it is
 //! running. So the floor rises past an id only once every transaction that was running
 //! when that id was seen has ended, which Postgres reports as the oldest running

@@ -14,12 +14,13 @@ use tokio_util::sync::CancellationToken;
 /// How often the outbox is measured.
 pub const EVERY: Duration = Duration::from_secs(5);
 
-/// One statement for the four gauges; the outbox counts use their state's partial index.
+/// One statement for the four gauges; pending events are found without reading the
+/// settled ones (`itrelay.pending`), failed ones through their partial index.
 pub const MEASURE_SQL: &str = "SELECT
-    (SELECT count(*) FROM itrelay.outbox WHERE state = 'pending'),
+    (SELECT count(*) FROM itrelay.pending),
     (SELECT coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE isfinite(created_at))), 0)::float8
-       FROM itrelay.outbox WHERE state = 'pending'),
-    (SELECT count(*) FROM itrelay.outbox WHERE state = 'failed'),
+       FROM itrelay.pending),
+    (SELECT count(*) FROM itrelay.events WHERE state = 'failed'),
     (SELECT count(*) FROM itrelay.copies WHERE state = 'failed')";
 
 #[derive(Debug, thiserror::Error)]

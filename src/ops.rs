@@ -57,8 +57,9 @@ pub struct Leader {
 pub async fn status(client: &Client, lease: Duration) -> Result<Status, tokio_postgres::Error> {
     let counts = client
         .query_one(
-            "SELECT count(*) FILTER (WHERE state = 'pending'),
-                    extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending' AND isfinite(created_at)))::float8,
+            "SELECT (SELECT count(*) FROM itrelay.pending),
+                    (SELECT extract(epoch FROM now() - min(created_at))::float8
+                     FROM itrelay.pending WHERE isfinite(created_at)),
                     count(*) FILTER (WHERE state = 'failed'),
                     count(*) FILTER (WHERE state = 'delivered'),
                     (SELECT count(*) FROM itrelay.copies WHERE state = 'waiting'),
@@ -69,9 +70,13 @@ pub async fn status(client: &Client, lease: Duration) -> Result<Status, tokio_po
         .await?;
     let last_delivered = client
         .query_opt(
-            "SELECT event_id, event_type, delivered_at FROM itrelay.outbox
-             WHERE state = 'delivered' AND event_type <> $1
-             ORDER BY delivered_at DESC LIMIT 1",
+            // An event delivered at the first try was delivered by the relay's last
+            // record at the latest.
+            "SELECT o.event_id, o.event_type, coalesce(o.delivered_at, p.recorded_at)
+             FROM itrelay.outbox AS o, itrelay.progress AS p
+             WHERE o.state = 'delivered' AND o.event_type <> $1
+               AND coalesce(o.delivered_at, p.recorded_at) IS NOT NULL
+             ORDER BY 3 DESC, o.id DESC LIMIT 1",
             &[&crate::canary::EVENT_TYPE],
         )
         .await?
@@ -208,12 +213,12 @@ pub async fn dead_letters(
             "SELECT id, event_id, event_type, source_table,
                     CASE WHEN isfinite(created_at) THEN created_at END, attempts, last_error,
                     NULL::text AS module
-             FROM itrelay.outbox WHERE state = 'failed'
+             FROM itrelay.events WHERE state = 'failed'
              UNION ALL
              SELECT o.id, o.event_id, o.event_type, o.source_table,
                     CASE WHEN isfinite(o.created_at) THEN o.created_at END, c.attempts,
                     c.last_error, c.module
-             FROM itrelay.copies AS c JOIN itrelay.outbox AS o ON o.id = c.outbox_id
+             FROM itrelay.copies AS c JOIN itrelay.events AS o ON o.id = c.outbox_id
              WHERE c.state = 'failed'
              ORDER BY 1, 8 NULLS FIRST LIMIT $1",
             &[&limit],
@@ -417,8 +422,12 @@ pub async fn replay(
         "WITH selected AS (
                  SELECT id, state FROM itrelay.outbox WHERE {SELECTED}
              ), replayed AS (
-                 UPDATE itrelay.outbox AS o
-                 SET state = 'pending', last_error = NULL, delivered_at = NULL
+                 -- Queued: pending whatever itrelay.progress says of its id. A row
+                 -- delivered at the first try was published once, though not recorded.
+                 UPDATE itrelay.events AS o
+                 SET state = 'queued', last_error = NULL, delivered_at = NULL,
+                     attempts = CASE WHEN o.state = 'pending' THEN greatest(o.attempts, 1)
+                                     ELSE o.attempts END
                  FROM selected AS s
                  WHERE o.id = s.id AND s.state = ANY($5)
                  RETURNING o.id
@@ -434,7 +443,7 @@ pub async fn replay(
                    AND NOT s.state = ANY($5)
                  RETURNING c.outbox_id
              ), held AS (
-                 UPDATE itrelay.outbox SET state = 'held', delivered_at = NULL
+                 UPDATE itrelay.events SET state = 'held', delivered_at = NULL
                  WHERE id IN (SELECT outbox_id FROM copies)
                  RETURNING id
              ), touched AS (

@@ -86,17 +86,48 @@ impl Outbox {
         client: &Client,
         mapping: &Mapping,
     ) -> Result<Self, tokio_postgres::Error> {
-        client.batch_execute("SET enable_seqscan = off").await?;
+        // No JIT either: the one-row itrelay.progress has no path but a sequential scan,
+        // which the setting above prices so high that every call would be compiled, for
+        // longer than the statement runs.
+        client
+            .batch_execute("SET enable_seqscan = off; SET jit = off")
+            .await?;
         Ok(Self {
             // One index scan in id order from the floor, stepping over exactly the rows
             // in flight. The payload comes as text, parsed row by row: a payload the
             // relay cannot read is one row's dead letter, not every claim's failure.
             claim: client
                 .prepare(
-                    "SELECT id, event_id, event_type, payload::text, source_table, created_at,
+                    "WITH raised AS (
+                         -- The floor the relay has reached is kept for the next leader:
+                         -- every id below it is settled (src/floor.rs).
+                         UPDATE itrelay.progress
+                         SET floor = $2, settled = settled * nummultirange(numrange($2, NULL))
+                         WHERE floor < $2
+                         RETURNING 1
+                     ), gaps AS (
+                         SELECT g.ids
+                         FROM itrelay.progress AS p,
+                              -- Every id from the floor to the last possible one.
+                              unnest(nummultirange(numrange(greatest(p.floor, $2), 9223372036854775808))
+                                     - p.settled
+                                     - coalesce((SELECT range_agg(numrange(f, f + 1::numeric))
+                                                 FROM unnest($3::bigint[]) AS f), '{}'))
+                              AS g(ids)
+                     )
+                     SELECT id, event_id, event_type, payload::text, source_table, created_at,
                             entity
-                     FROM itrelay.outbox
-                     WHERE state = 'pending' AND id >= $2 AND id <> ALL($3::bigint[])
+                     FROM (SELECT e.*
+                           FROM gaps, LATERAL (
+                               SELECT * FROM itrelay.events AS e
+                               WHERE e.id >= lower(gaps.ids)::bigint
+                                 AND e.id <= (upper(gaps.ids) - 1)::bigint
+                                 AND e.state = 'pending'
+                               ORDER BY e.id
+                               LIMIT $1) AS e
+                           UNION ALL
+                           SELECT * FROM itrelay.events
+                           WHERE state = 'queued' AND id <> ALL($3)) AS pending
                      ORDER BY id
                      LIMIT $1",
                 )
@@ -104,7 +135,7 @@ impl Outbox {
             probe: client
                 .prepare(
                     // Not max(id), which planned on an empty outbox reads the whole index.
-                    "SELECT coalesce((SELECT id FROM itrelay.outbox ORDER BY id DESC LIMIT 1), 0),
+                    "SELECT coalesce((SELECT id FROM itrelay.events ORDER BY id DESC LIMIT 1), 0),
                             pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint
                      FROM pg_current_snapshot() AS s",
                 )
@@ -117,50 +148,70 @@ impl Outbox {
                          ELSE pg_advisory_unlock(hashtextextended('itrelay idle', 0)) END",
                 )
                 .await?,
-            // Delivered rows (nearly all) by id alone, the others with their state and
-            // error, and the copies of those not confirmed. Rows are found by
-            // `id = ANY`, so the cost follows the batch whatever the planner believes the
-            // table holds.
+            // Delivered rows (nearly all) by id alone, into itrelay.progress: their rows
+            // are not touched. The others on their rows, with their state and error, and
+            // the copies of those not confirmed. Rows are found by `id = ANY`, so the cost
+            // follows the batch whatever the planner believes the table holds. Counts the
+            // ids newly settled and the rows to retry.
             record: client
                 .prepare(
-                    "WITH delivered AS (
-                         UPDATE itrelay.outbox
-                         SET state = 'delivered',
-                             attempts = attempts + 1,
-                             last_error = NULL,
-                             delivered_at = now()
-                         WHERE id = ANY($1) AND state = 'pending'
-                         RETURNING 1
-                     ), settled AS (
-                         UPDATE itrelay.outbox AS o
-                         SET state = u.state,
+                    "WITH recorded AS (
+                         UPDATE itrelay.events AS o
+                         SET state = CASE WHEN u.state = 'pending' THEN o.state ELSE u.state END,
                              attempts = o.attempts + 1,
                              last_error = u.error,
                              delivered_at = CASE WHEN u.state = 'delivered' THEN now() END
                          FROM unnest($2::bigint[], $3::text[], $4::text[]) AS u(id, state, error)
-                         WHERE o.id = ANY($2) AND o.id = u.id AND o.state = 'pending'
-                         RETURNING o.id, o.entity
+                         WHERE o.id = ANY($2) AND o.id = u.id AND o.state IN ('pending', 'queued')
+                         RETURNING o.id, o.entity, u.state
+                     ), requeued AS (
+                         -- Replayed rows delivered: found in the few rows recorded on
+                         -- their own, by the batch's id range, not an index probe per id.
+                         UPDATE itrelay.events
+                         SET state = 'delivered', attempts = attempts + 1, last_error = NULL,
+                             delivered_at = now()
+                         WHERE state = 'queued'
+                           AND id BETWEEN (SELECT min(i) FROM unnest($1::bigint[]) AS i)
+                                      AND (SELECT max(i) FROM unnest($1::bigint[]) AS i)
+                           AND id + 0 = ANY($1)
+                         RETURNING 1
                      ), copies AS (
                          INSERT INTO itrelay.copies AS c
                              (outbox_id, module, entity, state, attempts, last_error, next_attempt_at)
-                         SELECT u.id, u.module, s.entity, u.state, 1, u.error,
+                         SELECT u.id, u.module, r.entity, u.state, 1, u.error,
                                 now() + u.retry_ms * interval '1 millisecond'
                          FROM unnest($5::bigint[], $6::text[], $7::text[], $8::text[], $9::float8[])
                               AS u(id, module, state, error, retry_ms)
-                         JOIN settled AS s ON s.id = u.id
+                         JOIN recorded AS r ON r.id = u.id
                          ON CONFLICT (outbox_id, module) DO UPDATE
                          SET state = excluded.state, attempts = c.attempts + 1,
                              last_error = excluded.last_error,
                              next_attempt_at = excluded.next_attempt_at
                          RETURNING 1
+                     ), fresh AS (
+                         SELECT (coalesce(range_agg(numrange(s.id, s.id + 1::numeric)), '{}')
+                                 * nummultirange(numrange(p.floor, NULL))) - p.settled AS ids
+                         FROM itrelay.progress AS p,
+                              (SELECT unnest($1::bigint[])
+                               UNION ALL
+                               SELECT id FROM recorded WHERE state <> 'pending') AS s(id)
+                         GROUP BY p.floor, p.settled
+                     ), progress AS (
+                         UPDATE itrelay.progress AS p
+                         SET settled = p.settled + fresh.ids, recorded_at = now()
+                         FROM fresh
+                         WHERE NOT isempty(fresh.ids)
+                         RETURNING 1
                      )
-                     SELECT (SELECT count(*) FROM delivered) + (SELECT count(*) FROM settled)
-                            + 0 * (SELECT count(*) FROM copies)",
+                     SELECT coalesce((SELECT sum(upper(r) - lower(r)) FROM fresh, unnest(fresh.ids) AS r), 0)::bigint
+                            + (SELECT count(*) FROM recorded WHERE state = 'pending')
+                            + 0 * (SELECT count(*) FROM copies) + 0 * (SELECT count(*) FROM requeued)
+                            + 0 * (SELECT count(*) FROM progress)",
                 )
                 .await?,
             insert_notified: client
                 .prepare(
-                    "INSERT INTO itrelay.outbox (event_type, payload, source_table)
+                    "INSERT INTO itrelay.events (event_type, payload, source_table)
                      SELECT event_type, payload, $3
                      FROM unnest($1::text[], $2::jsonb[]) AS n(event_type, payload)",
                 )

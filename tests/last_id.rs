@@ -8,7 +8,7 @@ use common::*;
 async fn the_highest_outbox_id_is_delivered() {
     let mut env = TestEnv::new().await;
     env.seed().await;
-    env.execute("ALTER TABLE itrelay.outbox ALTER COLUMN id RESTART WITH 9223372036854775807")
+    env.execute("ALTER TABLE itrelay.events ALTER COLUMN id RESTART WITH 9223372036854775807")
         .await;
     insert_ticket(&env.client, "TCK-last").await;
     assert_eq!(

@@ -214,8 +214,14 @@ async fn status_dead_letters_and_replay() {
 #[tokio::test]
 async fn retention_removes_only_old_delivered_rows() {
     let env = TestEnv::new().await;
+    // Partitions of 2,500 ids; the old delivered rows fill [2500, 5000) and the others
+    // share the next partition, the relay's floor at the pending one.
     env.execute(
-        "INSERT INTO itrelay.outbox (event_type, payload, source_table, state, delivered_at)
+        "DROP TABLE itrelay.events_0, itrelay.events_100000, itrelay.events_200000;
+         UPDATE itrelay.progress SET partition_span = 2500, floor = 5002;
+         ALTER TABLE itrelay.events ALTER COLUMN id RESTART WITH 2500;
+         SELECT itrelay.extend_partitions(2, 2500);
+         INSERT INTO itrelay.outbox (event_type, payload, source_table, state, delivered_at)
          SELECT 'it_ticket_created', '{}', 'it_tickets', 'delivered', now() - interval '10 days'
          FROM generate_series(1, 2500);
          INSERT INTO itrelay.outbox (event_type, payload, source_table, state, delivered_at)
@@ -226,18 +232,17 @@ async fn retention_removes_only_old_delivered_rows() {
          VALUES ('it_ticket_created', '{}', 'it_tickets');",
     )
     .await;
-    let mut removed = 0;
-    loop {
-        let batch = itrelay::retention::prune_batch(&env.client, 24, 1000)
-            .await
-            .unwrap();
-        assert!(batch <= 1000);
-        removed += batch;
-        if batch < 1000 {
-            break;
-        }
-    }
+    let removed = itrelay::retention::prune(&env.client, 24, 1000)
+        .await
+        .unwrap();
     assert_eq!(removed, 2500);
+    assert_eq!(
+        itrelay::retention::prune(&env.client, 24, 1000)
+            .await
+            .unwrap(),
+        0,
+        "what is left stays"
+    );
     assert_eq!(
         env.outbox_states().await,
         [

@@ -27,17 +27,59 @@ pub struct Drain {
     pub failed: i64,
     /// From starting the relay process until nothing is pending.
     pub wall_seconds: f64,
-    /// Steady rate: events delivered after the first batch over the time between the
-    /// first and the last batch's `delivered_at`.
+    /// Events delivered over `wall_seconds`.
     pub events_per_s: f64,
     pub usage: Usage,
+    pub storage: Storage,
+}
+
+/// What the events cost the database's storage: WAL per event (the whole cluster's, so
+/// other sessions' writes count too) and the relay's tables after the drain.
+#[derive(Debug, Serialize)]
+pub struct Storage {
+    /// WAL written by the business transactions that wrote the events, per event.
+    pub write_wal_bytes_per_event: f64,
+    /// WAL written while the relay drained them, per event.
+    pub relay_wal_bytes_per_event: f64,
+    /// Heap (main fork) of every table in schema itrelay, partitions included.
+    pub heap_bytes: i64,
+    pub live_rows: i64,
+    pub dead_rows: i64,
+}
+
+/// The current WAL position, in bytes.
+async fn wal_position(client: &tokio_postgres::Client) -> Result<f64> {
+    Ok(client
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::float8", &[])
+        .await?
+        .get(0))
+}
+
+/// Heap bytes, live and dead rows of the tables in schema itrelay.
+async fn itrelay_tables(client: &tokio_postgres::Client) -> Result<(i64, i64, i64)> {
+    client
+        .batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await?;
+    let row = client
+        .query_one(
+            "SELECT coalesce(sum(pg_relation_size(c.oid)), 0)::bigint,
+                    coalesce(sum(s.n_live_tup), 0)::bigint, coalesce(sum(s.n_dead_tup), 0)::bigint
+             FROM pg_class AS c LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
+             WHERE c.relnamespace = 'itrelay'::regnamespace AND c.relkind = 'r'",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1), row.get(2)))
 }
 
 /// 100k (or `sizes.drain_events`) events written with the relay stopped, then drained.
 pub async fn drain(env: &BenchEnv, sizes: &Sizes) -> Result<Drain> {
     env.reset_tables().await?;
+    let before_write = wal_position(&env.client).await?;
     load::pre_write(&env.db_url, sizes.drain_events).await?;
+    let written = wal_position(&env.client).await? - before_write;
     env.quiesce().await?;
+    let before_drain = wal_position(&env.client).await?;
     let mut watched = Watched::start(&env.relay_env(AMQP_URL), "itrelay-bench-drain")?;
     let window = watched.open(&env.client).await?;
     let wall_seconds = watched
@@ -46,28 +88,25 @@ pub async fn drain(env: &BenchEnv, sizes: &Sizes) -> Result<Drain> {
         .as_secs_f64();
     let usage = watched.close(window, &env.client).await?;
     watched.stop().await?;
+    let drained = wal_position(&env.client).await? - before_drain;
+    let (heap_bytes, live_rows, dead_rows) = itrelay_tables(&env.client).await?;
     let (_, delivered, failed) = load::outbox_states(&env.client).await?;
-    let row = env
-        .client
-        .query_one(
-            "SELECT EXTRACT(EPOCH FROM max(delivered_at) - min(delivered_at))::float8,
-                    count(*) FILTER (WHERE delivered_at > (SELECT min(delivered_at) FROM itrelay.outbox))
-             FROM itrelay.outbox WHERE state = 'delivered'",
-            &[],
-        )
-        .await?;
-    let (span, after_first): (Option<f64>, i64) = (row.get(0), row.get(1));
     env.purge(&env.consumer_queue()).await?;
+    let events = sizes.drain_events as f64;
     Ok(Drain {
         events: sizes.drain_events,
         delivered,
         failed,
         wall_seconds,
-        events_per_s: match span {
-            Some(span) if span > 0.0 => after_first as f64 / span,
-            _ => delivered as f64 / wall_seconds,
-        },
+        events_per_s: delivered as f64 / wall_seconds,
         usage,
+        storage: Storage {
+            write_wal_bytes_per_event: written / events,
+            relay_wal_bytes_per_event: drained / events,
+            heap_bytes,
+            live_rows,
+            dead_rows,
+        },
     })
 }
 
@@ -137,9 +176,6 @@ pub struct Latency {
     pub missing: usize,
     /// Commit returned to the producer → consumer received the message (milliseconds).
     pub millis: Percentiles,
-    /// Server clock, same events: the business transaction began (`created_at`) → the
-    /// relay recorded the event delivered, after the broker's confirm (`delivered_at`).
-    pub outbox_millis: Percentiles,
     pub usage: Usage,
 }
 
@@ -176,19 +212,6 @@ pub async fn latency(env: &BenchEnv, sizes: &Sizes) -> Result<Latency> {
             None => missing += 1,
         }
     }
-    let outbox_millis = env
-        .client
-        .query(
-            "SELECT EXTRACT(EPOCH FROM delivered_at - created_at)::float8 * 1e3
-             FROM itrelay.outbox
-             WHERE state = 'delivered' AND payload->>'ticket_number' LIKE 'LAT%'
-             ORDER BY id OFFSET $1",
-            &[&(warmup as i64)],
-        )
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
     env.purge(&env.consumer_queue()).await?;
     Ok(Latency {
         target_per_s: sizes.latency_rate,
@@ -197,7 +220,6 @@ pub async fn latency(env: &BenchEnv, sizes: &Sizes) -> Result<Latency> {
         measured: millis.len(),
         missing,
         millis: Percentiles::of(millis),
-        outbox_millis: Percentiles::of(outbox_millis),
         usage,
     })
 }
