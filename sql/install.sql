@@ -265,6 +265,8 @@ BEGIN
         RETURN;
     END IF;
     LOCK TABLE itrelay.outbox IN ACCESS EXCLUSIVE MODE;
+    -- Version 1 had no entity column: its events were not ordered by entity.
+    ALTER TABLE itrelay.outbox ADD COLUMN IF NOT EXISTS entity text;
     SELECT min(id), max(id) INTO v_first, v_last FROM itrelay.outbox;
     IF v_last IS NOT NULL THEN
         PERFORM setval(pg_get_serial_sequence('itrelay.events', 'id'), v_last);
