@@ -2,7 +2,7 @@
 //! breaks one on purpose while events are written. Every committed event must be
 //! consumed (lost = 0, unexpected = 0); duplicates are allowed and reported.
 //!
-//! Each scenario prints a row of the reliability table in the README:
+//! Each scenario prints a row of the reliability table in docs/reliability.md:
 //! `cargo test --test faults -- --nocapture --test-threads 1 2>/dev/null | grep -o '| [A-Za-z].* |$'`
 
 mod common;
