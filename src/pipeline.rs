@@ -22,15 +22,15 @@ pub fn process(
     row: OutboxRow,
     references: &ReferenceData,
     validators: &Validators,
-) -> Result<Event, DeadLetter> {
+) -> Result<Event, Box<DeadLetter>> {
     decode_row(row).and_then(|event| complete(event, references, validators))
 }
 
 /// The first half: redact, then decode. Redaction comes first so that no later stage,
 /// log line or dead letter sees a secret.
-pub fn decode_row(mut row: OutboxRow) -> Result<Event, DeadLetter> {
+pub fn decode_row(mut row: OutboxRow) -> Result<Event, Box<DeadLetter>> {
     redact(&mut row.payload);
-    decode(row).map_err(|dead| *dead)
+    decode(row)
 }
 
 /// The second half: enrich from `references`, then validate exactly the body consumers
@@ -39,10 +39,10 @@ pub fn complete(
     mut event: Event,
     references: &ReferenceData,
     validators: &Validators,
-) -> Result<Event, DeadLetter> {
+) -> Result<Event, Box<DeadLetter>> {
     match enrich(&mut event, references).and_then(|()| validators.validate(&mut event)) {
         Ok(()) => Ok(event),
-        Err(rejection) => Err(event.into_dead_letter(rejection)),
+        Err(rejection) => Err(Box::new(event.into_dead_letter(rejection))),
     }
 }
 
@@ -80,7 +80,7 @@ impl Decoded {
             }
             match decode_row(row) {
                 Ok(event) => decoded.events.push(event),
-                Err(dead) => decoded.processed.dead.push(dead),
+                Err(dead) => decoded.processed.dead.push(*dead),
             }
         }
         decoded
@@ -101,7 +101,7 @@ impl Decoded {
         for event in events {
             match complete(event, references, validators) {
                 Ok(event) => processed.events.push(event),
-                Err(dead) => processed.dead.push(dead),
+                Err(dead) => processed.dead.push(*dead),
             }
         }
         processed

@@ -107,7 +107,7 @@ impl<'o, 'r, M> RoundVerdicts<'o, 'r, M> {
 
     /// The copies of `round` to publish, in order; those behind a copy that waits are
     /// judged waiting now.
-    pub fn to_send(&mut self, round: usize) -> Vec<usize> {
+    pub fn take_round(&mut self, round: usize) -> Vec<usize> {
         let (members, _) = self.outgoing.round(round);
         members
             .into_iter()
@@ -326,10 +326,10 @@ mod tests {
         assert_eq!(outgoing.rounds, [0, 0, 0, 1, 1]);
         assert_eq!(outgoing.round(1).1, [("it.fa", &"m3"), ("it.gr", &"m3")]);
         let mut rounds = RoundVerdicts::new(&outgoing);
-        let first = rounds.to_send(0);
+        let first = rounds.take_round(0);
         assert_eq!(first, [0, 1, 2]);
         rounds.judge(&first, [nacked(), Verdict::Confirmed, Verdict::Confirmed]);
-        let second = rounds.to_send(1);
+        let second = rounds.take_round(1);
         assert_eq!(second, [4], "a's copy for fa waits behind the nacked one");
         rounds.judge(&second, [Verdict::Confirmed]);
         assert_eq!(

@@ -221,7 +221,7 @@ impl<'a, S: Sink> Dispatch<'a, S> {
         let mut rounds = RoundVerdicts::new(outgoing);
         let mut confirmations = first_round;
         for round in 0..=outgoing.last_round() {
-            let sent = rounds.to_send(round);
+            let sent = rounds.take_round(round);
             if round > 0 {
                 let sends: Vec<_> = sent.iter().map(|&i| outgoing.send(i)).collect();
                 confirmations = self.publish(&sends).await?;
