@@ -447,12 +447,37 @@ CREATE UNLOGGED TABLE IF NOT EXISTS itrelay.leader (
     renewed_at    timestamptz NOT NULL
 );
 
--- Secrets never enter the outbox: license_key, in any case, is removed at any depth and
--- replaced by license_key_ref (it_licenses/<license_id>/license_key); a string that is
--- itself JSON is redacted the same way; other text that uses the name as a key (followed
--- by : or =, escapes of letters, digits and _ decoded) is cut there and ends in ***.
--- The relay applies the same rules again (src/redact.rs). Payloads that cannot hold the
--- name (no "license" and no \u00 escape in their text) are returned as they are.
+-- The catalog's sensitive fields ([[sensitive]] in catalog/*.toml): a regular expression
+-- matching any of their names, and the reference replacing one in an object.
+-- generated from catalog/ (sensitive): begin
+CREATE OR REPLACE FUNCTION itrelay.sensitive_names()
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT '(license_key)' $$;
+
+CREATE OR REPLACE FUNCTION itrelay.sensitive_reference(p_field text, p_object jsonb)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE lower(p_field)
+        WHEN 'license_key' THEN 'it_licenses/'
+            || CASE WHEN p_object->>'license_id' ~ '^[A-Za-z0-9_-]{1,64}$'
+                    THEN p_object->>'license_id' ELSE 'unknown' END
+            || '/license_key'
+    END
+$$;
+-- generated from catalog/ (sensitive): end
+
+-- Secrets never enter the outbox: a sensitive field (license_key), in any case, is
+-- removed at any depth and replaced by <field>_ref (it_licenses/<license_id>/license_key);
+-- a string that is itself JSON is redacted the same way; other text that uses the name as
+-- a key (followed by : or =, escapes of letters, digits and _ decoded) is cut there and
+-- ends in ***. The relay applies the same rules again (src/redact.rs). Payloads that
+-- cannot hold a name (none in their text, and no \u00 escape) are returned as they are.
 CREATE OR REPLACE FUNCTION itrelay.redact(p_value jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -466,19 +491,18 @@ DECLARE
     v_text text;
     v_hex text;
     v_at integer;
+    v_reference text;
 BEGIN
-    IF p_value::text !~* '(license|\\u00)' THEN
+    IF p_value::text !~* (itrelay.sensitive_names() || '|\\u00') THEN
         RETURN p_value;
     END IF;
     CASE jsonb_typeof(p_value)
     WHEN 'object' THEN
         v_result := '{}';
         FOR v_key, v_item IN SELECT key, value FROM jsonb_each(p_value) LOOP
-            IF lower(v_key) = 'license_key' THEN
-                v_result := v_result || jsonb_build_object('license_key_ref', 'it_licenses/'
-                    || CASE WHEN p_value->>'license_id' ~ '^[A-Za-z0-9_-]{1,64}$'
-                            THEN p_value->>'license_id' ELSE 'unknown' END
-                    || '/license_key');
+            v_reference := itrelay.sensitive_reference(v_key, p_value);
+            IF v_reference IS NOT NULL THEN
+                v_result := v_result || jsonb_build_object(lower(v_key) || '_ref', v_reference);
             ELSE
                 v_result := v_result || jsonb_build_object(v_key, itrelay.redact(v_item));
             END IF;
@@ -503,7 +527,7 @@ BEGIN
                 v_text := replace(v_text, '\u00' || v_hex, chr(('x' || v_hex)::bit(8)::integer));
             END IF;
         END LOOP;
-        v_at := regexp_instr(v_text, 'license_key["''\\[:space:]]*[:=]', 1, 1, 0, 'i');
+        v_at := regexp_instr(v_text, itrelay.sensitive_names() || '["''\\[:space:]]*[:=]', 1, 1, 0, 'i');
         RETURN CASE WHEN v_at > 0 THEN to_jsonb(left(v_text, v_at - 1) || '***') ELSE p_value END;
     ELSE
         RETURN p_value;

@@ -14,7 +14,7 @@ mod regen;
 pub mod render;
 pub mod source;
 
-pub use events::EVENTS;
+pub use events::{EVENTS, SENSITIVE};
 
 /// A reference table the relay reads to fill in names a trigger does not carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,6 +65,17 @@ pub struct Enrichment {
     pub reference: Reference,
     /// `(payload field, reference column)` pairs, filled when the payload lacks them.
     pub fills: &'static [(&'static str, &'static str)],
+}
+
+/// A secret field (`[[sensitive]]` in the catalog): removed from every payload, at any
+/// depth, and replaced by `<field>_ref` = `<record>/<the payload's id field>/<field>`.
+#[derive(Debug)]
+pub struct Sensitive {
+    pub field: &'static str,
+    /// The table whose row holds the secret.
+    pub record: &'static str,
+    /// The payload field naming that row.
+    pub id: &'static str,
 }
 
 /// One event type of the catalog.

@@ -1,19 +1,19 @@
 //! Redaction: secrets leave the payload before any other stage sees it.
 //!
-//! Structural: a field whose name is a sensitive one (compared ignoring case) is removed
-//! at any depth, in objects inside arrays too, and replaced by `<field>_ref`, an opaque
-//! reference to the license record that holds the secret. A string that is itself JSON
-//! (a payload sent as text, JSON kept inside a field) is parsed and redacted the same
-//! way, so decoding it later cannot bring a secret back. Text that is not JSON but uses
-//! a sensitive field name as a key (escapes such as `\u005f` decoded) is masked from that
-//! name to its end: where its value stops cannot be known. `itrelay.redact` in
-//! `sql/install.sql` applies the same rules before an event is stored. No log line, error, dead letter, outbox
-//! row or published body downstream can carry the secret.
+//! Structural: a field whose name is a sensitive one (`[[sensitive]]` in the catalog,
+//! compared ignoring case) is removed at any depth, in objects inside arrays too, and
+//! replaced by `<field>_ref`, an opaque reference to the record that holds the secret. A
+//! string that is itself JSON (a payload sent as text, JSON kept inside a field) is parsed
+//! and redacted the same way, so decoding it later cannot bring a secret back. Text that
+//! is not JSON but uses a sensitive field name as a key (escapes such as `\u005f` decoded)
+//! is masked from that name to its end: where its value stops cannot be known.
+//! `itrelay.redact` in `sql/install.sql` applies the same rules, from the same catalog,
+//! before an event is stored. No log line, error, dead letter, outbox row or published
+//! body downstream can carry the secret.
 
 use serde_json::{Map, Value};
 
-/// Payload fields that are secrets, compared ignoring ASCII case.
-pub const SENSITIVE_FIELDS: &[&str] = &["license_key"];
+use crate::catalog::{Sensitive, SENSITIVE};
 
 /// What masked text shows in place of a secret and everything after it.
 pub const MASK: &str = "***";
@@ -32,25 +32,26 @@ pub fn redact(payload: &mut Value) {
     }
 }
 
-/// Whether `name` is a sensitive field name, ignoring case.
-pub fn is_sensitive(name: &str) -> bool {
-    SENSITIVE_FIELDS
+/// The catalog's sensitive field named `name`, ignoring case.
+pub fn sensitive(name: &str) -> Option<&'static Sensitive> {
+    SENSITIVE
         .iter()
-        .any(|field| field.eq_ignore_ascii_case(name))
+        .find(|sensitive| sensitive.field.eq_ignore_ascii_case(name))
 }
 
 fn redact_object(object: &mut Map<String, Value>) {
-    let sensitive: Vec<String> = object.keys().filter(|k| is_sensitive(k)).cloned().collect();
-    for key in sensitive {
+    let found: Vec<(String, &Sensitive)> = object
+        .keys()
+        .filter_map(|key| Some((key.clone(), sensitive(key)?)))
+        .collect();
+    for (key, sensitive) in found {
         object.remove(&key);
-        let field = key.to_ascii_lowercase();
-        let reference = match object.get("license_id").and_then(Value::as_str) {
-            Some(license_id) if is_plain_id(license_id) => {
-                format!("it_licenses/{license_id}/{field}")
-            }
-            _ => format!("it_licenses/unknown/{field}"),
+        let record_id = match object.get(sensitive.id).and_then(Value::as_str) {
+            Some(id) if is_plain_id(id) => id,
+            _ => "unknown",
         };
-        object.insert(format!("{field}_ref"), Value::String(reference));
+        let reference = format!("{}/{record_id}/{}", sensitive.record, sensitive.field);
+        object.insert(format!("{}_ref", sensitive.field), Value::String(reference));
     }
     object.values_mut().for_each(redact);
 }
@@ -85,9 +86,10 @@ fn redact_string(text: &str) -> Option<String> {
 pub fn redact_text(text: &str) -> String {
     let decoded = decode_name_escapes(text);
     let lower = decoded.to_ascii_lowercase();
-    let found = SENSITIVE_FIELDS
+    let found = SENSITIVE
         .iter()
-        .filter_map(|field| {
+        .filter_map(|sensitive| {
+            let field = sensitive.field;
             lower
                 .match_indices(field)
                 .map(|(at, _)| at)

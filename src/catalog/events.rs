@@ -1,6 +1,6 @@
 // Generated from catalog/ by src/catalog/regen.rs (`cargo test`): do not edit.
 
-use super::{Enrichment, EventSpec, Reference};
+use super::{Enrichment, EventSpec, Reference, Sensitive};
 
 pub static EVENTS: &[EventSpec] = &[
     EventSpec {
@@ -365,6 +365,10 @@ pub static EVENTS: &[EventSpec] = &[
         enrichments: &[],
         schema: include_str!("../../catalog/it_ticket_status_changed.v1.json"),
     },
+];
+
+pub static SENSITIVE: &[Sensitive] = &[
+    Sensitive { field: "license_key", record: "it_licenses", id: "license_id" },
 ];
 
 /// Each event's catalog files: (event type, toml, schema, trigger function body).

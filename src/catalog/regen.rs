@@ -54,7 +54,7 @@ fn routes(catalog: &Catalog) -> String {
 fn events_rs(catalog: &Catalog) -> String {
     let mut rs = String::from(
         "// Generated from catalog/ by src/catalog/regen.rs (`cargo test`): do not edit.\n\n\
-         use super::{Enrichment, EventSpec, Reference};\n\n\
+         use super::{Enrichment, EventSpec, Reference, Sensitive};\n\n\
          pub static EVENTS: &[EventSpec] = &[\n",
     );
     for e in &catalog.events {
@@ -90,6 +90,14 @@ fn events_rs(catalog: &Catalog) -> String {
         let _ = write!(
             rs,
             "],\n        schema: include_str!(\"../../catalog/{t}.v1.json\"),\n    }},\n"
+        );
+    }
+    rs.push_str("];\n\npub static SENSITIVE: &[Sensitive] = &[\n");
+    for sensitive in catalog.sensitive() {
+        let _ = writeln!(
+            rs,
+            "    Sensitive {{ field: {:?}, record: {:?}, id: {:?} }},",
+            sensitive.field, sensitive.record, sensitive.id
         );
     }
     rs.push_str(
@@ -269,7 +277,8 @@ mod tests {
              category = \"IT-01 Asset Management\"\nstatus = \"planned\"\nentity_key = \"asset_id\"\n\
              lock_entity = false\nsubscribers = [\"FM\", \"PF-99\"]\n\n[source]\ntable = \"it_assets\"\n\
              condition = \"update where colour changes\"\nfunction = \"asset_repainted\"\n\n\
-             [[source.triggers]]\non = \"update\"\nwhen = \"NEW.colour IS DISTINCT FROM OLD.colour\"\n",
+             [[source.triggers]]\non = \"update\"\nwhen = \"NEW.colour IS DISTINCT FROM OLD.colour\"\n\n\
+             [[sensitive]]\nfield = \"paint_code\"\nrecord = \"it_paints\"\nid = \"paint_id\"\n",
         )
         .unwrap();
         std::fs::write(
@@ -289,5 +298,10 @@ mod tests {
         assert!(file("default.toml").contains("it_asset_repainted = [\"FM\", \"PF-99\"]"));
         assert!(file("catalog.md").contains("| `it_asset_repainted` | IT Asset Repainted |"));
         assert!(file("events.rs").contains("event_type: \"it_asset_repainted\""));
+        assert!(install.contains("AS $$ SELECT '(license_key|paint_code)' $$;"));
+        assert!(install.contains("WHEN 'paint_code' THEN 'it_paints/'"));
+        assert!(file("events.rs").contains(
+            "Sensitive { field: \"paint_code\", record: \"it_paints\", id: \"paint_id\" }"
+        ));
     }
 }

@@ -15,6 +15,8 @@ pub const TRIGGERS_BEGIN: &str =
 pub const TRIGGERS_END: &str = "-- ==== End of the row-change events ====\n";
 pub const ENTITIES_BEGIN: &str = "-- generated from catalog/ (entity_key, lock_entity): begin\n";
 pub const ENTITIES_END: &str = "-- generated from catalog/: end\n";
+pub const SENSITIVE_BEGIN: &str = "-- generated from catalog/ (sensitive): begin\n";
+pub const SENSITIVE_END: &str = "-- generated from catalog/ (sensitive): end\n";
 pub const GRANTS_BEGIN: &str = "-- generated from [install] enqueue_roles: begin\n";
 pub const GRANTS_END: &str = "-- generated from [install] enqueue_roles: end\n";
 
@@ -40,12 +42,58 @@ pub fn install_sql(
     enqueue_roles: &[String],
 ) -> anyhow::Result<String> {
     let install = replace_region(install, ENTITIES_BEGIN, ENTITIES_END, &entities(catalog))?;
+    let install = replace_region(
+        &install,
+        SENSITIVE_BEGIN,
+        SENSITIVE_END,
+        &sensitive(catalog),
+    )?;
     let install = replace_region(&install, GRANTS_BEGIN, GRANTS_END, &grants(enqueue_roles))?;
     replace_region(
         &install,
         TRIGGERS_BEGIN,
         TRIGGERS_END,
         &triggers(catalog, mapping)?,
+    )
+}
+
+/// What `itrelay.redact` asks of the catalog's sensitive fields: a regular expression
+/// matching any of their names, and the reference that replaces one of them in an object.
+fn sensitive(catalog: &Catalog) -> String {
+    let fields = catalog.sensitive();
+    let names: Vec<&str> = fields.iter().map(|s| s.field.as_str()).collect();
+    // With no sensitive field, a pattern that matches no text.
+    let pattern = if names.is_empty() {
+        "$^".to_owned()
+    } else {
+        names.join("|")
+    };
+    let references: String = fields
+        .iter()
+        .map(|s| {
+            format!(
+                "        WHEN '{field}' THEN '{record}/'\n            \
+                 || CASE WHEN p_object->>'{id}' ~ '^[A-Za-z0-9_-]{{1,64}}$'\n                    \
+                 THEN p_object->>'{id}' ELSE 'unknown' END\n            || '/{field}'\n",
+                field = s.field,
+                record = s.record,
+                id = s.id
+            )
+        })
+        .collect();
+    format!(
+        "CREATE OR REPLACE FUNCTION itrelay.sensitive_names()\n\
+         RETURNS text\n\
+         LANGUAGE sql\n\
+         IMMUTABLE\n\
+         SET search_path = pg_catalog, pg_temp\n\
+         AS $$ SELECT '({pattern})' $$;\n\n\
+         CREATE OR REPLACE FUNCTION itrelay.sensitive_reference(p_field text, p_object jsonb)\n\
+         RETURNS text\n\
+         LANGUAGE sql\n\
+         IMMUTABLE\n\
+         SET search_path = pg_catalog, pg_temp\n\
+         AS $$\n    SELECT CASE lower(p_field)\n{references}    END\n$$;\n"
     )
 }
 

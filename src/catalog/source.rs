@@ -29,12 +29,28 @@ pub struct EventDef {
     pub source: SourceDef,
     #[serde(default)]
     pub enrichments: Vec<EnrichmentDef>,
+    /// Fields of its payload that are secrets, wherever they appear in any payload.
+    #[serde(default)]
+    pub sensitive: Vec<SensitiveDef>,
     /// `<event_type>.v1.json`.
     #[serde(skip)]
     pub schema: String,
     /// `<event_type>.sql`: the body of the trigger function, for the event owning one.
     #[serde(skip)]
     pub body: Option<String>,
+}
+
+/// A secret field: removed from every payload at any depth and replaced by
+/// `<field>_ref` = `<record>/<the payload's id field>/<field>`, a reference to the record
+/// that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensitiveDef {
+    pub field: String,
+    /// The table whose row holds the secret, e.g. `it_licenses`.
+    pub record: String,
+    /// The payload field naming that row, e.g. `license_id`.
+    pub id: String,
 }
 
 /// Where an event comes from.
@@ -127,6 +143,15 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Every sensitive field of the catalog, once, by field name.
+    pub fn sensitive(&self) -> Vec<&SensitiveDef> {
+        let mut fields: Vec<&SensitiveDef> =
+            self.events.iter().flat_map(|e| &e.sensitive).collect();
+        fields.sort_by(|a, b| a.field.cmp(&b.field));
+        fields.dedup_by(|a, b| a.field == b.field);
+        fields
+    }
+
     /// Reads a catalog directory.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
         let mut files = Vec::new();
@@ -190,6 +215,25 @@ impl Catalog {
                 );
             }
         }
+        for event in &self.events {
+            for sensitive in &event.sensitive {
+                ensure!(
+                    [&sensitive.field, &sensitive.record, &sensitive.id]
+                        .iter()
+                        .all(|name| is_plain_name(name)),
+                    "{}: a sensitive field, its record and its id are lower-case identifiers",
+                    event.event_type
+                );
+                ensure!(
+                    self.events
+                        .iter()
+                        .flat_map(|other| &other.sensitive)
+                        .all(|other| other.field != sensitive.field || other == sensitive),
+                    "sensitive field {} is declared differently in two events",
+                    sensitive.field
+                );
+            }
+        }
         for function in self.trigger_functions() {
             ensure!(
                 function
@@ -248,4 +292,12 @@ impl Catalog {
             .flat_map(|f| f.triggers.iter().map(|t| f.trigger_name(t)))
             .collect()
     }
+}
+
+/// A lower-case SQL identifier: safe inside generated SQL and regular expressions.
+fn is_plain_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
