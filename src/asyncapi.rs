@@ -25,7 +25,12 @@ const DEAD_LETTER: &str = "dead_letter";
 
 /// The AsyncAPI document of what this configuration publishes.
 pub fn document(settings: &Settings) -> Value {
-    let router = Router::from_settings(settings);
+    document_for(catalog::EVENTS, settings)
+}
+
+/// The AsyncAPI document of `events` (the catalog, or a catalog being built).
+pub fn document_for(events: &'static [EventSpec], settings: &Settings) -> Value {
+    let router = Router::for_events(events, settings);
     let mut channels = BTreeMap::new();
     let mut operations = Map::new();
     let mut messages = Map::new();
@@ -33,7 +38,7 @@ pub fn document(settings: &Settings) -> Value {
     let ce = &settings.cloudevents;
     schemas.insert(HEADERS.into(), headers_schema(ce));
     schemas.insert(PROPERTIES.into(), properties_schema(&settings.amqp.app_id));
-    for spec in catalog::EVENTS {
+    for spec in events {
         messages.insert(spec.event_type.into(), message(spec, ce));
         schemas.insert(spec.schema_ref(), schema(spec));
         for destination in router.destinations(spec) {
@@ -61,7 +66,7 @@ pub fn document(settings: &Settings) -> Value {
             .to_owned()
     })
     .insert(DEAD_LETTER.into(), message_ref(DEAD_LETTER));
-    let mut routing_keys: Vec<&str> = catalog::EVENTS.iter().map(|s| s.event_type).collect();
+    let mut routing_keys: Vec<&str> = events.iter().map(|s| s.event_type).collect();
     routing_keys.push("unknown");
     operations.insert(
         DEAD_LETTER.into(),

@@ -23,7 +23,12 @@ pub struct Router {
 impl Router {
     /// Configuration validation guarantees a non-empty route for every catalog event.
     pub fn from_settings(settings: &Settings) -> Self {
-        let routes = catalog::EVENTS
+        Self::for_events(catalog::EVENTS, settings)
+    }
+
+    /// The routes of `events` (the catalog, or a catalog being built) as `settings` say.
+    pub fn for_events(events: &'static [EventSpec], settings: &Settings) -> Self {
+        let routes = events
             .iter()
             .map(|spec| {
                 let modules = settings

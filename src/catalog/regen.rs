@@ -206,6 +206,27 @@ mod tests {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
     }
 
+    /// `catalog` as the relay's own types, to render what is built from them (the
+    /// AsyncAPI document); leaked, as the relay's catalog is static.
+    fn leaked_specs(catalog: &Catalog) -> &'static [crate::catalog::EventSpec] {
+        let leak = |text: &str| -> &'static str { Box::leak(text.to_owned().into_boxed_str()) };
+        let specs: Vec<_> = catalog
+            .events
+            .iter()
+            .map(|e| crate::catalog::EventSpec {
+                event_type: leak(&e.event_type),
+                name: leak(&e.name),
+                category: leak(&e.category),
+                source_table: leak(&e.source.table),
+                condition: leak(&e.source.condition),
+                entity_key: leak(&e.entity_key),
+                enrichments: &[],
+                schema: leak(&e.schema),
+            })
+            .collect();
+        Box::leak(specs.into_boxed_slice())
+    }
+
     /// The drift test: regenerates, rewrites what differs, and fails naming it.
     #[test]
     fn generated_files_match_the_catalog() {
@@ -261,8 +282,8 @@ mod tests {
     }
 
     /// Adding an event type takes files in the catalog folder alone: a made-up one shows
-    /// up in the triggers, the routes, the docs and the Rust catalog (hence the AsyncAPI
-    /// document, which lists every event of the Rust catalog).
+    /// up in the triggers, the routes, the docs, the Rust catalog, the redaction rule and
+    /// the AsyncAPI document.
     #[test]
     fn an_event_added_to_the_catalog_is_generated_everywhere() {
         let dir = std::env::temp_dir().join(format!("itrelay-catalog-{}", uuid::Uuid::new_v4()));
@@ -289,6 +310,7 @@ mod tests {
         .unwrap();
         std::fs::write(dir.join("it_asset_repainted.v1.json"), "{}").unwrap();
         let generated = generate(&dir, &root()).unwrap();
+        let catalog = Catalog::load(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let file = |name: &str| &generated.iter().find(|(p, _)| p.ends_with(name)).unwrap().1;
         let install = file("install.sql");
@@ -303,5 +325,17 @@ mod tests {
         assert!(file("events.rs").contains(
             "Sensitive { field: \"paint_code\", record: \"it_paints\", id: \"paint_id\" }"
         ));
+        let mut settings =
+            crate::config::Settings::load_with_env(None, Some(Default::default())).unwrap();
+        settings.routes.insert(
+            "it_asset_repainted".into(),
+            vec!["FM".into(), "PF-99".into()],
+        );
+        let asyncapi = crate::asyncapi::document_for(leaked_specs(&catalog), &settings);
+        for operation in ["it_asset_repainted.it.fm", "it_asset_repainted.it.pf-99"] {
+            assert!(asyncapi["operations"][operation].is_object(), "{operation}");
+        }
+        assert!(asyncapi["components"]["messages"]["it_asset_repainted"].is_object());
+        assert!(asyncapi["components"]["schemas"]["payload.ItAssetRepainted.v1"].is_object());
     }
 }
