@@ -588,7 +588,8 @@ $$;
 
 -- ==== Row-change events: generated from catalog/ by src/catalog/render.rs, do not edit ====
 
--- itrelay's triggers on tables that are no longer the mapped ones go.
+-- itrelay's triggers on tables that are no longer the mapped ones go (not those on
+-- itrelay's own relations, such as the outbox view).
 DO $$
 DECLARE
     old record;
@@ -596,7 +597,9 @@ BEGIN
     FOR old IN
         SELECT t.tgname, t.tgrelid::regclass AS on_table
         FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+        JOIN pg_class c ON c.oid = t.tgrelid
         WHERE p.pronamespace = 'itrelay'::regnamespace AND NOT t.tgisinternal
+          AND c.relnamespace <> 'itrelay'::regnamespace
           AND t.tgrelid <> ALL (array_remove(ARRAY[
               to_regclass('it_access_accounts'),
               to_regclass('it_asset_assignments'),

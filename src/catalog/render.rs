@@ -139,11 +139,14 @@ fn triggers(catalog: &Catalog, mapping: &Mapping) -> anyhow::Result<String> {
     tables.dedup();
     // A table mapped elsewhere since the last install keeps no trigger of itrelay's.
     let mut sql = format!(
-        "\n-- itrelay's triggers on tables that are no longer the mapped ones go.\n\
+        "\n-- itrelay's triggers on tables that are no longer the mapped ones go (not those on\n\
+         -- itrelay's own relations, such as the outbox view).\n\
          DO $$\nDECLARE\n    old record;\nBEGIN\n    FOR old IN\n        \
          SELECT t.tgname, t.tgrelid::regclass AS on_table\n        \
          FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid\n        \
+         JOIN pg_class c ON c.oid = t.tgrelid\n        \
          WHERE p.pronamespace = 'itrelay'::regnamespace AND NOT t.tgisinternal\n          \
+         AND c.relnamespace <> 'itrelay'::regnamespace\n          \
          AND t.tgrelid <> ALL (array_remove(ARRAY[\n              {}]::regclass[], NULL))\n    \
          LOOP\n        EXECUTE format('DROP TRIGGER %I ON %s', old.tgname, old.on_table);\n    \
          END LOOP;\nEND;\n$$;\n",
