@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::health::{Health, Role};
-use crate::listen::{ConnectError, PgSession};
 use crate::metrics::METRICS;
+use crate::postgres::{ConnectError, PgSession};
 use crate::route::Router;
 use crate::sink::amqp::{
     bounded, close_connection, open_channel, open_connection, private_queue, PublishError,
@@ -45,7 +45,7 @@ enum CanaryError {
     ConsumerCancelled,
     #[error("postgres: {0}")]
     Postgres(#[from] ConnectError),
-    #[error("writing a canary: {}", crate::listen::describe(.0))]
+    #[error("writing a canary: {}", crate::postgres::describe(.0))]
     Write(tokio_postgres::Error),
     #[error("writing a canary: no answer within {0:?}")]
     WriteTimeout(Duration),

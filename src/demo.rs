@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog;
 use crate::config::Settings;
-use crate::listen::PgSession;
+use crate::postgres::PgSession;
 use crate::relay::Relay;
 use crate::route::Router;
 use crate::secret::SecretUrl;

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use crate::config::Settings;
-use crate::listen::{ConnectError, PgSession};
 use crate::metrics::METRICS;
+use crate::postgres::{ConnectError, PgSession};
 use crate::tasks::{self, Failure};
 use tokio_util::sync::CancellationToken;
 

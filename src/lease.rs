@@ -45,7 +45,7 @@ pub struct LeaseRow {
 /// Why a session could not take or keep the lease.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
-    #[error("{}", crate::listen::describe(.0))]
+    #[error("{}", crate::postgres::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// The lease row no longer names this session: another relay took over.
     #[error("the leader's lease was taken over by another relay")]

@@ -9,7 +9,7 @@
 //!
 //! | stage | module | I/O |
 //! |---|---|---|
-//! | listen | [`listen`] | Postgres |
+//! | the Postgres session: connect, LISTEN, notices | [`postgres`] | Postgres |
 //! | lead: lock and lease | [`lease`] | Postgres |
 //! | claim, look up, record | [`outbox`], [`floor`] | Postgres |
 //! | per-destination outcomes, waiting copies | [`delivery`], [`copies`] | –, Postgres |
@@ -27,7 +27,8 @@
 //! validation runs after enrichment so that it checks exactly the body consumers get.
 //! [`catalog`] describes every event type, [`config`] the settings, [`sql`] the
 //! embedded SQL that DBAs apply, [`tls`] how both connections are secured.
-//! [`scan`] runs the SQL scans that record time-based events (expirations, SLA breaches).
+//! [`tasks`] supervises every background task, [`mapping`] maps the catalog onto real
+//! tables. [`scan`] runs the SQL scans that record time-based events (expirations, SLA breaches).
 //! [`describe`] and [`asyncapi`] render the catalog for people and for tools.
 //! [`health`] holds readiness for `/readyz` ([`http`]); [`metrics`], [`gauges`] and
 //! [`process`] what `/metrics` exports; [`systemd`] tells a `Type=notify` unit.
@@ -51,7 +52,6 @@ pub mod gauges;
 pub mod health;
 pub mod http;
 pub mod lease;
-pub mod listen;
 pub mod logging;
 pub mod mapping;
 pub mod metrics;
@@ -59,6 +59,7 @@ pub mod notified;
 pub mod ops;
 pub mod outbox;
 pub mod pipeline;
+pub mod postgres;
 pub mod process;
 pub mod redact;
 pub mod relay;

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::config::Settings;
-use crate::listen::{ConnectError, PgSession};
+use crate::postgres::{ConnectError, PgSession};
 use crate::tasks::{self, Failure};
 
 /// How many spans of ids ahead of the next id partitions are created.
@@ -56,7 +56,7 @@ pub async fn prune(
 enum RetentionError {
     #[error("connecting to Postgres: {0}")]
     Connect(#[from] ConnectError),
-    #[error("managing outbox partitions: {}", crate::listen::describe(.0))]
+    #[error("managing outbox partitions: {}", crate::postgres::describe(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("managing outbox partitions: no answer within {0:?}")]
     Timeout(Duration),

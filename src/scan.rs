@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Settings;
-use crate::listen::{ConnectError, PgSession};
 use crate::metrics::METRICS;
+use crate::postgres::{ConnectError, PgSession};
 use crate::tasks::{self, Failure};
 
 /// The statement each scan runs: every time-based scan, as of the database's `now()`,
@@ -25,7 +25,7 @@ pub const SCAN_SQL: &str = "SELECT itrelay.scan_due_events(now(), $1)";
 pub enum ScanError {
     #[error("connecting to Postgres: {0}")]
     Connect(#[from] ConnectError),
-    #[error("running itrelay.scan_due_events(): {}", crate::listen::describe(.0))]
+    #[error("running itrelay.scan_due_events(): {}", crate::postgres::describe(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("itrelay.scan_due_events() did not answer within {0:?}")]
     Timeout(Duration),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use itrelay::config::Settings;
-use itrelay::listen::PgSession;
+use itrelay::postgres::PgSession;
 use itrelay::route::Router;
 use itrelay::sink::amqp::Publisher;
 use rustls::pki_types::pem::PemObject;

@@ -17,10 +17,10 @@ use crate::copies::Copies;
 use crate::delivery::Gates;
 use crate::floor::ClaimFloor;
 use crate::health::Role;
-use crate::listen::{Notice, PgSession};
 use crate::metrics::METRICS;
 use crate::notified::NotifyEvents;
 use crate::outbox::Outbox;
+use crate::postgres::{Notice, PgSession};
 use crate::sink::Sink;
 
 /// While busy the relay looks for new events this often; after `QUIET_POLLS` looks in

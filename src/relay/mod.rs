@@ -24,8 +24,8 @@ use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::health::{Health, Role};
 use crate::lease::{self, LeaseError, Takeover};
-use crate::listen::PgSession;
 use crate::metrics::{Service, METRICS};
+use crate::postgres::PgSession;
 use crate::route::Router;
 use crate::sink::amqp::Publisher;
 use crate::sink::Sink;
@@ -38,10 +38,10 @@ const BLOCKED_EVERY: Duration = Duration::from_secs(1);
 /// Why a session with the services ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("postgres: {}", crate::listen::describe(.0))]
+    #[error("postgres: {}", crate::postgres::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres: {0}")]
-    PostgresConnect(#[from] crate::listen::ConnectError),
+    PostgresConnect(#[from] crate::postgres::ConnectError),
     /// The sink failed: it could not take or confirm messages in time.
     #[error("{}: {error}", .service.as_str())]
     Sink {
