@@ -211,11 +211,12 @@ impl Relay {
         &self,
         call: impl std::future::Future<Output = Result<T, E>>,
     ) -> Result<T, SessionError> {
-        let limit = self.settings.query_timeout();
-        match tokio::time::timeout(limit, call).await {
-            Ok(result) => result.map_err(Into::into),
-            Err(_) => Err(SessionError::PostgresTimeout(limit)),
-        }
+        crate::tasks::bounded(
+            self.settings.query_timeout(),
+            SessionError::PostgresTimeout,
+            call,
+        )
+        .await
     }
 
     /// Refuses a channel other than the one the triggers notify.

@@ -27,13 +27,15 @@ pub async fn bounded<T, E: Into<PublishError>>(
     step: impl FnOnce() -> String,
     call: impl Future<Output = Result<T, E>>,
 ) -> Result<T, PublishError> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(result) => result.map_err(Into::into),
-        Err(_) => Err(PublishError::Timeout {
+    crate::tasks::bounded(
+        limit,
+        |limit| PublishError::Timeout {
             step: step(),
             limit,
-        }),
-    }
+        },
+        call,
+    )
+    .await
 }
 
 /// Opens a connection as the settings say: the password over the URL's, and for
