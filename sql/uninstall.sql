@@ -32,6 +32,15 @@ BEGIN
     LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', installed.tgname, installed.on_table);
     END LOOP;
+    IF to_regprocedure('itrelay.set_capture(text)') IS NOT NULL
+       AND (SELECT capture FROM itrelay.settings) = 'wal' THEN
+        -- Events recorded to WAL are moved into the outbox first, so the check below
+        -- sees them; then the slot and the publication go (itrelay.wal_retire).
+        PERFORM itrelay.set_capture('outbox');
+    END IF;
+    IF to_regprocedure('itrelay.wal_retire()') IS NOT NULL THEN
+        PERFORM itrelay.wal_retire();
+    END IF;
     IF to_regclass('itrelay.outbox') IS NOT NULL THEN
         -- Readers (the relay) go on; writers wait, and fail once the schema is gone.
         LOCK TABLE itrelay.outbox IN EXCLUSIVE MODE;
