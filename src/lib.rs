@@ -74,3 +74,4 @@ pub mod systemd;
 pub mod tasks;
 pub mod tls;
 pub mod validate;
+pub mod wal;
