@@ -29,21 +29,19 @@
 //! embedded SQL that DBAs apply, [`tls`] how both connections are secured.
 //! [`tasks`] supervises every background task, [`mapping`] maps the catalog onto real
 //! tables. [`scan`] runs the SQL scans that record time-based events (expirations, SLA breaches).
-//! [`describe`] and [`asyncapi`] render the catalog for people and for tools.
+//! [`cli`] is the command line, one file per command group.
 //! [`health`] holds readiness for `/readyz` ([`http`]); [`metrics`], [`gauges`] and
 //! [`process`] what `/metrics` exports; [`systemd`] tells a `Type=notify` unit.
 
-pub mod asyncapi;
 pub mod backoff;
 pub mod canary;
 pub mod catalog;
+pub mod cli;
 pub mod cloudevents;
 pub mod config;
 pub mod copies;
 pub mod decode;
 pub mod delivery;
-pub mod demo;
-pub mod describe;
 pub mod enrich;
 pub mod envelope;
 pub mod event;
@@ -56,7 +54,6 @@ pub mod logging;
 pub mod mapping;
 pub mod metrics;
 pub mod notified;
-pub mod ops;
 pub mod outbox;
 pub mod pipeline;
 pub mod postgres;
