@@ -26,7 +26,7 @@
 //! Redaction runs first so that no later stage, log line or error can see a secret;
 //! validation runs after enrichment so that it checks exactly the body consumers get.
 //! [`catalog`] describes every event type, [`config`] the settings, [`sql`] the
-//! embedded SQL that DBAs apply, [`tls`] how both connections are secured.
+//! embedded SQL that DBAs apply, [`connect`] what connecting takes (TLS included).
 //! [`tasks`] supervises every background task, [`mapping`] maps the catalog onto real
 //! tables. [`scan`] runs the SQL scans that record time-based events (expirations, SLA breaches).
 //! [`cli`] is the command line, one file per command group.
@@ -39,6 +39,7 @@ pub mod catalog;
 pub mod cli;
 pub mod cloudevents;
 pub mod config;
+pub mod connect;
 pub mod copies;
 pub mod decode;
 pub mod delivery;
@@ -69,5 +70,5 @@ pub mod sink;
 pub mod sql;
 pub mod systemd;
 pub mod tasks;
-pub mod tls;
+
 pub mod validate;
