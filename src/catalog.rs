@@ -113,6 +113,22 @@ impl EventSpec {
             .collect();
         format!("payload.{pascal}.v1")
     }
+
+    /// The JSON Schema, parsed (`Null` if it did not parse, which the catalog's tests rule
+    /// out).
+    pub fn schema_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.schema).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The schema's `x-itrelay-status`: `contract` (from the contract) or `draft` (ours);
+    /// `unknown` if it has none.
+    pub fn schema_status(&self) -> String {
+        self.schema_value()
+            .get("x-itrelay-status")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("unknown")
+            .to_owned()
+    }
 }
 
 /// The catalog's source files as embedded in the binary.

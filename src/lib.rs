@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | the Postgres session: connect, LISTEN, notices | [`postgres`] | Postgres |
 //! | lead: lock and lease | [`lease`] | Postgres |
+//! | under WAL capture: move the slot's events into the outbox | [`wal`] | Postgres |
 //! | claim, look up, record | [`outbox`], [`floor`] | Postgres |
 //! | per-destination outcomes, waiting copies | [`delivery`], [`copies`] | –, Postgres |
 //! | the pure pipeline: the four stages below | [`pipeline`] | – |
@@ -26,24 +27,23 @@
 //! Redaction runs first so that no later stage, log line or error can see a secret;
 //! validation runs after enrichment so that it checks exactly the body consumers get.
 //! [`catalog`] describes every event type, [`config`] the settings, [`sql`] the
-//! embedded SQL that DBAs apply, [`tls`] how both connections are secured.
+//! embedded SQL that DBAs apply, [`connect`] what connecting takes (TLS included).
 //! [`tasks`] supervises every background task, [`mapping`] maps the catalog onto real
 //! tables. [`scan`] runs the SQL scans that record time-based events (expirations, SLA breaches).
-//! [`describe`] and [`asyncapi`] render the catalog for people and for tools.
+//! [`cli`] is the command line, one file per command group.
 //! [`health`] holds readiness for `/readyz` ([`http`]); [`metrics`], [`gauges`] and
 //! [`process`] what `/metrics` exports; [`systemd`] tells a `Type=notify` unit.
 
-pub mod asyncapi;
 pub mod backoff;
 pub mod canary;
 pub mod catalog;
+pub mod cli;
 pub mod cloudevents;
 pub mod config;
+pub mod connect;
 pub mod copies;
 pub mod decode;
 pub mod delivery;
-pub mod demo;
-pub mod describe;
 pub mod enrich;
 pub mod envelope;
 pub mod event;
@@ -56,7 +56,6 @@ pub mod logging;
 pub mod mapping;
 pub mod metrics;
 pub mod notified;
-pub mod ops;
 pub mod outbox;
 pub mod pipeline;
 pub mod postgres;
@@ -72,6 +71,6 @@ pub mod sink;
 pub mod sql;
 pub mod systemd;
 pub mod tasks;
-pub mod tls;
+
 pub mod validate;
 pub mod wal;

@@ -15,8 +15,8 @@ use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 use tracing::{debug, warn};
 
 use crate::config::PostgresSettings;
+use crate::connect::SettingError;
 use crate::redact::redact_text;
-use crate::tls::SettingError;
 
 /// The server's side of the keepalives and a check, every 5 s while a query runs, that
 /// the client is still connected (Postgres 14 or later).

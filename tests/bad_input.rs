@@ -313,7 +313,9 @@ async fn rows_the_relay_cannot_read_are_dead_lettered_one_by_one() {
         .map(|m| m.body["ticket_number"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(numbers, ["TCK-between", "TCK-after"]);
-    let failed = itrelay::ops::dead_letters(&env.client, 10).await.unwrap();
+    let failed = itrelay::cli::dead_letters::dead_letters(&env.client, 10)
+        .await
+        .unwrap();
     let reasons: Vec<String> = failed
         .iter()
         .map(|f| f.reason.clone().unwrap_or_default())
@@ -326,7 +328,7 @@ async fn rows_the_relay_cannot_read_are_dead_lettered_one_by_one() {
         assert!(!reason.contains("9999"), "a value was quoted: {reason}");
     }
     assert_eq!(env.drain(&env.dead_letter_exchange()).await.len(), 3);
-    let status = itrelay::ops::status(&env.client, std::time::Duration::from_secs(15))
+    let status = itrelay::cli::status::status(&env.client, std::time::Duration::from_secs(15))
         .await
         .unwrap();
     assert_eq!(status.failed, 3);

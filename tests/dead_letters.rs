@@ -136,7 +136,9 @@ async fn unroutable_copy_is_dead_lettered_for_its_module_alone() {
         failed_rows(&env).await.is_empty(),
         "no event failed as a whole"
     );
-    let failed = itrelay::ops::dead_letters(&env.client, 10).await.unwrap();
+    let failed = itrelay::cli::dead_letters::dead_letters(&env.client, 10)
+        .await
+        .unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].module.as_deref(), Some("NOBODY"));
     let reason = failed[0].reason.clone().unwrap_or_default();
@@ -161,10 +163,10 @@ async fn unroutable_copy_is_dead_lettered_for_its_module_alone() {
     // alone.
     let nobody = env.exchange("NOBODY");
     env.bind_queue(&nobody).await;
-    let replayed = itrelay::ops::replay(
+    let replayed = itrelay::cli::dead_letters::replay(
         &env.client,
         "it_events",
-        &itrelay::ops::ReplaySelection {
+        &itrelay::cli::dead_letters::ReplaySelection {
             event_ids: vec![dead[0].message_id().parse().unwrap()],
             ..Default::default()
         },
@@ -175,7 +177,7 @@ async fn unroutable_copy_is_dead_lettered_for_its_module_alone() {
     env.wait_until_settled(2).await;
     assert_eq!(env.drain(&nobody).await.len(), 1);
     assert!(env.drain(&env.exchange("PF-10")).await.is_empty());
-    assert!(itrelay::ops::dead_letters(&env.client, 10)
+    assert!(itrelay::cli::dead_letters::dead_letters(&env.client, 10)
         .await
         .unwrap()
         .is_empty());

@@ -152,14 +152,14 @@ async fn a_replay_below_the_claim_floor_is_relayed_at_once() {
         .await
         .unwrap()
         .get(0);
-    let selection = itrelay::ops::ReplaySelection {
+    let selection = itrelay::cli::dead_letters::ReplaySelection {
         event_ids: vec![first],
         event_type: None,
         since: None,
         until: None,
         include_delivered: true,
     };
-    let replayed = itrelay::ops::replay(&env.client, "it_events", &selection)
+    let replayed = itrelay::cli::dead_letters::replay(&env.client, "it_events", &selection)
         .await
         .unwrap();
     assert_eq!(replayed, 1);

@@ -331,7 +331,7 @@ mod tests {
             "it_asset_repainted".into(),
             vec!["FM".into(), "PF-99".into()],
         );
-        let asyncapi = crate::asyncapi::document_for(leaked_specs(&catalog), &settings);
+        let asyncapi = crate::cli::asyncapi::document_for(leaked_specs(&catalog), &settings);
         for operation in ["it_asset_repainted.it.fm", "it_asset_repainted.it.pf-99"] {
             assert!(asyncapi["operations"][operation].is_object(), "{operation}");
         }

@@ -5,12 +5,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use lapin::options::QueueDeclareOptions;
+use lapin::tcp::{AMQPUriTcpExt, RustlsConnector};
 use lapin::types::FieldTable;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties};
 
 use super::PublishError;
 use crate::config::AmqpSettings;
-use crate::tls;
 
 /// Heartbeat interval asked of the broker when the URL does not say (`?heartbeat=N`).
 const HEARTBEAT_SECS: u16 = 5;
@@ -61,15 +62,26 @@ pub async fn open_connection(
     let limit = settings.connect_timeout();
     match tls {
         None => bounded(limit, step, Connection::connect_uri(uri, properties)).await,
-        Some(connector) => {
-            bounded(
-                limit,
-                step,
-                tls::amqps_connection(uri, connector, properties),
-            )
-            .await
-        }
+        Some(connector) => bounded(limit, step, amqps_connection(uri, connector, properties)).await,
     }
+}
+
+/// Opens an AMQP connection to an `amqps://` broker: TCP, then the TLS handshake with
+/// `connector` (which checks the server as configured), then AMQP's own.
+async fn amqps_connection(
+    uri: AMQPUri,
+    connector: RustlsConnector,
+    properties: ConnectionProperties,
+) -> lapin::Result<Connection> {
+    let runtime = lapin::runtime::default_runtime()?;
+    let connect = async move |uri: AMQPUri, runtime| {
+        let host = uri.authority.host.clone();
+        let mut plain = uri;
+        plain.scheme = AMQPScheme::AMQP;
+        let stream = plain.connect_async(&runtime).await?;
+        Ok(stream.into_rustls(&connector, &host).await?)
+    };
+    Connection::connector(uri, runtime, connect, properties).await
 }
 
 /// Opens a channel, bounded by `amqp.connect_timeout_secs`.

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::tls::SettingError;
+use crate::connect::SettingError;
 
 mod connection;
 mod message;

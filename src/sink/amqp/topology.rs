@@ -11,8 +11,8 @@ use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
 
 use super::{bounded, open_channel, PublishError};
 use crate::config::{AmqpSettings, QueueType};
+use crate::connect::SettingError;
 use crate::route::Router;
-use crate::tls::SettingError;
 
 /// AMQP reply code of a declare whose arguments differ from the existing object's.
 const PRECONDITION_FAILED: u16 = 406;

@@ -12,7 +12,6 @@ use serde_json::{json, Map, Value};
 use crate::catalog::{self, EventSpec};
 use crate::cloudevents::CloudEventsSettings;
 use crate::config::Settings;
-use crate::describe::{schema, schema_status};
 use crate::envelope::headers;
 use crate::route::Router;
 
@@ -40,7 +39,7 @@ pub fn document_for(events: &'static [EventSpec], settings: &Settings) -> Value 
     schemas.insert(PROPERTIES.into(), properties_schema(&settings.amqp.app_id));
     for spec in events {
         messages.insert(spec.event_type.into(), message(spec, ce));
-        schemas.insert(spec.schema_ref(), schema(spec));
+        schemas.insert(spec.schema_ref(), spec.schema_value());
         for destination in router.destinations(spec) {
             let exchange = destination.exchange.as_str();
             channel_entry(&mut channels, exchange, || {
@@ -172,7 +171,7 @@ fn operation(
 
 fn message(spec: &EventSpec, ce: &CloudEventsSettings) -> Value {
     let schema_ref = spec.schema_ref();
-    let status = schema_status(&schema(spec)).to_owned();
+    let status = spec.schema_status();
     json!({
         "name": spec.event_type,
         "title": spec.name,

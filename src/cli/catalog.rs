@@ -2,9 +2,8 @@
 //! running configuration routes it; a table for people, JSON for tools.
 
 use serde::Serialize;
-use serde_json::Value;
 
-use crate::catalog::{self, EventSpec};
+use crate::catalog;
 use crate::config::Settings;
 use crate::route::Router;
 
@@ -25,20 +24,6 @@ pub struct EventDescription {
     pub exchanges: Vec<String>,
 }
 
-/// The event type's JSON Schema, parsed (`Null` if it did not parse, which the catalog's
-/// tests rule out).
-pub fn schema(spec: &EventSpec) -> Value {
-    serde_json::from_str(spec.schema).unwrap_or(Value::Null)
-}
-
-/// The schema's `x-itrelay-status`, or `unknown`.
-pub fn schema_status(schema: &Value) -> &str {
-    schema
-        .get("x-itrelay-status")
-        .and_then(Value::as_str)
-        .unwrap_or("unknown")
-}
-
 /// Every catalog event type, in catalog order.
 pub fn describe(settings: &Settings) -> Vec<EventDescription> {
     let router = Router::from_settings(settings);
@@ -51,7 +36,7 @@ pub fn describe(settings: &Settings) -> Vec<EventDescription> {
                 name: spec.name,
                 category: spec.category,
                 schema_ref: spec.schema_ref(),
-                schema_status: schema_status(&schema(spec)).to_owned(),
+                schema_status: spec.schema_status(),
                 source_table: spec.source_table,
                 condition: spec.condition,
                 subscribers: destinations.iter().map(|d| d.module.clone()).collect(),
