@@ -139,7 +139,7 @@ impl Ingest {
 }
 
 /// The slot's figures, for `status` and `/metrics`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Slot {
     pub name: String,
     /// WAL the server keeps for the slot: from its restart point to the current position.
@@ -151,8 +151,18 @@ pub struct Slot {
     pub lost: bool,
 }
 
-/// The slot of this database, if it exists.
+/// The slot of this database, if it exists (never before an install with WAL capture).
 pub async fn slot(client: &Client) -> Result<Option<Slot>, tokio_postgres::Error> {
+    let installed: bool = client
+        .query_one(
+            "SELECT to_regclass('itrelay.wal_progress') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    if !installed {
+        return Ok(None);
+    }
     let row = client
         .query_opt(
             "SELECT s.slot_name::text,
@@ -174,6 +184,10 @@ pub async fn slot(client: &Client) -> Result<Option<Slot>, tokio_postgres::Error
     })
     .transpose()
 }
+
+/// How long `install` waits, after switching back to the outbox, for the transactions
+/// begun before the switch to end.
+pub const RETIRE_WAIT: Duration = Duration::from_secs(60);
 
 /// How often `install` looks whether the transactions begun before a switch back to
 /// the outbox have ended.
