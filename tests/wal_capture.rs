@@ -339,3 +339,68 @@ async fn without_logical_wal_the_relay_and_install_refuse_naming_the_key() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_switch_back_waits_for_open_wal_transactions_and_keeps_their_events() {
+    let server = logical_server().await;
+    let env = wal_env(&server).await;
+    let open = connect(&env.db_url).await;
+    open.batch_execute("BEGIN").await.unwrap();
+    open.batch_execute(&ticket("c0000000-0000-4000-8000-000000000001", "T-open"))
+        .await
+        .unwrap();
+    let switcher = connect(&env.db_url).await;
+    let switch = tokio::spawn(async move {
+        wal::install(&switcher, Capture::Outbox, WAIT)
+            .await
+            .map_err(|e| format!("{e:#}"))
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !switch.is_finished(),
+        "the switch did not wait for the open transaction"
+    );
+    open.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(WAIT, switch)
+        .await
+        .expect("the switch ends once the transaction has")
+        .unwrap()
+        .expect("switch to the outbox");
+    let moved = env
+        .count("SELECT count(*) FROM itrelay.events WHERE payload ->> 'ticket_number' = 'T-open'")
+        .await;
+    assert_eq!(moved, 1, "the open transaction's event was moved");
+    assert_eq!(
+        env.count("SELECT count(*) FROM pg_replication_slots").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn uninstall_refuses_while_the_slot_holds_events_and_keeps_the_slot() {
+    let server = logical_server().await;
+    let env = wal_env(&server).await;
+    env.execute(&ticket("d0000000-0000-4000-8000-000000000001", "T-unread"))
+        .await;
+    let refused = itrelay(&env, &["uninstall"], &[]).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("undelivered events"), "{stderr}");
+    assert_eq!(
+        env.count("SELECT count(*) FROM pg_replication_slots").await,
+        1,
+        "the slot survives a refused uninstall"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM itrelay.settings WHERE capture = 'wal'")
+            .await,
+        1
+    );
+    let forced = itrelay(&env, &["uninstall", "--force"], &[]).await;
+    assert!(forced.status.success(), "{forced:?}");
+    assert_eq!(
+        env.count("SELECT count(*) FROM pg_replication_slots").await,
+        0,
+        "uninstall drops the slot"
+    );
+}
