@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ pub fn pg_bin() -> PathBuf {
 }
 
 /// The numeric id of `user` (or of the current user), or of its group with `-g`.
-fn id(flag: &str, user: Option<&str>) -> u32 {
+pub fn id(flag: &str, user: Option<&str>) -> u32 {
     let output = Command::new("id")
         .arg(flag)
         .args(user)
@@ -45,9 +45,14 @@ fn id(flag: &str, user: Option<&str>) -> u32 {
         .expect("numeric id")
 }
 
+/// Whether the test runs as root.
+pub fn running_as_root() -> bool {
+    id("-u", None) == 0
+}
+
 /// Postgres refuses to run as root: as root, the server runs as the `postgres` user.
-fn as_postgres(command: &mut Command) -> &mut Command {
-    if id("-u", None) == 0 {
+pub fn as_postgres(command: &mut Command) -> &mut Command {
+    if running_as_root() {
         command
             .uid(id("-u", Some("postgres")))
             .gid(id("-g", Some("postgres")));
@@ -69,7 +74,7 @@ impl LocalPostgres {
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         ));
         fs::create_dir_all(&dir).expect("create the server's directory");
-        if id("-u", None) == 0 {
+        if running_as_root() {
             let chowned = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
                 .arg(&dir)
@@ -109,7 +114,12 @@ impl LocalPostgres {
             .spawn()
             .expect("start postgres");
         let mut instance = Self { server, port, dir };
-        instance.wait_until_ready().await;
+        wait_until_ready(
+            &mut instance.server,
+            port,
+            &instance.dir.join("postgres.log"),
+        )
+        .await;
         instance
     }
 
@@ -117,27 +127,29 @@ impl LocalPostgres {
     pub fn admin_url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
+}
 
-    async fn wait_until_ready(&mut self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let ready = Command::new(pg_bin().join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
-                .status()
-                .is_ok_and(|s| s.success());
-            if ready {
-                return;
-            }
-            let exited = self.server.try_wait().expect("postgres status").is_some();
-            let log = || fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
-            assert!(!exited, "postgres exited: {}", log());
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "postgres not ready: {}",
-                log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+/// Waits until the server `server` on `port` accepts connections; fails with its log
+/// (`log`) if it exits or is not ready within [`WAIT`].
+pub async fn wait_until_ready(server: &mut Child, port: u16, log: &Path) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ready = Command::new(pg_bin().join("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ready {
+            return;
         }
+        let exited = server.try_wait().expect("postgres status").is_some();
+        let log = || fs::read_to_string(log).unwrap_or_default();
+        assert!(!exited, "postgres exited: {}", log());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "postgres not ready: {}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
