@@ -17,7 +17,6 @@ use crate::enrich::{ReferenceData, ReferenceRow};
 use crate::event::{DeadLetter, OutboxRow, Rejection, Stage};
 use crate::floor::Probe;
 use crate::mapping::Mapping;
-use crate::redact;
 
 /// Source table recorded for events that arrived as whole-JSON notifications.
 pub const NOTIFY_SOURCE: &str = "notify";
@@ -355,32 +354,17 @@ impl Outbox {
         Ok(recorded.unsigned_abs())
     }
 
-    /// Stores whole-event notifications as outbox rows, redacted, so they are relayed
-    /// like any other event. Text that is not JSON is stored as a JSON string, to be
-    /// dead-lettered with the parse error.
+    /// Stores whole-event notifications ([`crate::notified::as_rows`]) as outbox rows,
+    /// so they are relayed like any other event.
     pub async fn insert_notified(
         &self,
         client: &Client,
-        payloads: &[String],
+        (event_types, bodies): &(Vec<String>, Vec<Value>),
     ) -> Result<u64, tokio_postgres::Error> {
-        let (event_types, bodies): (Vec<String>, Vec<Value>) = payloads
-            .iter()
-            .map(|text| {
-                let mut body = serde_json::from_str::<Value>(text)
-                    .unwrap_or_else(|_| Value::String(text.clone()));
-                redact::redact(&mut body);
-                let event_type = body
-                    .get("event_type")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                (event_type, body)
-            })
-            .unzip();
         client
             .execute(
                 &self.insert_notified,
-                &[&event_types, &bodies, &NOTIFY_SOURCE],
+                &[event_types, bodies, &NOTIFY_SOURCE],
             )
             .await
     }
