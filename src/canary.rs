@@ -8,9 +8,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions};
-use lapin::types::FieldTable;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -22,9 +19,7 @@ use crate::health::{Health, Role};
 use crate::metrics::METRICS;
 use crate::postgres::{ConnectError, PgSession};
 use crate::route::Router;
-use crate::sink::amqp::{
-    bounded, close_connection, open_channel, open_connection, private_queue, PublishError,
-};
+use crate::sink::amqp::{PublishError, Watcher};
 use crate::tasks::{self, Failure};
 
 /// Outbox event type of canaries; the relay sends them to its canary exchange only.
@@ -39,8 +34,6 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 enum CanaryError {
     #[error("rabbitmq: {0}")]
     Connect(#[from] PublishError),
-    #[error("rabbitmq: {0}")]
-    Amqp(#[from] lapin::Error),
     #[error("rabbitmq: canary consumer cancelled")]
     ConsumerCancelled,
     #[error("postgres: {0}")]
@@ -93,26 +86,7 @@ async fn watch(
 ) -> Result<(), CanaryError> {
     let canary = &settings.canary;
     let router = Router::from_settings(settings);
-    let connection = open_connection(&settings.amqp, "itrelay-canary").await?;
-    let limit = settings.amqp.connect_timeout();
-    let channel = open_channel(&connection, &settings.amqp).await?;
-    let queue = bounded(
-        limit,
-        || "declaring the canary's queue".to_owned(),
-        private_queue(&channel),
-    )
-    .await?;
-    let consume = channel.basic_consume(
-        queue.name().clone(),
-        "itrelay-canary".into(),
-        BasicConsumeOptions {
-            no_ack: true,
-            ..BasicConsumeOptions::default()
-        },
-        FieldTable::default(),
-    );
-    let mut deliveries =
-        bounded(limit, || "consuming the canary's queue".to_owned(), consume).await?;
+    let mut watcher = Watcher::open(&settings.amqp, "itrelay-canary").await?;
     let pg = Arc::new(PgSession::connect(&settings.postgres).await?);
     // Writes run on their own, so that a write that hangs is noticed as a stall.
     let (write_failed, mut write_failures) = mpsc::channel::<CanaryError>(1);
@@ -125,7 +99,7 @@ async fn watch(
         tokio::select! {
             _ = shutdown.cancelled() => {
                 // Closed, not dropped: the connection's I/O thread ends before the runtime.
-                close_connection(&connection, limit).await;
+                watcher.close().await;
                 return Ok(());
             }
             _ = send.tick() => {
@@ -136,8 +110,7 @@ async fn watch(
                 }
                 if !bound {
                     // The relay declares the canary exchange when it starts leading.
-                    let bind = channel.queue_bind(queue.name().clone(), router.canary().into(), "#".into(), QueueBindOptions::default(), FieldTable::default());
-                    bounded(limit, || format!("binding the canary's queue to {}", router.canary()), bind).await?;
+                    watcher.watch(router.canary()).await?;
                     bound = true;
                 }
                 let id = Uuid::new_v4();
@@ -146,9 +119,9 @@ async fn watch(
                 tokio::spawn(write(pg.clone(), id, settings.query_timeout(), write_failed.clone()));
             }
             Some(error) = write_failures.recv() => return Err(error),
-            delivery = deliveries.next() => {
-                let delivery = delivery.ok_or(CanaryError::ConsumerCancelled)??;
-                let id = serde_json::from_slice::<serde_json::Value>(&delivery.data)
+            received = watcher.next() => {
+                let received = received.ok_or(CanaryError::ConsumerCancelled)??;
+                let id = serde_json::from_slice::<serde_json::Value>(&received.body)
                     .ok()
                     .and_then(|body| body.get("canary_id")?.as_str().and_then(|id| Uuid::parse_str(id).ok()));
                 if let Some(sent) = id.and_then(|id| in_flight.remove(&id)) {

@@ -33,44 +33,47 @@
 //! [`cli`] is the command line, one file per command group.
 //! [`health`] holds readiness for `/readyz` ([`http`]); [`metrics`], [`gauges`] and
 //! [`process`] what `/metrics` exports; [`systemd`] tells a `Type=notify` unit.
+//!
+//! Public are the modules the command line's integration tests and the benchmarks use;
+//! the rest is internal to the crate.
 
-pub mod backoff;
-pub mod canary;
+pub(crate) mod backoff;
+pub(crate) mod canary;
 pub mod catalog;
 pub mod cli;
 pub mod cloudevents;
 pub mod config;
-pub mod connect;
-pub mod copies;
-pub mod decode;
-pub mod delivery;
+pub(crate) mod connect;
+pub(crate) mod copies;
+pub(crate) mod decode;
+pub(crate) mod delivery;
 pub mod enrich;
 pub mod envelope;
 pub mod event;
-pub mod floor;
-pub mod gauges;
+pub(crate) mod floor;
+pub(crate) mod gauges;
 pub mod health;
 pub mod http;
-pub mod lease;
-pub mod logging;
-pub mod mapping;
-pub mod metrics;
-pub mod notified;
+pub(crate) mod lease;
+pub(crate) mod logging;
+pub(crate) mod mapping;
+pub(crate) mod metrics;
+pub(crate) mod notified;
 pub mod outbox;
 pub mod pipeline;
 pub mod postgres;
-pub mod process;
-pub mod redact;
+pub(crate) mod process;
+pub(crate) mod redact;
 pub mod relay;
 pub mod retention;
 pub mod route;
 pub mod scan;
-pub mod secret;
-pub mod shutdown;
+pub(crate) mod secret;
+pub(crate) mod shutdown;
 pub mod sink;
 pub mod sql;
-pub mod systemd;
-pub mod tasks;
+pub(crate) mod systemd;
+pub(crate) mod tasks;
 
 pub mod validate;
 pub mod wal;

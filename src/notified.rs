@@ -7,8 +7,11 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio::time::Instant;
 use tracing::warn;
+
+use crate::redact;
 
 /// The shortest time between two warnings about refused notifications.
 const WARN_EVERY: Duration = Duration::from_secs(60);
@@ -69,6 +72,26 @@ impl NotifyEvents {
     }
 }
 
+/// Whole-event notifications as the outbox stores them: each one's event type and its
+/// body, redacted. Text that is not JSON is kept as a JSON string, to be dead-lettered
+/// with the parse error.
+pub fn as_rows(texts: &[String]) -> (Vec<String>, Vec<Value>) {
+    texts
+        .iter()
+        .map(|text| {
+            let mut body =
+                serde_json::from_str::<Value>(text).unwrap_or_else(|_| Value::String(text.clone()));
+            redact::redact(&mut body);
+            let event_type = body
+                .get("event_type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            (event_type, body)
+        })
+        .unzip()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +118,22 @@ mod tests {
         let mut notified = vec!["{}".to_owned()];
         assert!(!gate.admit(&mut notified, Instant::now()));
         assert_eq!(notified.len(), 1);
+    }
+
+    #[test]
+    fn notified_events_are_stored_redacted_and_text_that_is_not_json_as_a_string() {
+        let texts = [
+            r#"{"event_type":"it_license_created","license_key":"SECRET-KEY-1"}"#.to_owned(),
+            "not json SECRET".to_owned(),
+        ];
+        let (event_types, bodies) = as_rows(&texts);
+        assert_eq!(event_types, ["it_license_created", ""]);
+        assert!(
+            !bodies[0].to_string().contains("SECRET-KEY-1"),
+            "{}",
+            bodies[0]
+        );
+        assert_eq!(bodies[0]["event_type"], "it_license_created");
+        assert!(bodies[1].is_string());
     }
 }

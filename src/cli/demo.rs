@@ -6,13 +6,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog;
@@ -21,7 +14,7 @@ use crate::postgres::PgSession;
 use crate::relay::Relay;
 use crate::route::Router;
 use crate::secret::SecretUrl;
-use crate::sink::amqp::Publisher;
+use crate::sink::amqp::{Publisher, Watcher};
 use crate::sink::Sink;
 use crate::sql;
 
@@ -141,8 +134,7 @@ async fn story(settings: &Settings) -> anyhow::Result<()> {
                                           ('{TECHNICIAN}', '{ORG}', 'Sam Ortiz', 'sam@example.com');"
         ))
         .await?;
-    let (connection, channel) = consumer(settings).await?;
-    let mut deliveries = subscribe(&channel, settings).await?;
+    let mut watcher = watch_modules(settings).await?;
 
     let relay = Relay::new(settings.clone())?;
     let stop = CancellationToken::new();
@@ -164,37 +156,31 @@ async fn story(settings: &Settings) -> anyhow::Result<()> {
         let mut expected = copies_caused(&pg.client, &router, &mut seen_up_to).await?;
         while !expected.is_empty() {
             let Ok(Some(delivery)) =
-                tokio::time::timeout(Duration::from_secs(15), deliveries.next()).await
+                tokio::time::timeout(Duration::from_secs(15), watcher.next()).await
             else {
                 stop.cancel();
                 bail!("no message arrived within 15 s: is the relay able to reach RabbitMQ?");
             };
             let delivery = delivery?;
-            let message_id = delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|id| id.to_string())
-                .unwrap_or_default();
+            let message_id = delivery.message_id.unwrap_or_default();
             let exchange = delivery.exchange.as_str();
             if !expected.remove(&(message_id.clone(), exchange.to_owned())) {
                 stop.cancel();
                 bail!("a message this step did not cause arrived on {exchange}: {message_id}");
             }
-            let body: serde_json::Value = serde_json::from_slice(&delivery.data)?;
+            let body: serde_json::Value = serde_json::from_slice(&delivery.body)?;
             println!(
                 "  ✉ {:<24} {:<26} message_id={message_id}\n    {body}",
                 exchange,
                 delivery.routing_key.as_str(),
             );
-            delivery.ack(BasicAckOptions::default()).await?;
             received += 1;
         }
     }
     println!("\n{received} messages relayed, each confirmed by the broker before its outbox row was marked delivered.");
     stop.cancel();
     running.await?;
-    crate::sink::amqp::close_connection(&connection, settings.amqp.connect_timeout()).await;
+    watcher.close().await;
     Ok(())
 }
 
@@ -227,67 +213,31 @@ async fn copies_caused(
     Ok(copies)
 }
 
-async fn consumer(settings: &Settings) -> anyhow::Result<(Connection, Channel)> {
-    let connection = crate::sink::amqp::open_connection(&settings.amqp, "itrelay-demo")
-        .await
-        .with_context(|| format!("connecting to {}", settings.amqp.url))?;
-    let channel = crate::sink::amqp::open_channel(&connection, &settings.amqp).await?;
-    Ok((connection, channel))
-}
-
-/// One exclusive queue on every module exchange, consumed as one stream.
-async fn subscribe(channel: &Channel, settings: &Settings) -> anyhow::Result<lapin::Consumer> {
+/// One private queue on every module exchange, consumed as one stream.
+async fn watch_modules(settings: &Settings) -> anyhow::Result<Watcher> {
     let router = Router::from_settings(settings);
     // Declares the exchanges exactly as the relay will.
     Publisher::connect(&settings.amqp, &router, settings.confirm_timeout())
         .await?
         .close()
         .await;
-    let queue = crate::sink::amqp::private_queue(channel).await?;
+    let watcher = Watcher::open(&settings.amqp, "itrelay-demo")
+        .await
+        .with_context(|| format!("connecting to {}", settings.amqp.url))?;
     for exchange in router.exchanges() {
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                exchange.into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        watcher.watch(exchange).await?;
     }
-    Ok(channel
-        .basic_consume(
-            queue.name().clone(),
-            "itrelay-demo".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?)
+    Ok(watcher)
 }
 
 async fn remove_exchanges(settings: &Settings) {
-    let Ok((connection, channel)) = consumer(settings).await else {
+    let Ok(watcher) = Watcher::open(&settings.amqp, "itrelay-demo").await else {
         return;
     };
-    let router = Router::from_settings(settings);
-    let dead_letter = router.dead_letter();
-    // Best effort: a leftover demo exchange harms nothing.
-    let _ = channel
-        .queue_delete(
-            settings.amqp.dead_letter_queue().into(),
-            QueueDeleteOptions::default(),
-        )
+    watcher
+        .remove_topology(&Router::from_settings(settings))
         .await;
-    for exchange in router
-        .exchanges()
-        .into_iter()
-        .chain([dead_letter, router.canary()])
-    {
-        let _ = channel
-            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-            .await;
-    }
-    crate::sink::amqp::close_connection(&connection, settings.amqp.connect_timeout()).await;
+    watcher.close().await;
 }
 
 /// `url` pointing at `database` instead.

@@ -120,7 +120,7 @@ impl<'a, S: Sink> Dispatch<'a, S> {
             Default::default()
         } else {
             self.relay
-                .bounded(outbox.fetch_references(client, &wanted))
+                .bounded(outbox.references.fetch(client, &wanted))
                 .await?
         };
         Ok(decoded.complete(&references, &self.relay.validators))

@@ -12,16 +12,16 @@ use tracing::info;
 use super::batch::Prepared;
 use super::dispatch::{Dispatch, InFlight};
 use super::{retry, Relay, SessionError};
-use crate::backoff::Backoff;
 use crate::copies::Copies;
 use crate::delivery::Gates;
 use crate::floor::ClaimFloor;
 use crate::health::Role;
 use crate::metrics::METRICS;
-use crate::notified::NotifyEvents;
+use crate::notified::{self, NotifyEvents};
 use crate::outbox::Outbox;
 use crate::postgres::{Notice, PgSession};
 use crate::sink::Sink;
+use crate::tasks::Progress;
 use crate::wal::{Capture, Ingest};
 
 /// While busy the relay looks for new events this often; after `QUIET_POLLS` looks in
@@ -124,10 +124,10 @@ impl<'a, S: Sink> Leader<'a, S> {
     /// flight holds one of waits for that batch's confirms before it is sent, so a nack
     /// there can hold its copies back. Once `QUIET_POLLS` polls in a row find nothing,
     /// flags itself idle (so triggers NOTIFY again) and waits for a notification, the
-    /// fallback poll or a waiting copy's retry. The reconnect `backoff` starts over only
-    /// after real progress (a batch recorded, or a full idle cycle): an error that recurs
+    /// fallback poll or a waiting copy's retry. The reconnect backoff starts over only
+    /// after real `progress` (a batch recorded, or a full idle cycle): an error that recurs
     /// right after leadership is taken (a missing grant or schema) keeps backing off.
-    pub async fn run(mut self, backoff: &mut Backoff) -> Result<(), SessionError> {
+    pub async fn run(mut self, progress: &Progress) -> Result<(), SessionError> {
         loop {
             if self.shutdown.is_cancelled() {
                 // The batch in flight is finished; one merely claimed stays pending.
@@ -156,7 +156,7 @@ impl<'a, S: Sink> Leader<'a, S> {
                 .await?;
             }
             if self.advance().await? {
-                backoff.reset();
+                progress.made();
             }
             if self.prepared.is_some() {
                 self.quiet_polls = 0;
@@ -167,7 +167,7 @@ impl<'a, S: Sink> Leader<'a, S> {
                 self.pause(BUSY_POLL).await?;
             } else {
                 self.prepared = self.idle().await?;
-                backoff.reset();
+                progress.made();
                 self.quiet_polls = 0;
             }
         }
@@ -311,7 +311,10 @@ impl<'a, S: Sink> Leader<'a, S> {
         if !self.notified.is_empty() {
             let stored = self
                 .relay
-                .bounded(self.outbox.insert_notified(&self.pg.client, &self.notified))
+                .bounded(
+                    self.outbox
+                        .insert_notified(&self.pg.client, &notified::as_rows(&self.notified)),
+                )
                 .await?;
             METRICS.notified_events.inc_by(stored);
             info!(events = stored, "took in whole-event notifications");

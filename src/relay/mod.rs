@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use self::leader::Leader;
-use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::health::{Health, Role};
 use crate::lease::{self, LeaseError, Takeover};
@@ -30,6 +29,7 @@ use crate::route::Router;
 use crate::sink::amqp::Publisher;
 use crate::sink::Sink;
 use crate::sql;
+use crate::tasks::{self, Failure, Progress};
 use crate::validate::Validators;
 use crate::wal;
 
@@ -94,9 +94,12 @@ impl SessionError {
             error: Box::new(error),
         }
     }
+}
 
-    /// An error that no retry can mend: the relay stops.
-    pub fn is_fatal(&self) -> bool {
+impl Failure for SessionError {
+    /// A channel or capture mismatch, or WAL capture without logical decoding: no retry
+    /// can mend it, the relay stops.
+    fn is_fatal(&self) -> bool {
         matches!(
             self,
             SessionError::ChannelMismatch { .. } | SessionError::Capture(_)
@@ -127,38 +130,36 @@ impl Relay {
         self
     }
 
-    /// Relays until `shutdown` is cancelled, reconnecting as often as it takes; returns
-    /// early only with a fatal error ([`SessionError::is_fatal`]).
+    /// Relays until `shutdown` is cancelled, reconnecting as often as it takes
+    /// ([`tasks::supervise`]); returns early only with a fatal error
+    /// ([`Failure::is_fatal`] of [`SessionError`]).
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), SessionError> {
-        let relay = &self.settings.relay;
-        let mut backoff = Backoff::new(
-            Duration::from_millis(relay.reconnect_min_ms),
-            Duration::from_millis(relay.reconnect_max_ms),
-        );
-        loop {
-            match self.session(&shutdown, &mut backoff).await {
-                Ok(()) => return Ok(()),
-                Err(error) if error.is_fatal() => return Err(error),
-                Err(error) => {
-                    METRICS
-                        .reconnects
-                        .get_or_create(&error.service().into())
-                        .inc();
-                    let delay = backoff.next_delay();
-                    warn!(%error, retry_in_ms = delay.as_millis() as u64, "relay interrupted; reconnecting");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(delay) => {}
+        tasks::supervise(
+            "relay",
+            tasks::backoff(&self.settings),
+            Duration::ZERO,
+            &shutdown,
+            |progress| {
+                let shutdown = &shutdown;
+                async move {
+                    let outcome = self.session(shutdown, &progress).await;
+                    if let Some(error) = outcome.as_ref().err().filter(|error| !error.is_fatal()) {
+                        METRICS
+                            .reconnects
+                            .get_or_create(&error.service().into())
+                            .inc();
                     }
+                    outcome
                 }
-            }
-        }
+            },
+        )
+        .await
     }
 
     async fn session(
         &self,
         shutdown: &CancellationToken,
-        backoff: &mut Backoff,
+        progress: &Progress,
     ) -> Result<(), SessionError> {
         // The one place that picks the sink.
         let sink = Publisher::connect(
@@ -168,7 +169,7 @@ impl Relay {
         )
         .await
         .map_err(SessionError::sink::<Publisher>)?;
-        self.lead_with(sink, shutdown, backoff).await
+        self.lead_with(sink, shutdown, progress).await
     }
 
     /// Leads with `sink` once connected to Postgres and elected, until shut down or a
@@ -177,7 +178,7 @@ impl Relay {
         &self,
         sink: S,
         shutdown: &CancellationToken,
-        backoff: &mut Backoff,
+        progress: &Progress,
     ) -> Result<(), SessionError> {
         self.health.set_connected(S::SERVICE, true);
         let sink_failed = sink.failure_signal();
@@ -197,7 +198,7 @@ impl Relay {
             let lead = async {
                 Leader::start(self, &mut pg, &sink, &sink_failed, shutdown)
                     .await?
-                    .run(backoff)
+                    .run(progress)
                     .await
             };
             tokio::select! {

@@ -12,10 +12,13 @@ mod message;
 mod publish;
 mod returns;
 pub mod topology;
+mod watch;
 
-pub use connection::{bounded, close_connection, open_channel, open_connection, private_queue};
+pub use connection::{bounded, close_connection, open_connection};
+use connection::{open_channel, private_queue};
 pub use message::properties;
 pub use publish::Publisher;
+pub use watch::{Received, Watcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

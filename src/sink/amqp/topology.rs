@@ -1,11 +1,14 @@
 //! What the relay needs on the broker: a durable topic exchange per subscriber module, its
 //! own dead-letter and canary exchanges, and the dead-letter queue bound to the former.
 //! [`declare`] creates them (every step bounded); [`inspect`] only looks, with passive
-//! declares, for `itrelay check`.
+//! declares, for `itrelay check`; [`remove`] deletes a scratch topology.
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
 
@@ -175,4 +178,23 @@ pub async fn inspect(
         missing.push(format!("queue {queue}"));
     }
     Ok(missing)
+}
+
+/// Deletes what [`declare`] created, best effort (a leftover exchange harms nothing),
+/// each step bounded by `amqp.connect_timeout_secs`.
+pub async fn remove(channel: &Channel, settings: &AmqpSettings, router: &Router) {
+    let limit = settings.connect_timeout();
+    let queue = settings.dead_letter_queue();
+    let _ = tokio::time::timeout(
+        limit,
+        channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()),
+    )
+    .await;
+    for exchange in exchanges(router) {
+        let _ = tokio::time::timeout(
+            limit,
+            channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()),
+        )
+        .await;
+    }
 }

@@ -2,22 +2,19 @@
 //! needs for enrichment, record what happened to each row, and take in whole-event
 //! notifications. Values are always bind parameters.
 
-use std::collections::BTreeSet;
+mod claimed;
+mod references;
 
-use futures_util::future::try_join_all;
-use serde_json::{Map, Value};
-use tokio_postgres::error::SqlState;
+use serde_json::Value;
 use tokio_postgres::{Client, Statement};
-use tracing::warn;
-use uuid::Uuid;
 
-use crate::catalog::Reference;
 use crate::delivery::{CopyRecord, CopyState};
-use crate::enrich::{ReferenceData, ReferenceRow};
-use crate::event::{DeadLetter, OutboxRow, Rejection, Stage};
 use crate::floor::Probe;
 use crate::mapping::Mapping;
-use crate::redact;
+
+pub(crate) use self::claimed::read_claimed;
+pub use self::claimed::{claimed_id, Claimed};
+pub use self::references::ReferenceLookups;
 
 /// Source table recorded for events that arrived as whole-JSON notifications.
 pub const NOTIFY_SOURCE: &str = "notify";
@@ -32,14 +29,6 @@ pub enum Outcome {
     Failed(String),
     /// Not confirmed; stays pending and is tried again.
     Retry(String),
-}
-
-/// The outbox id of a claimed row, readable or not.
-pub fn claimed_id(row: &Claimed) -> i64 {
-    match row {
-        Ok(row) => row.id,
-        Err(unreadable) => unreadable.outbox_id,
-    }
 }
 
 /// Copies to record, as the columns of `unnest`.
@@ -62,9 +51,6 @@ impl<'a> CopyColumns<'a> {
     }
 }
 
-/// A claimed row as the claim read it: readable, or what could not be read of it.
-pub type Claimed = Result<OutboxRow, Box<DeadLetter>>;
-
 /// The outbox statements, prepared once per connection.
 pub struct Outbox {
     claim: Statement,
@@ -73,7 +59,8 @@ pub struct Outbox {
     record: Statement,
     insert_notified: Statement,
     /// Per reference table that exists: its rows with ids in $1.
-    lookups: Vec<(Reference, Statement)>,
+    /// The reference rows enrichment needs.
+    pub references: ReferenceLookups,
 }
 
 impl Outbox {
@@ -216,7 +203,7 @@ impl Outbox {
                      FROM unnest($1::text[], $2::jsonb[]) AS n(event_type, payload)",
                 )
                 .await?,
-            lookups: prepare_lookups(client, mapping).await?,
+            references: ReferenceLookups::prepare(client, mapping).await?,
         })
     }
 
@@ -243,45 +230,6 @@ impl Outbox {
             xmin: row.try_get(1)?,
             xmax: row.try_get(2)?,
         })
-    }
-
-    /// Fetches the reference rows enrichment asked for: one query per table, sent
-    /// together.
-    pub async fn fetch_references(
-        &self,
-        client: &Client,
-        wanted: &BTreeSet<(Reference, Uuid)>,
-    ) -> Result<ReferenceData, tokio_postgres::Error> {
-        let lookups = self.lookups.iter().filter_map(|(reference, statement)| {
-            let ids: Vec<Uuid> = wanted
-                .iter()
-                .filter(|(kind, _)| kind == reference)
-                .map(|(_, id)| *id)
-                .collect();
-            (!ids.is_empty()).then_some(async move {
-                let rows = client.query(statement, &[&ids]).await?;
-                Ok::<_, tokio_postgres::Error>((*reference, rows))
-            })
-        });
-        let mut data = ReferenceData::new();
-        for (reference, rows) in try_join_all(lookups).await? {
-            for row in rows {
-                let id: Uuid = row.try_get(0)?;
-                let columns: Value = row.try_get(2)?;
-                let columns = match columns {
-                    Value::Object(columns) => columns,
-                    _ => Map::new(),
-                };
-                data.insert(
-                    (reference, id),
-                    ReferenceRow {
-                        organization_id: row.try_get(1)?,
-                        columns,
-                    },
-                );
-            }
-        }
-        Ok(data)
     }
 
     /// Tells the triggers whether to NOTIFY: only while the relay is idle. Going idle is
@@ -355,155 +303,18 @@ impl Outbox {
         Ok(recorded.unsigned_abs())
     }
 
-    /// Stores whole-event notifications as outbox rows, redacted, so they are relayed
-    /// like any other event. Text that is not JSON is stored as a JSON string, to be
-    /// dead-lettered with the parse error.
+    /// Stores whole-event notifications ([`crate::notified::as_rows`]) as outbox rows,
+    /// so they are relayed like any other event.
     pub async fn insert_notified(
         &self,
         client: &Client,
-        payloads: &[String],
+        (event_types, bodies): &(Vec<String>, Vec<Value>),
     ) -> Result<u64, tokio_postgres::Error> {
-        let (event_types, bodies): (Vec<String>, Vec<Value>) = payloads
-            .iter()
-            .map(|text| {
-                let mut body = serde_json::from_str::<Value>(text)
-                    .unwrap_or_else(|_| Value::String(text.clone()));
-                redact::redact(&mut body);
-                let event_type = body
-                    .get("event_type")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                (event_type, body)
-            })
-            .unzip();
         client
             .execute(
                 &self.insert_notified,
-                &[&event_types, &bodies, &NOTIFY_SOURCE],
+                &[event_types, bodies, &NOTIFY_SOURCE],
             )
             .await
     }
-}
-
-/// Reads one claimed row. Only its id must be readable; a column the driver cannot read
-/// (a time out of range) or a payload that does not parse (nested too deep, a number
-/// beyond what the relay reads) makes the row a dead letter of its own, with a reason
-/// that names the column and the error, never its value.
-pub(crate) fn read_claimed(row: &tokio_postgres::Row) -> Result<Claimed, tokio_postgres::Error> {
-    let id: i64 = row.try_get(0)?;
-    let event_id: Uuid = row.try_get(1)?;
-    let event_type: String = row.try_get(2).unwrap_or_default();
-    let source_table: String = row.try_get(4).unwrap_or_default();
-    let unreadable = |reason: String| {
-        Box::new(DeadLetter {
-            outbox_id: id,
-            event_id,
-            event_type: event_type.clone(),
-            source_table: source_table.clone(),
-            body: Value::Null,
-            rejection: Rejection::new(Stage::Decode, reason),
-            module: None,
-        })
-    };
-    let text: String = match row.try_get(3) {
-        Ok(text) => text,
-        Err(error) => return Ok(Err(unreadable(format!("payload unreadable: {error}")))),
-    };
-    let payload = match serde_json::from_str(&text) {
-        Ok(payload) => payload,
-        Err(error) => {
-            return Ok(Err(unreadable(format!(
-                "payload cannot be read as JSON: {}",
-                json_error_position(&error)
-            ))))
-        }
-    };
-    let created_at = match row.try_get(5) {
-        Ok(created_at) => created_at,
-        Err(error) => return Ok(Err(unreadable(format!("created_at unreadable: {error}")))),
-    };
-    Ok(Ok(OutboxRow {
-        id,
-        event_id,
-        event_type: event_type.clone(),
-        payload,
-        source_table: source_table.clone(),
-        created_at,
-        entity: row.try_get(6).unwrap_or_default(),
-    }))
-}
-
-/// What went wrong parsing a payload, and where. The parser's own messages ("recursion
-/// limit exceeded", "number out of range", "expected value") never quote the input;
-/// a data error might, so it is named only.
-fn json_error_position(error: &serde_json::Error) -> String {
-    match error.classify() {
-        serde_json::error::Category::Data => format!(
-            "unexpected data at line {} column {}",
-            error.line(),
-            error.column()
-        ),
-        _ => error.to_string(),
-    }
-}
-
-/// Prepares the lookup of each reference table, by its mapped name. A table that does not
-/// exist is left out, with a warning: events that need a row of it are dead-lettered at
-/// enrichment.
-async fn prepare_lookups(
-    client: &Client,
-    mapping: &Mapping,
-) -> Result<Vec<(Reference, Statement)>, tokio_postgres::Error> {
-    let mut lookups = Vec::new();
-    for reference in Reference::ALL {
-        match client.prepare(&lookup_sql(reference, mapping)).await {
-            Ok(statement) => lookups.push((reference, statement)),
-            Err(error) if error.code() == Some(&SqlState::UNDEFINED_TABLE) => {
-                warn!(table = %mapping.table_sql(reference.table()), "reference table not found; events that need a row of it are dead-lettered at enrichment");
-            }
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(lookups)
-}
-
-/// id, organization_id and the columns enrichment copies, for the rows with ids in $1.
-fn lookup_sql(reference: Reference, mapping: &Mapping) -> String {
-    let table = reference.table();
-    let c = |column: &str| mapping.column_sql(table, column);
-    let (id, fields) = match reference {
-        Reference::Vendor => (
-            c("vendor_id"),
-            format!("jsonb_build_object('vendor_name', {})", c("vendor_name")),
-        ),
-        Reference::Employee => (
-            c("employee_id"),
-            format!(
-                "jsonb_strip_nulls(jsonb_build_object('employee_name', {}, 'email', {}))",
-                c("employee_name"),
-                c("email")
-            ),
-        ),
-        Reference::Asset => (
-            c("asset_id"),
-            format!(
-                "jsonb_strip_nulls(jsonb_build_object(
-                     'asset_tag', {}, 'asset_name', {}, 'asset_type', {},
-                     'location', CASE WHEN {site} IS NOT NULL THEN jsonb_build_object(
-                         'site_id', {site}, 'building', {}, 'room', {}) END))",
-                c("asset_tag"),
-                c("asset_name"),
-                c("asset_type"),
-                c("building"),
-                c("room"),
-                site = c("site_id"),
-            ),
-        ),
-    };
-    format!(
-        "SELECT {id}, {}, {fields} FROM {} WHERE {id} = ANY($1)",
-        c("organization_id"),
-        mapping.table_sql(table)
-    )
 }
