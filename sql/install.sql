@@ -436,6 +436,12 @@ VALUES (coalesce(nullif(current_setting('itrelay.channel', true), ''), 'it_event
 ON CONFLICT (singleton) DO UPDATE SET channel = excluded.channel
     WHERE nullif(current_setting('itrelay.channel', true), '') IS NOT NULL;
 
+-- capture: how itrelay.enqueue records an event: 'outbox' (a row in itrelay.events, the
+-- default) or 'wal' (a transactional logical message; see WAL capture below). Changed
+-- only by itrelay.set_capture.
+ALTER TABLE itrelay.settings ADD COLUMN IF NOT EXISTS capture text NOT NULL DEFAULT 'outbox'
+    CHECK (capture IN ('outbox', 'wal'));
+
 -- The leader's lease (src/lease.rs): the leading relay's backend, renewed through that
 -- backend every third of relay.lease_secs. A standby that finds it older than
 -- relay.lease_secs ends that backend, which releases the leader lock, and takes over.
@@ -535,6 +541,182 @@ BEGIN
 END;
 $$;
 
+-- ==== WAL capture (capture 'wal'; docs/wal-capture.md) ====
+--
+-- With `wal_level = logical`, itrelay.enqueue can record an event as a transactional
+-- logical message instead of a row: it costs the business transaction far less, and it
+-- commits (or rolls back) with it all the same. The relay moves the messages of committed
+-- transactions from a logical replication slot into itrelay.events, in commit order
+-- (itrelay.wal_ingest), and relays them from there as any other event: dead letters,
+-- retries, replay and status work the same in both modes. Switching modes:
+-- itrelay.set_capture (and, from 'wal' back to 'outbox', itrelay.wal_retire).
+
+-- The slot the messages are read from: one per database (a slot belongs to the cluster).
+CREATE OR REPLACE FUNCTION itrelay.wal_slot()
+RETURNS name
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT format('itrelay_%s', oid)::name FROM pg_database WHERE datname = current_database() $$;
+
+-- The message prefix carries a key only the installing role can read: anyone may call
+-- pg_logical_emit_message, so a message counts as an event only with this key. No role
+-- is granted this table; itrelay.enqueue and itrelay.wal_ingest read it as its owner.
+CREATE TABLE IF NOT EXISTS itrelay.wal_key (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    key       uuid NOT NULL DEFAULT gen_random_uuid()
+);
+INSERT INTO itrelay.wal_key DEFAULT VALUES ON CONFLICT DO NOTHING;
+
+-- How far the slot has been moved into itrelay.events: every transaction whose commit
+-- ends at or below lsn is there. Written in the same transaction as the events, so a
+-- relay that dies before the slot is advanced takes nothing twice; the slot itself is
+-- advanced to lsn afterwards (it can never pass an event not yet in itrelay.events).
+CREATE TABLE IF NOT EXISTS itrelay.wal_progress (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    lsn         pg_lsn NOT NULL DEFAULT '0/0',
+    ingested_at timestamptz
+);
+INSERT INTO itrelay.wal_progress DEFAULT VALUES ON CONFLICT DO NOTHING;
+
+-- Moves the events of committed transactions from the slot into itrelay.events, in
+-- commit order, at most about p_limit decoded changes (whole transactions; NULL: all),
+-- and advances the slot to what was moved before. Returns the events taken, and the
+-- messages with itrelay's prefix but not its key (refused: not itrelay's). One caller
+-- at a time: the others wait on itrelay.wal_progress. Does nothing without the slot.
+CREATE OR REPLACE FUNCTION itrelay.wal_ingest(p_limit integer, OUT taken bigint, OUT refused bigint)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_slot    name := itrelay.wal_slot();
+    v_prefix  bytea := convert_to('itrelay:' || (SELECT key FROM itrelay.wal_key), 'UTF8') || '\x00'::bytea;
+    v_from    pg_lsn;
+    v_upto    pg_lsn;
+    v_changes bigint;
+    v_last    pg_lsn;
+BEGIN
+    taken := 0;
+    refused := 0;
+    SELECT lsn INTO v_from FROM itrelay.wal_progress FOR UPDATE;
+    IF NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = v_slot) THEN
+        RETURN;
+    END IF;
+    -- What the last call moved (committed) can go: the slot retains only the rest.
+    PERFORM pg_replication_slot_advance(v_slot, v_from)
+    FROM pg_replication_slots
+    WHERE slot_name = v_slot AND confirmed_flush_lsn < v_from;
+    v_upto := pg_current_wal_flush_lsn();
+    -- pgoutput, version 1, messages only (the publication holds no table). A message is
+    -- 'M', flags (1), its lsn (8), the prefix ending in a zero byte, the content's length
+    -- (4), the content; each transaction's messages come between its 'B' and its 'C',
+    -- whose lsn is where its commit ends, in commit order.
+    WITH changes AS MATERIALIZED (
+        SELECT c.lsn, c.n, get_byte(c.data, 0) AS kind, c.data,
+               min(c.lsn) FILTER (WHERE get_byte(c.data, 0) = 67)
+                   OVER (ORDER BY c.n DESC ROWS UNBOUNDED PRECEDING) AS commit_end
+        FROM pg_logical_slot_peek_binary_changes(v_slot, v_upto, p_limit,
+                 'proto_version', '1', 'publication_names', 'itrelay', 'messages', 'true')
+             WITH ORDINALITY AS c(lsn, xid, data, n)
+    ), events AS (
+        SELECT c.n, convert_from(substring(c.data FROM 11 + length(v_prefix) + 4), 'UTF8')::jsonb AS m
+        FROM changes AS c
+        WHERE c.kind = 77 AND substring(c.data FROM 11 FOR length(v_prefix)) = v_prefix
+          AND c.commit_end > v_from
+    ), inserted AS (
+        INSERT INTO itrelay.events (event_id, event_type, payload, source_table, created_at, entity)
+        SELECT (m ->> 'event_id')::uuid, m ->> 'event_type', m -> 'payload', m ->> 'source_table',
+               (m ->> 'created_at')::timestamptz, m ->> 'entity'
+        FROM events
+        ORDER BY n
+        RETURNING 1
+    )
+    SELECT count(*),
+           max(c.lsn) FILTER (WHERE c.kind = 67),
+           count(*) FILTER (WHERE c.kind = 77 AND c.commit_end > v_from
+                              AND substring(c.data FROM 11 FOR 8) = '\x697472656c61793a'::bytea -- 'itrelay:'
+                              AND substring(c.data FROM 11 FOR length(v_prefix)) <> v_prefix),
+           (SELECT count(*) FROM inserted)
+    INTO v_changes, v_last, refused, taken
+    FROM changes AS c;
+    -- Every commit up to v_upto was decoded unless the limit cut the peek short.
+    UPDATE itrelay.wal_progress
+    SET lsn = greatest(v_from, v_last, CASE WHEN p_limit IS NULL OR v_changes < p_limit THEN v_upto END),
+        ingested_at = now();
+END;
+$$;
+
+-- Switches how events are recorded. To 'wal': the server must run with
+-- wal_level = logical and the slot must exist (create it first, outside a transaction
+-- that wrote anything: SELECT pg_create_logical_replication_slot(itrelay.wal_slot(),
+-- 'pgoutput')); events already in the outbox are relayed first, as their ids come first.
+-- To 'outbox': waits for every transaction that recorded events as messages to end, then
+-- moves their events into itrelay.events before any event is recorded as a row; then
+-- call itrelay.wal_retire(). Returns the mode before.
+CREATE OR REPLACE FUNCTION itrelay.set_capture(p_capture text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_before text := (SELECT capture FROM itrelay.settings);
+BEGIN
+    IF p_capture IS NULL OR p_capture NOT IN ('outbox', 'wal') THEN
+        RAISE EXCEPTION 'capture %: valid: outbox, wal', coalesce(p_capture, 'NULL');
+    END IF;
+    IF p_capture = 'wal' THEN
+        IF current_setting('wal_level') <> 'logical' THEN
+            RAISE EXCEPTION 'capture wal needs wal_level = logical; this server runs with wal_level = %',
+                current_setting('wal_level')
+                USING HINT = 'Set wal_level = logical in postgresql.conf and restart the server, or keep capture outbox.';
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = itrelay.wal_slot()) THEN
+            RAISE EXCEPTION 'capture wal needs the replication slot %, which does not exist', itrelay.wal_slot()
+                USING HINT = format('Create it first, in a transaction of its own: SELECT pg_create_logical_replication_slot(%L, %L);',
+                                    itrelay.wal_slot(), 'pgoutput');
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'itrelay') THEN
+            -- Empty: pgoutput needs a publication; itrelay's messages need no table.
+            CREATE PUBLICATION itrelay;
+        END IF;
+    ELSIF v_before = 'wal' THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('itrelay capture', 0));
+    END IF;
+    UPDATE itrelay.settings SET capture = p_capture WHERE capture <> p_capture;
+    IF p_capture = 'outbox' AND v_before = 'wal' THEN
+        PERFORM itrelay.wal_ingest(NULL);
+    END IF;
+    RETURN v_before;
+END;
+$$;
+
+-- After a switch back to 'outbox', once no transaction that began before it is running
+-- (`itrelay install` waits for that): moves what is left in the slot into itrelay.events,
+-- then drops the slot and the publication, so that the server no longer keeps WAL for
+-- them. Returns the events moved.
+CREATE OR REPLACE FUNCTION itrelay.wal_retire()
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_taken bigint;
+BEGIN
+    IF (SELECT capture FROM itrelay.settings) <> 'outbox' THEN
+        RAISE EXCEPTION 'capture is wal: the slot is still in use'
+            USING HINT = 'Switch to outbox first: SELECT itrelay.set_capture(''outbox'');';
+    END IF;
+    SELECT taken INTO v_taken FROM itrelay.wal_ingest(NULL);
+    PERFORM pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+    WHERE slot_name = itrelay.wal_slot();
+    DROP PUBLICATION IF EXISTS itrelay;
+    RETURN v_taken;
+END;
+$$;
+
+-- ==== End of WAL capture ====
+
 -- Records one event, and wakes the relay if it is idle. At most one NOTIFY per
 -- transaction: identical notifications in a transaction are folded into one.
 --
@@ -545,6 +727,12 @@ $$;
 -- takes a row lock on the entity's row in itrelay.entity_locks, before the event takes
 -- its id, held until the transaction ends. A row lock, not an advisory lock: a
 -- transaction of a million events takes no shared lock memory.
+--
+-- Under capture 'wal' the event is a transactional logical message instead of a row
+-- (see WAL capture above), which the relay moves into itrelay.events in commit order.
+-- The entity's lock is taken all the same, so that events of one entity keep their
+-- order across a switch of mode. A transaction recording to WAL holds the lock
+-- `itrelay capture` shared until it ends: a switch back to the outbox waits for it.
 CREATE OR REPLACE FUNCTION itrelay.enqueue(p_event_type text, p_source_table text, p_payload jsonb)
 RETURNS void
 LANGUAGE plpgsql
@@ -554,6 +742,7 @@ AS $$
 DECLARE
     v_entity text;
     v_lock   boolean;
+    v_wal    boolean := false;
 BEGIN
     SELECT e.entity_field || ':' || (p_payload ->> e.entity_field), e.lock_entity
     INTO v_entity, v_lock
@@ -563,8 +752,20 @@ BEGIN
         INSERT INTO itrelay.entity_locks (entity) VALUES (v_entity)
         ON CONFLICT (entity) DO UPDATE SET entity = excluded.entity WHERE false;
     END IF;
-    INSERT INTO itrelay.events (event_type, payload, source_table, entity)
-    VALUES (p_event_type, itrelay.redact(p_payload), p_source_table, v_entity);
+    IF (SELECT capture FROM itrelay.settings) = 'wal' THEN
+        PERFORM pg_advisory_xact_lock_shared(hashtextextended('itrelay capture', 0));
+        -- Read again under the lock: a switch to the outbox may have committed meanwhile.
+        v_wal := (SELECT capture FROM itrelay.settings) = 'wal';
+    END IF;
+    IF v_wal THEN
+        PERFORM pg_logical_emit_message(true, 'itrelay:' || (SELECT key FROM itrelay.wal_key),
+            jsonb_build_object('event_id', gen_random_uuid(), 'event_type', p_event_type,
+                               'source_table', p_source_table, 'entity', v_entity,
+                               'created_at', now(), 'payload', itrelay.redact(p_payload))::text);
+    ELSE
+        INSERT INTO itrelay.events (event_type, payload, source_table, entity)
+        VALUES (p_event_type, itrelay.redact(p_payload), p_source_table, v_entity);
+    END IF;
     IF NOT pg_try_advisory_xact_lock_shared(hashtextextended('itrelay idle', 0)) THEN
         PERFORM pg_notify((SELECT channel FROM itrelay.settings), '');
     END IF;

@@ -62,6 +62,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON itrelay.copies TO :"relay_role";
 GRANT SELECT ON itrelay.event_entities TO :"relay_role";
 GRANT SELECT ON itrelay.schema_version TO :"relay_role";
 GRANT SELECT ON itrelay.settings TO :"relay_role";
+-- WAL capture's progress, for `status` and the retained-WAL gauge; the relay moves the
+-- slot's events with itrelay.wal_ingest (granted below with every function).
+GRANT SELECT ON itrelay.wal_progress TO :"relay_role";
 GRANT SELECT, INSERT, UPDATE ON itrelay.leader TO :"relay_role";
 
 -- Enrichment lookups (src/outbox.rs), on the tables this database has (`itrelay sql role`

@@ -32,6 +32,12 @@ BEGIN
     LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', installed.tgname, installed.on_table);
     END LOOP;
+    IF to_regprocedure('itrelay.set_capture(text)') IS NOT NULL
+       AND (SELECT capture FROM itrelay.settings) = 'wal' THEN
+        -- Events recorded to WAL are moved into the outbox first, so that the check
+        -- below sees them.
+        PERFORM itrelay.set_capture('outbox');
+    END IF;
     IF to_regclass('itrelay.outbox') IS NOT NULL THEN
         -- Readers (the relay) go on; writers wait, and fail once the schema is gone.
         LOCK TABLE itrelay.outbox IN EXCLUSIVE MODE;
@@ -40,6 +46,12 @@ BEGIN
             RAISE EXCEPTION 'itrelay.outbox still holds undelivered events'
                 USING HINT = 'Let the relay deliver them, or SET itrelay.force_uninstall = on to drop them.';
         END IF;
+    END IF;
+    -- Only once nothing undelivered is left (or forced): the slot and the publication
+    -- of WAL capture, which no longer hold back WAL. Dropping a slot is not undone by
+    -- a rollback, hence after the check.
+    IF to_regprocedure('itrelay.wal_retire()') IS NOT NULL THEN
+        PERFORM itrelay.wal_retire();
     END IF;
 END;
 $$;

@@ -1,5 +1,6 @@
 //! The outbox gauges for `/metrics`: pending rows, the age of the oldest, failed rows and
-//! failed copies (one destination only) not replayed. Measured every few seconds on a connection of their own, by leader and
+//! failed copies (one destination only) not replayed; under WAL capture, the WAL the
+//! replication slot holds back. Measured every few seconds on a connection of their own, by leader and
 //! standby alike, so that they keep moving (and alerts keep firing) whatever the relay
 //! loop is doing: idle, stuck, or not leading at all.
 
@@ -9,6 +10,7 @@ use crate::config::Settings;
 use crate::metrics::METRICS;
 use crate::postgres::{ConnectError, PgSession};
 use crate::tasks::{self, Failure};
+use crate::wal::{self, Capture};
 use tokio_util::sync::CancellationToken;
 
 /// How often the outbox is measured.
@@ -49,7 +51,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) {
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),
-                    measured = measure(&pg, limit) => measured?,
+                    measured = measure(&pg, limit, settings.postgres.capture) => measured?,
                 }
                 progress.made();
                 tokio::select! {
@@ -62,7 +64,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) {
     .await;
 }
 
-async fn measure(pg: &PgSession, limit: Duration) -> Result<(), GaugeError> {
+async fn measure(pg: &PgSession, limit: Duration, capture: Capture) -> Result<(), GaugeError> {
     let row = tasks::bounded(
         limit,
         GaugeError::Timeout,
@@ -73,5 +75,11 @@ async fn measure(pg: &PgSession, limit: Duration) -> Result<(), GaugeError> {
     METRICS.backlog_oldest_age_seconds.set(row.try_get(1)?);
     METRICS.failed_rows.set(row.try_get(2)?);
     METRICS.failed_copies.set(row.try_get(3)?);
+    if capture == Capture::Wal {
+        let slot = tasks::bounded(limit, GaugeError::Timeout, wal::slot(&pg.client)).await?;
+        METRICS
+            .wal_retained_bytes
+            .set(slot.map_or(0, |slot| slot.retained_bytes));
+    }
     Ok(())
 }

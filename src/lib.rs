@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | the Postgres session: connect, LISTEN, notices | [`postgres`] | Postgres |
 //! | lead: lock and lease | [`lease`] | Postgres |
+//! | under WAL capture: move the slot's events into the outbox | [`wal`] | Postgres |
 //! | claim, look up, record | [`outbox`], [`floor`] | Postgres |
 //! | per-destination outcomes, waiting copies | [`delivery`], [`copies`] | –, Postgres |
 //! | the pure pipeline: the four stages below | [`pipeline`] | – |
@@ -75,3 +76,4 @@ pub(crate) mod systemd;
 pub(crate) mod tasks;
 
 pub mod validate;
+pub mod wal;

@@ -75,6 +75,8 @@ pub struct Metrics {
     pub scan_failures: Counter,
     pub failed_rows: Gauge,
     pub failed_copies: Gauge,
+    /// Under WAL capture: the WAL the replication slot holds back, in bytes.
+    pub wal_retained_bytes: Gauge,
     pub canary_seconds: Histogram,
     pub canary_stalled: Gauge,
     pub broker_blocked: Gauge,
@@ -112,6 +114,7 @@ impl Metrics {
             scan_failures: Counter::default(),
             failed_rows: Gauge::default(),
             failed_copies: Gauge::default(),
+            wal_retained_bytes: Gauge::default(),
             canary_seconds: latency(),
             canary_stalled: Gauge::default(),
             broker_blocked: Gauge::default(),
@@ -192,6 +195,11 @@ impl Metrics {
             "scan_failures",
             "Runs of the due-event scan that failed (connection lost, SQL error, timeout)",
             metrics.scan_failures.clone(),
+        );
+        registry.register(
+            "wal_retained_bytes",
+            "WAL the replication slot of WAL capture holds back (current position minus the slot's restart point); 0 under outbox capture",
+            metrics.wal_retained_bytes.clone(),
         );
         registry.register(
             "outbox_failed_rows",

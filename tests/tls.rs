@@ -6,12 +6,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::server::{as_postgres, pg_bin, running_as_root, wait_until_ready};
 use common::*;
 use itrelay::config::Settings;
 use itrelay::postgres::PgSession;
@@ -22,28 +22,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-
-/// The directory of `initdb` and `postgres`: `ITRELAY_TEST_PG_BIN`, else the newest
-/// /usr/lib/postgresql/<version>/bin (Debian's layout).
-fn pg_bin() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ITRELAY_TEST_PG_BIN") {
-        return PathBuf::from(dir);
-    }
-    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL server binaries under /usr/lib/postgresql (or set ITRELAY_TEST_PG_BIN)")
-        .filter_map(|entry| {
-            let path = entry.ok()?.path();
-            let version = path.file_name()?.to_str()?.parse().ok()?;
-            Some((version, path.join("bin")))
-        })
-        .filter(|(_, bin)| bin.join("initdb").exists())
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .expect("an initdb under /usr/lib/postgresql")
-        .1
-}
 
 /// A scratch directory removed on drop.
 struct TempDir(PathBuf);
@@ -149,29 +127,6 @@ impl Certs {
     }
 }
 
-/// A numeric id from `id FLAG [USER]`.
-fn id(flag: &str, user: Option<&str>) -> u32 {
-    let output = run(Command::new("id").arg(flag).args(user));
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .expect("numeric id")
-}
-
-/// Postgres refuses to run as root: as root, the server runs as the `postgres` user.
-fn running_as_root() -> bool {
-    id("-u", None) == 0
-}
-
-fn as_postgres(command: &mut Command) -> &mut Command {
-    if running_as_root() {
-        command
-            .uid(id("-u", Some("postgres")))
-            .gid(id("-g", Some("postgres")));
-    }
-    command
-}
-
 /// A Postgres instance of this test: SSL on with [`Certs`], only `hostssl` connections
 /// with a password admitted, stopped and removed on drop.
 struct TlsPostgres {
@@ -249,30 +204,13 @@ impl TlsPostgres {
             certs,
             dir,
         };
-        instance.wait_until_ready().await;
+        wait_until_ready(
+            &mut instance.server,
+            port,
+            &instance.dir.join("postgres.log"),
+        )
+        .await;
         instance
-    }
-
-    async fn wait_until_ready(&mut self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let ready = Command::new(pg_bin().join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
-                .status()
-                .is_ok_and(|s| s.success());
-            if ready {
-                return;
-            }
-            let exited = self.server.try_wait().expect("postgres status").is_some();
-            let log = || fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
-            assert!(!exited, "postgres exited: {}", log());
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "postgres not ready: {}",
-                log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     /// The `ITRELAY__POSTGRES__*` variables for connecting by `host` under `sslmode`,

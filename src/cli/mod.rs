@@ -212,10 +212,17 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             sql::apply_install(&pg.client, &settings.postgres.channel, &install)
                 .await
                 .context("applying sql/install.sql")?;
+            let capture = settings.postgres.capture;
+            crate::wal::install(&pg.client, capture, crate::wal::RETIRE_WAIT)
+                .await
+                .with_context(|| {
+                    format!("setting capture {} (postgres.capture)", capture.as_str())
+                })?;
             println!(
-                "itrelay schema version {} installed, notifying channel {}",
+                "itrelay schema version {} installed, notifying channel {}, capture {}",
                 sql::SCHEMA_VERSION,
-                settings.postgres.channel
+                settings.postgres.channel,
+                capture.as_str()
             );
         }
         Command::Uninstall { force } => {

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::rfc3339;
 use crate::lease::{self, LeaseRow, LOCK_NAME};
+use crate::wal;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -25,6 +26,10 @@ pub struct Status {
     pub leader: Option<Leader>,
     /// The leader's lease, if a relay ever led.
     pub lease: Option<Lease>,
+    /// How the triggers record events: `outbox` or `wal`.
+    pub capture: &'static str,
+    /// Under WAL capture: the replication slot and the WAL it holds.
+    pub wal_slot: Option<wal::Slot>,
 }
 
 #[derive(Debug, Serialize)]
@@ -110,7 +115,11 @@ pub async fn status(client: &Client, lease: Duration) -> Result<Status, tokio_po
         stale: row.age_seconds > lease.as_secs_f64(),
         row,
     });
+    let (capture, _) = wal::installed(client).await?;
+    let wal_slot = wal::slot(client).await?;
     Ok(Status {
+        capture: capture.as_str(),
+        wal_slot,
         pending: counts.try_get(0)?,
         oldest_pending_age_seconds: counts.try_get(1)?,
         failed: counts.try_get(2)?,
@@ -157,14 +166,37 @@ impl Status {
              delivered       {}\n\
              last delivered  {last}\n\
              leader          {leader}\n\
-             lease           {}\n",
+             lease           {}\n\
+             capture         {}\n",
             self.pending,
             self.failed,
             self.copies_failed,
             self.copies_waiting,
             self.delivered,
-            self.render_lease()
+            self.render_lease(),
+            self.render_capture()
         )
+    }
+
+    fn render_capture(&self) -> String {
+        match &self.wal_slot {
+            None if self.capture == "wal" => {
+                "wal, but its replication slot is missing: run `itrelay install`".to_owned()
+            }
+            None => self.capture.to_owned(),
+            Some(slot) => format!(
+                "{}, slot {}: {} bytes of WAL retained, {} bytes not yet read{}",
+                self.capture,
+                slot.name,
+                slot.retained_bytes,
+                slot.unread_bytes,
+                if slot.lost {
+                    " (LOST: the server removed WAL the slot needed, see max_slot_wal_keep_size)"
+                } else {
+                    ""
+                }
+            ),
+        }
     }
 
     fn render_lease(&self) -> String {

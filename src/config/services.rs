@@ -16,6 +16,9 @@ use crate::secret::{Secret, SecretUrl};
 pub struct PostgresSettings {
     pub url: SecretUrl,
     pub channel: String,
+    /// How the triggers record events: an outbox row, or a logical message the relay
+    /// reads from a replication slot ([`crate::wal`]).
+    pub capture: crate::wal::Capture,
     /// A query unanswered this long means the connection is dead (e.g. a silent network).
     pub query_timeout_secs: u64,
     /// Replaces the URL's password; after loading, also holds `password_file`'s content.

@@ -30,6 +30,7 @@ use crate::outbox::{claimed_id, Claimed, Outbox};
 use crate::pipeline::{Decoded, Processed};
 use crate::route::Destination;
 use crate::sink::{Confirmation, Message, Sink};
+use crate::wal::Ingest;
 
 /// A batch published, its confirms on their way.
 pub(crate) struct InFlight<'r, S: Sink> {
@@ -54,12 +55,15 @@ impl<S: Sink> InFlight<'_, S> {
 pub(crate) struct Dispatch<'a, S> {
     pub relay: &'a Relay,
     pub sink: &'a S,
+    /// Under WAL capture: moves the slot's events into the outbox before each claim.
+    pub wal: Option<Ingest>,
 }
 
 impl<'a, S: Sink> Dispatch<'a, S> {
     /// Claims the oldest pending rows from `floor` on but for those `in_flight`, and
-    /// takes them through the pipeline. Now and then a probe goes first, in the same
-    /// round trip, to raise the floor.
+    /// takes them through the pipeline. Under WAL capture the events of transactions
+    /// committed since the last claim are moved into the outbox first. Now and then a
+    /// probe goes first, in the same round trip, to raise the floor.
     pub async fn prepare(
         &self,
         client: &Client,
@@ -67,6 +71,12 @@ impl<'a, S: Sink> Dispatch<'a, S> {
         floor: &mut ClaimFloor,
         in_flight: &[i64],
     ) -> Result<Prepared, SessionError> {
+        let ingest = async {
+            match &self.wal {
+                Some(ingest) => ingest.run(client).await.map(Some),
+                None => Ok(None),
+            }
+        };
         let probe = async {
             if floor.wants_probe(Instant::now()) {
                 outbox.probe(client).await.map(Some)
@@ -80,10 +90,11 @@ impl<'a, S: Sink> Dispatch<'a, S> {
             floor.start(),
             in_flight,
         );
-        // Polled first, the probe is sent first: its snapshot precedes the claim's.
-        let (probe, rows) = self
+        // Polled first, the move and the probe are sent first: the claim's snapshot sees
+        // the moved events, and the probe's precedes it.
+        let (_, probe, rows) = self
             .relay
-            .bounded(async { tokio::try_join!(probe, claim) })
+            .bounded(async { tokio::try_join!(ingest, probe, claim) })
             .await?;
         if let Some(probe) = probe {
             floor.probed(probe, Instant::now());

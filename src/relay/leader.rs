@@ -22,6 +22,7 @@ use crate::outbox::Outbox;
 use crate::postgres::{Notice, PgSession};
 use crate::sink::Sink;
 use crate::tasks::Progress;
+use crate::wal::{Capture, Ingest};
 
 /// While busy the relay looks for new events this often; after `QUIET_POLLS` looks in
 /// a row find nothing, it goes idle and waits for NOTIFY.
@@ -87,6 +88,14 @@ impl<'a, S: Sink> Leader<'a, S> {
             .bounded(Outbox::prepare(&pg.client, &relay.settings.mapping))
             .await?;
         let copies = relay.bounded(Copies::prepare(&pg.client)).await?;
+        let wal = match relay.settings.postgres.capture {
+            Capture::Wal => {
+                // About one batch of single-event transactions (begin, message, commit).
+                let limit = relay.settings.relay.batch_size.saturating_mul(3);
+                Some(relay.bounded(Ingest::prepare(&pg.client, limit)).await?)
+            }
+            Capture::Outbox => None,
+        };
         let gates = relay.bounded(copies.gates(&pg.client)).await?;
         info!(%channel, "leading: relaying events");
         let notify_events = NotifyEvents::new(relay.settings.relay.accept_notify_events);
@@ -94,7 +103,7 @@ impl<'a, S: Sink> Leader<'a, S> {
         Ok(Self {
             relay,
             pg,
-            dispatch: Dispatch { relay, sink },
+            dispatch: Dispatch { relay, sink, wal },
             sink_failed,
             shutdown,
             outbox,

@@ -31,6 +31,7 @@ use crate::sink::Sink;
 use crate::sql;
 use crate::tasks::{self, Failure, Progress};
 use crate::validate::Validators;
+use crate::wal;
 
 /// How often the broker connection's blocked state is looked at, for `/readyz`.
 const BLOCKED_EVERY: Duration = Duration::from_secs(1);
@@ -56,6 +57,10 @@ pub enum SessionError {
     SinkClosed(Service),
     #[error("postgres: {0}")]
     Lease(#[from] LeaseError),
+    /// Fatal: the installed capture mode or the server's `wal_level` does not allow the
+    /// configured `postgres.capture`.
+    #[error("{0}")]
+    Capture(#[from] crate::wal::CaptureError),
     /// Fatal: the triggers would wake another channel than the one the relay listens on.
     #[error(
         "postgres.channel is {configured:?} but itrelay was installed with channel {installed:?}: \
@@ -77,6 +82,7 @@ impl SessionError {
             | SessionError::PostgresClosed
             | SessionError::PostgresTimeout(_)
             | SessionError::Lease(_)
+            | SessionError::Capture(_)
             | SessionError::ChannelMismatch { .. } => Service::Postgres,
         }
     }
@@ -91,9 +97,13 @@ impl SessionError {
 }
 
 impl Failure for SessionError {
-    /// A channel mismatch: no retry can mend it, the relay stops.
+    /// A channel or capture mismatch, or WAL capture without logical decoding: no retry
+    /// can mend it, the relay stops.
     fn is_fatal(&self) -> bool {
-        matches!(self, SessionError::ChannelMismatch { .. })
+        matches!(
+            self,
+            SessionError::ChannelMismatch { .. } | SessionError::Capture(_)
+        )
     }
 }
 
@@ -178,6 +188,7 @@ impl Relay {
                 .await?;
             self.health.set_connected(Service::Postgres, true);
             self.check_channel(&pg).await?;
+            self.check_capture(&pg).await?;
             if !self.await_leadership(&pg, shutdown).await? {
                 return Ok(());
             }
@@ -231,6 +242,17 @@ impl Relay {
                 configured: configured.clone(),
             })
         }
+    }
+
+    /// Refuses a capture mode other than the installed one, and WAL capture on a server
+    /// without logical decoding.
+    async fn check_capture(&self, pg: &PgSession) -> Result<(), SessionError> {
+        let (installed, wal_level) = self.bounded(wal::installed(&pg.client)).await?;
+        Ok(wal::check(
+            self.settings.postgres.capture,
+            installed,
+            &wal_level,
+        )?)
     }
 
     /// Waits until this relay holds the leader lock and its lease ([`crate::lease`]),

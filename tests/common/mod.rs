@@ -6,6 +6,7 @@
 pub mod process;
 pub mod proxy;
 pub mod role;
+pub mod server;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -96,6 +97,10 @@ pub struct TestEnv {
     relay: Option<(CancellationToken, JoinHandle<()>)>,
     /// Exchanges a relay of this test may declare beyond those in `queues`, removed on drop.
     relay_exchanges: Vec<String>,
+    /// The server's `postgres` database, where the test database is created and dropped.
+    admin_url: String,
+    /// `ITRELAY__*` settings every relay and command of this test gets.
+    fixed: Vec<(String, String)>,
 }
 
 impl TestEnv {
@@ -107,14 +112,32 @@ impl TestEnv {
 
     /// As [`TestEnv::new`], with extra `ITRELAY__*` settings for the relay.
     pub async fn with_env(extra: &[(&str, &str)]) -> Self {
+        Self::create(PG_ADMIN_URL, extra, Vec::new()).await
+    }
+
+    /// As [`TestEnv::new`], on the server of `admin_url` (its `postgres` database), with
+    /// `fixed` settings that every relay and command of the test gets.
+    pub async fn on_server(admin_url: &str, fixed: &[(&str, &str)]) -> Self {
+        let fixed = fixed
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::create(admin_url, &[], fixed).await
+    }
+
+    async fn create(admin_url: &str, extra: &[(&str, &str)], fixed: Vec<(String, String)>) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let database = format!("itrelay_t_{id}");
-        let admin = connect(PG_ADMIN_URL).await;
+        let admin = connect(admin_url).await;
         admin
             .batch_execute(&format!("CREATE DATABASE {database}"))
             .await
             .expect("create test database");
-        let db_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+        let server = admin_url
+            .rsplit_once('/')
+            .expect("an admin URL ending in its database")
+            .0;
+        let db_url = format!("{server}/{database}");
         let client = connect(&db_url).await;
         client
             .batch_execute(itrelay::sql::REFERENCE_SCHEMA)
@@ -140,6 +163,8 @@ impl TestEnv {
             queues: HashMap::new(),
             relay: None,
             relay_exchanges,
+            admin_url: admin_url.to_owned(),
+            fixed,
         };
         let settings = env.settings(extra);
         let router = Router::from_settings(&settings);
@@ -178,6 +203,7 @@ impl TestEnv {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .chain(self.fixed.iter().cloned())
         .collect()
     }
 
@@ -436,6 +462,7 @@ impl Drop for TestEnv {
             .collect();
         let dead_letter_queue = self.dead_letter_exchange();
         let relay_exchanges = std::mem::take(&mut self.relay_exchanges);
+        let admin_url = self.admin_url.clone();
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -474,7 +501,7 @@ impl Drop for TestEnv {
                     }
                     let _ = amqp.close(200, "test done".into()).await;
                 }
-                let admin = connect(PG_ADMIN_URL).await;
+                let admin = connect(&admin_url).await;
                 let _ = admin
                     .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
                     .await;

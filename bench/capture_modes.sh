@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The two capture modes side by side on one private Postgres with wal_level = logical
+# (initdb on a free port, nobody else's load), the shared RabbitMQ.
+#
+#   bench/capture_modes.sh <itrelay binary> [events] [seconds]
+#
+# For each mode (outbox, wal), in a database of its own:
+# - business writes: `pgbench -c 4 -j 2 -T seconds` committing one ticket per transaction
+#   (one it_ticket_created event each) with the relay stopped, against the same with the
+#   triggers disabled (no trigger); tx/s and the ratio;
+# - drain: `events` tickets written in transactions of 500 with the relay stopped, then
+#   `<binary> run` until every event is delivered; events/s, and the WAL written per
+#   event while writing and while draining.
+# The PF-10 copies go to the relay's own dead-letter queue (capped at one message), so
+# no subscriber queue is needed; that queue is deleted at the end.
+set -euo pipefail
+
+bin=$(realpath "$1")
+events=${2:-20000}
+seconds=${3:-10}
+here=$(cd "$(dirname "$0")/.." && pwd)
+pg_bin=${ITRELAY_TEST_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+dir=$(mktemp -d /tmp/itrelay-capture-bench.XXXXXX)
+prefix=itrelay-capture-bench.
+chown postgres "$dir" 2>/dev/null || true
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+relay_pid=
+cleanup() {
+    [ -n "$relay_pid" ] && kill "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null
+    as_pg "$pg_bin/pg_ctl" -D "$dir/data" stop -m immediate >/dev/null 2>&1 || true
+    rm -rf "$dir"
+    timeout 60 rabbitmqctl delete_queue "${prefix}dead-letter" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+as_pg "$pg_bin/initdb" -D "$dir/data" -U postgres -A trust >/dev/null
+as_pg "$pg_bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c wal_level=logical" start >/dev/null
+export ITRELAY__AMQP__URL='amqp://guest:guest@127.0.0.1:5672/%2f'
+export ITRELAY__AMQP__EXCHANGE_PREFIX=$prefix
+export ITRELAY__AMQP__EXCHANGES__PF_10=${prefix}dead-letter
+export ITRELAY__AMQP__DEAD_LETTER_QUEUE_TYPE=classic
+export ITRELAY__AMQP__DEAD_LETTER_MAX_LENGTH=1
+export ITRELAY__HTTP__ENABLED=false ITRELAY__CANARY__ENABLED=false ITRELAY__SCAN__ENABLED=false
+export ITRELAY__RETENTION__ENABLED=false
+export RUST_LOG=warn
+org=7f1c1c4e-8a2b-4d53-9a55-2a1e7b0c9d11
+employee=22222222-2222-4222-8222-222222222222
+cat > "$dir/ticket.sql" <<EOF
+INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)
+VALUES ('$org', 'B-' || :client_id || '-' || random(), 'software', 'low', 'S', 'D', '$employee');
+EOF
+
+for mode in outbox wal; do
+    db=bench_$mode
+    psql -X -q "postgres://postgres@127.0.0.1:$port/postgres" -c "CREATE DATABASE $db"
+    url="postgres://postgres@127.0.0.1:$port/$db"
+    sql() { psql -X -q -At -v ON_ERROR_STOP=1 "$url" -c "$1"; }
+    psql -X -q -v ON_ERROR_STOP=1 "$url" -f "$here/sql/reference_schema.sql" >/dev/null
+    export ITRELAY__POSTGRES__URL=$url ITRELAY__POSTGRES__CAPTURE=$mode
+    "$bin" install >/dev/null
+    sql "INSERT INTO employees (employee_id, organization_id, employee_name, email)
+         VALUES ('$employee', '$org', 'Dana', 'd@example.com')"
+    tps() { as_pg "$pg_bin/pgbench" -n -c 4 -j 2 -T "$seconds" -f "$dir/ticket.sql" -h 127.0.0.1 -p "$port" -U postgres "$db" 2>/dev/null \
+              | awk '/^tps/ { printf "%d", $3 }'; }
+    ticket_count() { sql "SELECT count(*) FROM it_tickets"; }
+    sql "ALTER TABLE it_tickets DISABLE TRIGGER USER"
+    bare=$(tps)
+    sql "ALTER TABLE it_tickets ENABLE TRIGGER USER"
+    untriggered=$(ticket_count)
+    with=$(tps)
+    # The relay moves and delivers what pgbench wrote before the drain starts.
+    before=$(( $(ticket_count) - untriggered ))
+    "$bin" run & relay_pid=$!
+    delivered() { sql "SELECT count(*) FROM itrelay.outbox WHERE state = 'delivered'"; }
+    while [ "$(delivered)" -lt "$before" ]; do sleep 0.2; done
+    kill "$relay_pid"; wait "$relay_pid" || true; relay_pid=
+    sql "CHECKPOINT"
+    lsn() { sql "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint"; }
+    start=$(lsn)
+    n=0
+    while [ "$n" -lt "$events" ]; do
+        sql "INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)
+             SELECT '$org', 'D-' || ($n + g), 'software', 'low', 'S', 'D', '$employee'
+             FROM generate_series(1, 500) AS g"
+        n=$((n + 500))
+    done
+    written=$(lsn)
+    began=$(date +%s.%N)
+    "$bin" run & relay_pid=$!
+    while [ "$(delivered)" -lt "$((before + events))" ]; do sleep 0.05; done
+    ended=$(date +%s.%N)
+    drained=$(lsn)
+    kill "$relay_pid"; wait "$relay_pid" || true; relay_pid=
+    awk -v mode="$mode" -v bare="$bare" -v with="$with" -v n="$events" -v began="$began" -v ended="$ended" \
+        -v start="$start" -v written="$written" -v drained="$drained" 'BEGIN {
+        printf "%-6s business tx/s %d (no trigger %d: %.2f x) | drain %d events in %.2f s: %d ev/s | WAL/event writing %.0f B, draining %.0f B\n",
+            mode, with, bare, with / bare, n, ended - began, n / (ended - began), (written - start) / n, (drained - written) / n }'
+done
