@@ -6,11 +6,12 @@
 
 use std::time::Duration;
 
+use crate::config::Capture;
 use crate::config::Settings;
 use crate::metrics::METRICS;
 use crate::postgres::{ConnectError, PgSession};
 use crate::tasks::{self, Failure};
-use crate::wal::{self, Capture};
+use crate::wal;
 use tokio_util::sync::CancellationToken;
 
 /// How often the outbox is measured.

@@ -9,46 +9,11 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
 use time::OffsetDateTime;
 use tokio_postgres::{Client, Statement};
 use tracing::{info, warn};
 
-/// How events are recorded: the key `postgres.capture`, and the installed mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Capture {
-    /// A row in `itrelay.events`, written by the trigger.
-    #[default]
-    Outbox,
-    /// A transactional logical message, moved into `itrelay.events` by the relay.
-    Wal,
-}
-
-impl Capture {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Capture::Outbox => "outbox",
-            Capture::Wal => "wal",
-        }
-    }
-
-    fn parse(name: &str) -> Option<Self> {
-        [Capture::Outbox, Capture::Wal]
-            .into_iter()
-            .find(|capture| capture.as_str().eq_ignore_ascii_case(name))
-    }
-}
-
-impl<'de> Deserialize<'de> for Capture {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let given = String::deserialize(deserializer)?;
-        Capture::parse(&given).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "{given:?} is not a capture mode; valid: outbox, wal"
-            ))
-        })
-    }
-}
+use crate::config::Capture;
 
 /// Why the relay cannot start with its `postgres.capture`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -273,6 +238,8 @@ async fn retire(client: &Client, wait: Duration) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use serde::Deserialize;
+
     use super::*;
 
     #[test]

@@ -22,7 +22,7 @@ pub use self::operations::{
 };
 pub use self::relay::{DeliverySettings, RelaySettings, Unroutable};
 pub use self::services::{
-    check_channel, check_exchange_name, AmqpSettings, PostgresSettings, QueueType,
+    check_channel, check_exchange_name, AmqpSettings, Capture, PostgresSettings, QueueType,
 };
 use crate::catalog;
 use crate::secret::Secret;

@@ -18,7 +18,7 @@ pub struct PostgresSettings {
     pub channel: String,
     /// How the triggers record events: an outbox row, or a logical message the relay
     /// reads from a replication slot ([`crate::wal`]).
-    pub capture: crate::wal::Capture,
+    pub capture: Capture,
     /// A query unanswered this long means the connection is dead (e.g. a silent network).
     pub query_timeout_secs: u64,
     /// Replaces the URL's password; after loading, also holds `password_file`'s content.
@@ -27,6 +27,43 @@ pub struct PostgresSettings {
     pub ca_file: Option<PathBuf>,
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
+}
+
+/// How events are recorded: the key `postgres.capture`, and the installed mode
+/// (`crate::wal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Capture {
+    /// A row in `itrelay.events`, written by the trigger.
+    #[default]
+    Outbox,
+    /// A transactional logical message, moved into `itrelay.events` by the relay.
+    Wal,
+}
+
+impl Capture {
+    const NAMES: [(&'static str, Capture); 2] =
+        [("outbox", Capture::Outbox), ("wal", Capture::Wal)];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capture::Outbox => "outbox",
+            Capture::Wal => "wal",
+        }
+    }
+
+    /// The mode of that name, in any case.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::NAMES
+            .iter()
+            .find(|(known, _)| known.eq_ignore_ascii_case(name))
+            .map(|(_, capture)| *capture)
+    }
+}
+
+impl<'de> Deserialize<'de> for Capture {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        one_of(deserializer, "capture mode", &Self::NAMES)
+    }
 }
 
 impl PostgresSettings {

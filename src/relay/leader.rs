@@ -12,6 +12,7 @@ use tracing::info;
 use super::batch::Prepared;
 use super::dispatch::{Dispatch, InFlight};
 use super::{retry, Relay, SessionError};
+use crate::config::Capture;
 use crate::copies::Copies;
 use crate::delivery::Gates;
 use crate::floor::ClaimFloor;
@@ -22,7 +23,7 @@ use crate::outbox::Outbox;
 use crate::postgres::{Notice, PgSession};
 use crate::sink::Sink;
 use crate::tasks::Progress;
-use crate::wal::{Capture, Ingest};
+use crate::wal::Ingest;
 
 /// While busy the relay looks for new events this often; after `QUIET_POLLS` looks in
 /// a row find nothing, it goes idle and waits for NOTIFY.
