@@ -13,7 +13,8 @@ use common::process::{amqp_through, free_port, itrelay, metric, spawn_serving};
 use common::proxy::{Mode, Proxy};
 use common::server::LocalPostgres;
 use common::*;
-use itrelay::wal::{self, Capture};
+use itrelay::config::Capture;
+use itrelay::wal;
 use tokio::process::{Child, Command};
 
 const WAL: (&str, &str) = ("ITRELAY__POSTGRES__CAPTURE", "wal");
