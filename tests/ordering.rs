@@ -63,7 +63,7 @@ async fn per_entity_order_and_nothing_lost_under_wal_capture() {
         &[("ITRELAY__POSTGRES__CAPTURE", "wal")],
     )
     .await;
-    itrelay::wal::install(&env.client, itrelay::wal::Capture::Wal, WAIT)
+    itrelay::wal::install(&env.client, itrelay::config::Capture::Wal, WAIT)
         .await
         .expect("switch to WAL capture");
     checker(env).await;
