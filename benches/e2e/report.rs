@@ -72,47 +72,57 @@ pub struct Results {
     pub targets: Vec<Target>,
 }
 
-/// itrelay's figures over the peer's, from the same run.
+/// itrelay's figures over the peer's, from the same run; None where the peer's figure
+/// is zero (CPU below the clock tick) or missing.
 #[derive(Debug, Serialize)]
 pub struct Ratios {
     /// Events per second, end to end (above 1: itrelay faster).
-    pub end_to_end: f64,
+    pub end_to_end: Option<f64>,
     /// Events per second after one large transaction.
-    pub burst: f64,
-    pub latency_p50: f64,
-    pub latency_p99: f64,
-    /// CPU per event in the burst (above 1: itrelay spends more).
-    pub relay_cpu: f64,
-    pub relay_postgres_cpu: f64,
+    pub burst: Option<f64>,
+    pub latency_p50: Option<f64>,
+    pub latency_p99: Option<f64>,
+    /// CPU per event after one large transaction (above 1: itrelay spends more).
+    pub relay_cpu: Option<f64>,
+    pub relay_postgres_cpu: Option<f64>,
     pub broker_cpu: Option<f64>,
     /// Business tx/s against no trigger, relay stopped and running.
-    pub writes_relay_stopped: f64,
-    pub writes_relay_running: f64,
+    pub writes_relay_stopped: Option<f64>,
+    pub writes_relay_running: Option<f64>,
+}
+
+/// `a / b` when both are known and `b` is above zero.
+fn over(a: impl Into<Option<f64>>, b: impl Into<Option<f64>>) -> Option<f64> {
+    match (a.into(), b.into()) {
+        (Some(a), Some(b)) if b > 0.0 && a.is_finite() => Some(a / b),
+        _ => None,
+    }
 }
 
 impl Ratios {
     fn of(itrelay: &Side, peer: &Side) -> Self {
-        let cpu = |side: &Side, of: fn(&Usage) -> f64| {
-            of(&side.burst.usage) / side.burst.received.max(1) as f64
-        };
-        let relay = |u: &Usage| u.relay_cpu_seconds;
-        let postgres = |u: &Usage| u.relay_postgres_cpu_seconds;
-        let broker = |side: &Side| {
-            side.burst
-                .usage
-                .broker_cpu_seconds
-                .map(|cpu| cpu / side.burst.received.max(1) as f64)
-        };
+        let per_event =
+            |side: &Side, cpu: Option<f64>| cpu.map(|cpu| cpu / side.burst.received.max(1) as f64);
+        let relay = |side: &Side| per_event(side, Some(side.burst.usage.relay_cpu_seconds));
+        let postgres =
+            |side: &Side| per_event(side, Some(side.burst.usage.relay_postgres_cpu_seconds));
+        let broker = |side: &Side| per_event(side, side.burst.usage.broker_cpu_seconds);
         Self {
-            end_to_end: itrelay.end_to_end.events_per_s / peer.end_to_end.events_per_s,
-            burst: itrelay.burst.events_per_s / peer.burst.events_per_s,
-            latency_p50: itrelay.latency.millis.p50 / peer.latency.millis.p50,
-            latency_p99: itrelay.latency.millis.p99 / peer.latency.millis.p99,
-            relay_cpu: cpu(itrelay, relay) / cpu(peer, relay),
-            relay_postgres_cpu: cpu(itrelay, postgres) / cpu(peer, postgres),
-            broker_cpu: broker(itrelay).zip(broker(peer)).map(|(i, p)| i / p),
-            writes_relay_stopped: itrelay.db_cost.stopped_ratio() / peer.db_cost.stopped_ratio(),
-            writes_relay_running: itrelay.db_cost.ratio() / peer.db_cost.ratio(),
+            end_to_end: over(
+                itrelay.end_to_end.events_per_s,
+                peer.end_to_end.events_per_s,
+            ),
+            burst: over(itrelay.burst.events_per_s, peer.burst.events_per_s),
+            latency_p50: over(itrelay.latency.millis.p50, peer.latency.millis.p50),
+            latency_p99: over(itrelay.latency.millis.p99, peer.latency.millis.p99),
+            relay_cpu: over(relay(itrelay), relay(peer)),
+            relay_postgres_cpu: over(postgres(itrelay), postgres(peer)),
+            broker_cpu: over(broker(itrelay), broker(peer)),
+            writes_relay_stopped: over(
+                itrelay.db_cost.stopped_ratio(),
+                peer.db_cost.stopped_ratio(),
+            ),
+            writes_relay_running: over(itrelay.db_cost.ratio(), peer.db_cost.ratio()),
         }
     }
 }
@@ -245,17 +255,17 @@ impl Results {
             note: drain_note,
         }];
         let e2e = &side.end_to_end;
-        targets.push(match (peer, &self.ratios) {
-            (Some(p), Some(ratios)) => {
-                let met = ratios.end_to_end >= 1.0;
+        let e2e_ratio = self.ratios.as_ref().and_then(|r| r.end_to_end);
+        targets.push(match (peer, e2e_ratio) {
+            (Some(p), Some(ratio)) => {
+                let met = ratio >= 1.0;
                 Target {
                     name: "2. end to end",
                     goal: "≥ 1.0 × pg-amqp-bridge (50k events in transactions of 500)",
                     measured: format!(
-                        "{} vs {} = {:.2} ×",
+                        "itrelay {} vs the peer's {} = {ratio:.2} ×",
                         flow_rate(e2e),
                         flow_rate(&p.end_to_end),
-                        ratios.end_to_end
                     ),
                     met: Some(met),
                     note: if met {
@@ -451,14 +461,10 @@ impl Results {
         let ratios = self.ratios.as_ref();
         let dash = || "—".to_owned();
         let peer_cell = |f: &dyn Fn(&Side) -> String| p.map_or_else(dash, f);
-        let ratio = |f: &dyn Fn(&Ratios) -> f64, times: bool| {
-            ratios.map_or_else(dash, |r| {
-                if times {
-                    format!("{:.1}×", f(r))
-                } else {
-                    format!("{:.2}", f(r))
-                }
-            })
+        let ratio = |f: &dyn Fn(&Ratios) -> Option<f64>, times: bool| match ratios.and_then(f) {
+            Some(r) if times => format!("{r:.1}×"),
+            Some(r) => format!("{r:.2}"),
+            None => dash(),
         };
         let lat = |s: &Side| {
             format!(
@@ -518,9 +524,7 @@ impl Results {
                 "RabbitMQ CPU per 1,000 events".to_owned(),
                 peer_cell(&|s| cpu(s, 2)),
                 cpu(i, 2),
-                ratios
-                    .and_then(|r| r.broker_cpu)
-                    .map_or_else(dash, |b| format!("{b:.1}×")),
+                ratio(&|r| r.broker_cpu, true),
             ],
             [
                 "business tx/s, relay stopped / running, vs no trigger".to_owned(),
@@ -711,34 +715,9 @@ impl Results {
                 ));
             }
         }
-        if let Some(p) = &self.peer {
-            let pl = &p.latency;
-            let pdb = &p.db_cost;
-            rows.extend([
-                (
-                    format!("pg-amqp-bridge, latency at {:.0} ev/s", pl.target_per_s),
-                    format!(
-                        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} measured after warm-up, {} missing); its CPU {:.0} µs/event, its Postgres sessions {:.0} µs/event",
-                        pl.millis.p50, pl.millis.p90, pl.millis.p99, pl.millis.p999, pl.millis.max,
-                        pl.measured, pl.missing,
-                        us_per_event(&pl.usage, pl.sent as f64),
-                        micros_per_event(pl.usage.relay_postgres_cpu_seconds, pl.sent as f64),
-                    ),
-                ),
-                ("pgbench (peer's rounds), no trigger".to_owned(), tps(&pdb.no_triggers_tps)),
-                (
-                    "pgbench, the peer's notify trigger, peer stopped".to_owned(),
-                    tps(&pdb.triggers_relay_stopped_tps),
-                ),
-                (
-                    "pgbench, the peer's notify trigger, peer running".to_owned(),
-                    format!("{} ({})", tps(&pdb.triggers_relay_running_tps), relay_shares(pdb)),
-                ),
-            ]);
-        }
         rows.extend([
             (
-                format!("latency at {:.0} ev/s", l.target_per_s),
+                format!("itrelay, latency at {:.0} ev/s", l.target_per_s),
                 format!(
                     "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} measured after warm-up, {} missing, {:.0} ev/s achieved); relay CPU {:.0} µs/event, machine {:.0}% busy",
                     l.millis.p50, l.millis.p90, l.millis.p99, l.millis.p999, l.millis.max,
@@ -780,6 +759,31 @@ impl Results {
                 ),
             ),
         ]);
+        if let Some(p) = &self.peer {
+            let pl = &p.latency;
+            let pdb = &p.db_cost;
+            rows.extend([
+                (
+                    format!("pg-amqp-bridge, latency at {:.0} ev/s", pl.target_per_s),
+                    format!(
+                        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} measured after warm-up, {} missing); its CPU {:.0} µs/event, its Postgres sessions {:.0} µs/event",
+                        pl.millis.p50, pl.millis.p90, pl.millis.p99, pl.millis.p999, pl.millis.max,
+                        pl.measured, pl.missing,
+                        us_per_event(&pl.usage, pl.sent as f64),
+                        micros_per_event(pl.usage.relay_postgres_cpu_seconds, pl.sent as f64),
+                    ),
+                ),
+                ("pgbench (peer's rounds), no trigger".to_owned(), tps(&pdb.no_triggers_tps)),
+                (
+                    "pgbench, the peer's notify trigger, peer stopped".to_owned(),
+                    tps(&pdb.triggers_relay_stopped_tps),
+                ),
+                (
+                    "pgbench, the peer's notify trigger, peer running".to_owned(),
+                    format!("{} ({})", tps(&pdb.triggers_relay_running_tps), relay_shares(pdb)),
+                ),
+            ]);
+        }
         rows
     }
 }
