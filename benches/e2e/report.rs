@@ -272,18 +272,24 @@ impl Results {
                         String::new()
                     } else {
                         format!(
-                            "per 1,000 events itrelay used {} against the peer's {}; machine \
-                             {} busy against {}; the peer publishes without confirms, which \
-                             the broker takes at {:.0} msg/s against {:.0} confirmed; the \
-                             commits alone took {:.2} s for itrelay, {:.2} s for the peer",
+                            "the business transactions took {:.2} s to commit with itrelay's \
+                             trigger and the relay running, {:.2} s with the peer's notify \
+                             trigger and the peer running, and the last message arrived {:.2} \
+                             s after the last commit for itrelay, {:.2} s for the peer: the \
+                             writes set the pace; per 1,000 events itrelay used {} against the \
+                             peer's {}, on a machine {} busy against {} (the peer publishes \
+                             without confirms, which the broker takes at {:.0} msg/s against \
+                             {:.0} confirmed)",
+                            e2e.commit_seconds,
+                            p.end_to_end.commit_seconds,
+                            e2e.seconds - e2e.commit_seconds,
+                            p.end_to_end.seconds - p.end_to_end.commit_seconds,
                             thousand_split(e2e),
                             thousand_split(&p.end_to_end),
                             busy(&e2e.usage),
                             busy(&p.end_to_end.usage),
                             c.unconfirmed_per_s,
                             c.confirmed_per_s,
-                            e2e.commit_seconds,
-                            p.end_to_end.commit_seconds,
                         )
                     },
                 }
@@ -387,11 +393,17 @@ impl Results {
             },
         });
         let keep = [&r.keep_up_1_row, &r.keep_up_100_rows];
-        let full_hwm = [&d.usage, &keep[0].usage, &keep[1].usage]
-            .iter()
-            .map(|u| u.hwm_kib)
-            .max()
-            .unwrap_or(0);
+        let full_hwm = [
+            &d.usage,
+            &keep[0].usage,
+            &keep[1].usage,
+            &side.end_to_end.usage,
+            &side.burst.usage,
+        ]
+        .iter()
+        .map(|u| u.hwm_kib)
+        .max()
+        .unwrap_or(0);
         let o = &r.outage;
         let growth = o.usage.rss_max_kib.saturating_sub(o.rss_before_kib);
         let small_met = (full_hwm as f64) <= RSS_LIMIT_MB * KIB_PER_MB && growth <= FLAT_KIB;
@@ -411,10 +423,17 @@ impl Results {
                 String::new()
             } else {
                 format!(
-                    "peak {:.1} MB (limit {RSS_LIMIT_MB}); with no connection open (broker cut) \
-                     it fell to {:.1} MB, so the rest is held by the Postgres and AMQP sessions \
-                     and the batch in flight; growth while cut {growth} KiB (flat: ≤ {FLAT_KIB})",
+                    "peak {:.1} MB (limit {RSS_LIMIT_MB}; drain {:.1}, keep-up {:.1} / {:.1}, \
+                     end to end {:.1}, after one transaction {:.1}); with no connection open \
+                     (broker cut) it fell to {:.1} MB, so the rest is held by the Postgres and \
+                     AMQP sessions and the batches in flight; growth while cut {growth} KiB \
+                     (flat: ≤ {FLAT_KIB})",
                     full_hwm as f64 / KIB_PER_MB,
+                    d.usage.hwm_kib as f64 / KIB_PER_MB,
+                    keep[0].usage.hwm_kib as f64 / KIB_PER_MB,
+                    keep[1].usage.hwm_kib as f64 / KIB_PER_MB,
+                    side.end_to_end.usage.hwm_kib as f64 / KIB_PER_MB,
+                    side.burst.usage.hwm_kib as f64 / KIB_PER_MB,
                     o.usage.rss_min_kib as f64 / KIB_PER_MB
                 )
             },
