@@ -6,7 +6,9 @@
 //! writes under the target directory instead. The relay runs as a child process
 //! (`itrelay run`) configured by `ITRELAY__*` variables, in a scratch database
 //! `itrelay_bench_*` with its own exchange prefix; both are removed at the end, also
-//! after a failure or Ctrl-C.
+//! after a failure or Ctrl-C. `ITRELAY_BENCH_PEER=<pg-amqp-bridge binary>` adds the peer's
+//! side of the comparison; `ITRELAY_BENCH_POSTGRES` and `ITRELAY_BENCH_RELAY_SETTINGS`
+//! choose the server and extra relay settings ([`env::RelaySetup`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +19,8 @@ use itrelay::validate::Validators;
 
 #[path = "e2e/broker.rs"]
 mod broker;
+#[path = "e2e/compare.rs"]
+mod compare;
 #[path = "e2e/env.rs"]
 mod env;
 #[path = "e2e/load.rs"]
@@ -40,7 +44,8 @@ mod stats;
 #[path = "e2e/watch.rs"]
 mod watch;
 
-use env::BenchEnv;
+use compare::Subject;
+use env::{BenchEnv, RelaySetup};
 use report::{Machine, Results};
 
 /// How much each phase does.
@@ -51,6 +56,10 @@ pub struct Sizes {
     /// Messages in flight before waiting for confirms: the relay's default batch.
     pub batch: usize,
     pub drain_events: usize,
+    /// Events of the end-to-end and burst phases (itrelay and the peer alike).
+    pub flow_events: usize,
+    /// Rows per transaction end to end.
+    pub flow_rows_per_tx: usize,
     /// Concurrent producer connections at full speed.
     pub producers: usize,
     pub keep_up: Duration,
@@ -73,6 +82,8 @@ impl Sizes {
             confirm_round_trips: 2_000,
             batch: 500,
             drain_events: 100_000,
+            flow_events: 50_000,
+            flow_rows_per_tx: 500,
             producers: 4,
             keep_up: Duration::from_secs(10),
             latency_rate: 1_000.0,
@@ -93,6 +104,8 @@ impl Sizes {
             confirm_round_trips: 100,
             batch: 500,
             drain_events: 2_000,
+            flow_events: 2_000,
+            flow_rows_per_tx: 500,
             producers: 2,
             keep_up: Duration::from_secs(2),
             latency_rate: 1_000.0,
@@ -115,8 +128,17 @@ async fn main() -> ExitCode {
     } else {
         Sizes::full()
     };
+    let setup = match RelaySetup::from_environment() {
+        Ok(setup) => setup,
+        Err(error) => {
+            eprintln!("e2e benchmark: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let peer = std::env::var_os("ITRELAY_BENCH_PEER").map(PathBuf::from);
     let (database, prefix) = BenchEnv::names();
-    let mut run = tokio::spawn(run(database.clone(), prefix.clone(), sizes));
+    let server_url = setup.server_url.clone();
+    let mut run = tokio::spawn(run(setup, database.clone(), prefix.clone(), sizes, peer));
     let outcome = tokio::select! {
         joined = &mut run => joined.map_err(anyhow::Error::from).and_then(|result| result),
         _ = tokio::signal::ctrl_c() => {
@@ -126,7 +148,7 @@ async fn main() -> ExitCode {
         }
     };
     eprintln!("e2e: removing {database} and {prefix}*");
-    env::cleanup(&database, &prefix).await;
+    env::cleanup(&server_url, &database, &prefix).await;
     match outcome {
         Ok(written) => {
             eprintln!("e2e: results in {}", written.display());
@@ -139,12 +161,19 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Every phase in order; returns where the results were written.
-async fn run(database: String, prefix: String, sizes: Sizes) -> Result<PathBuf> {
+/// Every phase in order; the peer's when given its binary. Returns where the results
+/// were written.
+async fn run(
+    setup: RelaySetup,
+    database: String,
+    prefix: String,
+    sizes: Sizes,
+    peer: Option<PathBuf>,
+) -> Result<PathBuf> {
     let started = Instant::now();
     let step = |name: &str| eprintln!("e2e [{:>6.1} s] {name}", started.elapsed().as_secs_f64());
     step(&format!("database {database}, exchange prefix {prefix}"));
-    let env = BenchEnv::create(&database, &prefix).await?;
+    let env = BenchEnv::create(&setup, &database, &prefix).await?;
     let machine = Machine::describe(&env.client).await?;
     let message = sample::pipeline(
         sample::ticket_row(1, "PRE0-1"),
@@ -161,38 +190,31 @@ async fn run(database: String, prefix: String, sizes: Sizes) -> Result<PathBuf> 
         sizes.confirm_round_trips,
     )
     .await?;
-    env.cli(&["install"]).await?;
-    step("drain");
-    let drain = phases::drain(&env, &sizes).await?;
-    step("keep up, 1-row transactions");
-    let keep_up_1_row = phases::keep_up(&env, &sizes, 1).await?;
-    step("keep up, 100-row transactions");
-    let keep_up_100_rows = phases::keep_up(&env, &sizes, 100).await?;
-    step("latency");
-    let latency = phases::latency(&env, &sizes).await?;
-    step("database cost (pgbench)");
-    let db_cost = pgbench::measure(&env, &sizes).await?;
-    step("broker unreachable");
-    let outage = phases::outage(&env, &sizes).await?;
+    let relay = phases::relay_run(&env, &sizes, &step).await?;
+    let peer = match peer {
+        Some(binary) => {
+            let subject = Subject::peer(&env, binary).await?;
+            let side = compare::side(&env, &sizes, &subject, &step).await;
+            Subject::remove_peer(&env).await?;
+            Some(side?)
+        }
+        None => {
+            step("no peer (ITRELAY_BENCH_PEER unset)");
+            None
+        }
+    };
     step("done");
     let mut results = Results {
         date: time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)?,
         mode: if sizes.smoke { "smoke" } else { "full" },
-        command: if sizes.smoke {
-            "cargo bench --bench e2e -- --smoke".to_owned()
-        } else {
-            "cargo bench --bench e2e".to_owned()
-        },
+        command: command(&sizes, peer.is_some()),
         run_seconds: started.elapsed().as_secs_f64(),
         machine,
         ceiling,
-        drain,
-        keep_up_1_row,
-        keep_up_100_rows,
-        latency,
-        db_cost,
-        outage,
+        relay,
+        peer,
+        ratios: None,
         targets: Vec::new(),
     };
     results.judge();
@@ -207,4 +229,22 @@ async fn run(database: String, prefix: String, sizes: Sizes) -> Result<PathBuf> 
     };
     results.write(&dir, stem)?;
     Ok(dir.join(format!("{stem}.md")))
+}
+
+/// The command that reproduces this run, as the report shows it.
+fn command(sizes: &Sizes, with_peer: bool) -> String {
+    let mut command = String::new();
+    for name in ["ITRELAY_BENCH_POSTGRES", "ITRELAY_BENCH_RELAY_SETTINGS"] {
+        if std::env::var_os(name).is_some() {
+            command.push_str(&format!("{name}=… "));
+        }
+    }
+    if with_peer {
+        command.push_str("ITRELAY_BENCH_PEER=<pg-amqp-bridge> ");
+    }
+    command.push_str("cargo bench --bench e2e");
+    if sizes.smoke {
+        command.push_str(" -- --smoke");
+    }
+    command
 }

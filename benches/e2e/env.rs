@@ -1,5 +1,6 @@
 //! The benchmark's own world: a scratch database with the reference schema and a seeded
-//! requester, an exchange prefix, the consumer queue, the itrelay CLI, and cleanup.
+//! requester, an exchange prefix, the consumer queue, the itrelay CLI, and cleanup; and
+//! the setup the relay phases run with (which Postgres server, which relay settings).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -16,13 +17,84 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::sample;
 
+/// The Postgres server unless `ITRELAY_BENCH_POSTGRES` names another.
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const AMQP_ADDR: &str = "127.0.0.1:5672";
 /// The subscriber of `it_ticket_created`.
 const TICKET_MODULE: &str = "pf-10";
 
+/// Where the relay phases run and with which settings besides the relay's defaults, so
+/// that another configuration (a capture mode, a batch size) is measured by the same
+/// phases: `ITRELAY_BENCH_POSTGRES` (an admin URL of the server that gets the scratch
+/// database) and `ITRELAY_BENCH_RELAY_SETTINGS` (`section.key=value` pairs, comma
+/// separated, passed to the relay as `ITRELAY__SECTION__KEY`).
+#[derive(Debug, Clone)]
+pub struct RelaySetup {
+    pub server_url: String,
+    /// `(section.key, value)`, in the order given.
+    pub settings: Vec<(String, String)>,
+}
+
+impl RelaySetup {
+    pub fn from_environment() -> Result<Self> {
+        let server_url =
+            std::env::var("ITRELAY_BENCH_POSTGRES").unwrap_or_else(|_| PG_ADMIN_URL.to_owned());
+        // The URL itself stays out of the error: it may hold a password.
+        url::Url::parse(&server_url).context("ITRELAY_BENCH_POSTGRES is not a URL")?;
+        let settings = match std::env::var("ITRELAY_BENCH_RELAY_SETTINGS") {
+            Ok(list) => parse_settings(&list)?,
+            Err(_) => Vec::new(),
+        };
+        Ok(Self {
+            server_url,
+            settings,
+        })
+    }
+
+    /// The settings as the relay reads them from its environment.
+    fn env_vars(&self) -> Vec<(String, String)> {
+        self.settings
+            .iter()
+            .map(|(key, value)| {
+                let name = format!("ITRELAY__{}", key.replace('.', "__").to_uppercase());
+                (name, value.clone())
+            })
+            .collect()
+    }
+
+    /// The URL of `database` on this setup's server.
+    fn database_url(&self, database: &str) -> Result<String> {
+        let mut url = url::Url::parse(&self.server_url)?;
+        url.set_path(&format!("/{database}"));
+        Ok(url.to_string())
+    }
+}
+
+/// `relay.batch_size=1000,relay.capture=wal` → pairs; a clear error for anything else.
+fn parse_settings(list: &str) -> Result<Vec<(String, String)>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let (key, value) = item.split_once('=').with_context(|| {
+                format!("ITRELAY_BENCH_RELAY_SETTINGS: `{item}` is not section.key=value")
+            })?;
+            let key = key.trim();
+            let well_formed = key.split('.').count() >= 2
+                && key
+                    .split('.')
+                    .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+            if !well_formed {
+                bail!("ITRELAY_BENCH_RELAY_SETTINGS: `{key}` is not a setting name like relay.batch_size");
+            }
+            Ok((key.to_owned(), value.trim().to_owned()))
+        })
+        .collect()
+}
+
 pub struct BenchEnv {
+    pub setup: RelaySetup,
     pub database: String,
     pub db_url: String,
     pub prefix: String,
@@ -41,13 +113,13 @@ impl BenchEnv {
 
     /// Creates the database (reference schema, seeded requester, no itrelay yet) and
     /// the consumer queue bound to the ticket subscriber's exchange.
-    pub async fn create(database: &str, prefix: &str) -> Result<Self> {
-        let admin = connect(PG_ADMIN_URL).await?;
+    pub async fn create(setup: &RelaySetup, database: &str, prefix: &str) -> Result<Self> {
+        let admin = connect(&setup.server_url).await?;
         admin
             .batch_execute(&format!("CREATE DATABASE {database}"))
             .await
             .context("create the bench database")?;
-        let db_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+        let db_url = setup.database_url(database)?;
         let client = connect(&db_url).await?;
         client
             .batch_execute(itrelay::sql::REFERENCE_SCHEMA)
@@ -71,6 +143,7 @@ impl BenchEnv {
             .context("connect to RabbitMQ")?;
         let channel = amqp.create_channel().await?;
         let env = Self {
+            setup: setup.clone(),
             database: database.to_owned(),
             db_url,
             prefix: prefix.to_owned(),
@@ -127,6 +200,21 @@ impl BenchEnv {
         Ok(())
     }
 
+    /// Messages ready in a durable `queue`.
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32> {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = self
+            .channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .with_context(|| format!("the depth of queue {queue}"))?;
+        Ok(queue.message_count())
+    }
+
     pub async fn purge(&self, queue: &str) -> Result<()> {
         self.channel
             .queue_purge(queue.into(), QueuePurgeOptions::default())
@@ -134,9 +222,10 @@ impl BenchEnv {
         Ok(())
     }
 
-    /// The `ITRELAY__*` variables pointing a relay at this run, through `amqp_url`.
+    /// The `ITRELAY__*` variables pointing a relay at this run, through `amqp_url`, with
+    /// the setup's settings last.
     pub fn relay_env(&self, amqp_url: &str) -> Vec<(String, String)> {
-        [
+        let mut vars: Vec<(String, String)> = [
             ("ITRELAY__POSTGRES__URL", self.db_url.as_str()),
             ("ITRELAY__AMQP__URL", amqp_url),
             ("ITRELAY__AMQP__EXCHANGE_PREFIX", self.prefix.as_str()),
@@ -146,7 +235,9 @@ impl BenchEnv {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+        .collect();
+        vars.extend(self.setup.env_vars());
+        vars
     }
 
     /// Runs the itrelay CLI against this database (`install`, `uninstall --force`).
@@ -168,16 +259,17 @@ impl BenchEnv {
         Ok(())
     }
 
-    /// Empties the tickets and, when installed, the outbox and its waiting copies (which
-    /// reference it): each phase starts alike.
+    /// Empties the tickets and, when installed, the events (`itrelay.outbox` is a view
+    /// over them) and their waiting copies: each phase starts alike. Ids go on rising, so
+    /// what `itrelay.progress` records as settled stays true.
     pub async fn reset_tables(&self) -> Result<()> {
         let installed: bool = self
             .client
-            .query_one("SELECT to_regclass('itrelay.outbox') IS NOT NULL", &[])
+            .query_one("SELECT to_regclass('itrelay.events') IS NOT NULL", &[])
             .await?
             .get(0);
         let sql = if installed {
-            "TRUNCATE it_tickets, itrelay.outbox, itrelay.copies"
+            "TRUNCATE it_tickets, itrelay.events, itrelay.copies"
         } else {
             "TRUNCATE it_tickets"
         };
@@ -194,10 +286,10 @@ impl BenchEnv {
     }
 }
 
-/// Removes the database and every exchange and queue under `prefix`. Best effort: runs
-/// after failures too, and reports what it could not remove.
-pub async fn cleanup(database: &str, prefix: &str) {
-    match connect(PG_ADMIN_URL).await {
+/// Removes the database from the server at `server_url` and every exchange and queue under
+/// `prefix`. Best effort: runs after failures too, and reports what it could not remove.
+pub async fn cleanup(server_url: &str, database: &str, prefix: &str) {
+    match connect(server_url).await {
         Ok(admin) => {
             let drop = format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)");
             if let Err(error) = admin.batch_execute(&drop).await {

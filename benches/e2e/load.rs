@@ -128,8 +128,7 @@ pub async fn oldest_pending_age(client: &Client) -> Result<f64> {
     let row = client
         .query_one(
             "SELECT COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - (
-                 SELECT created_at FROM itrelay.outbox WHERE state = 'pending'
-                 ORDER BY id LIMIT 1)), 0)::float8",
+                 SELECT created_at FROM itrelay.pending ORDER BY id LIMIT 1)), 0)::float8",
             &[],
         )
         .await?;

@@ -1,15 +1,14 @@
-//! What itrelay costs the business writes: pgbench inserting single-ticket transactions
-//! from several clients, without itrelay's triggers, with them and the relay stopped, and
-//! with them and the relay running.
+//! What a relay costs the business writes: pgbench inserting single-ticket transactions
+//! from several clients, without a trigger, with the relay's capture trigger and the relay
+//! stopped, and with it and the relay running.
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tokio::process::Command;
 
-use crate::env::{BenchEnv, AMQP_URL};
-use crate::load;
+use crate::compare::{Kind, Subject};
+use crate::env::BenchEnv;
 use crate::sample;
-use crate::watch::Watched;
 use crate::Sizes;
 
 #[derive(Debug, Default, Serialize)]
@@ -27,13 +26,20 @@ pub struct DbCost {
     pub relay_postgres_core_share: Vec<f64>,
     /// Share of one core RabbitMQ used, per round (empty: not on this machine).
     pub broker_core_share: Vec<f64>,
-    /// After each round with the relay running: until it had delivered everything.
+    /// After each round with itrelay running: until it had delivered everything (the
+    /// peer has no backlog to see).
     pub relay_catch_up_seconds: Vec<Option<f64>>,
 }
 
 impl DbCost {
+    /// With the relay running, against no trigger.
     pub fn ratio(&self) -> f64 {
         median(&self.triggers_relay_running_tps) / median(&self.no_triggers_tps)
+    }
+
+    /// With the capture trigger and the relay stopped, against no trigger.
+    pub fn stopped_ratio(&self) -> f64 {
+        median(&self.triggers_relay_stopped_tps) / median(&self.no_triggers_tps)
     }
 }
 
@@ -50,7 +56,7 @@ pub fn median(values: &[f64]) -> f64 {
 }
 
 /// Rounds of the three configurations, interleaved so drift hits each alike.
-pub async fn measure(env: &BenchEnv, sizes: &Sizes) -> Result<DbCost> {
+pub async fn measure(env: &BenchEnv, sizes: &Sizes, subject: &Subject) -> Result<DbCost> {
     let script = std::env::temp_dir().join(format!("{}.pgbench.sql", env.database));
     std::fs::write(&script, script_text()).context("write the pgbench script")?;
     let run = |label: &'static str| run_pgbench(env, sizes, &script, label);
@@ -61,14 +67,13 @@ pub async fn measure(env: &BenchEnv, sizes: &Sizes) -> Result<DbCost> {
         ..DbCost::default()
     };
     for _ in 0..sizes.pgbench_rounds {
-        set_triggers(env, false).await?;
+        subject.capture(env, false).await?;
         cost.no_triggers_tps.push(run("no triggers").await?);
-        set_triggers(env, true).await?;
+        subject.capture(env, true).await?;
         cost.triggers_relay_stopped_tps
             .push(run("triggers, relay stopped").await?);
-        let mut watched = Watched::start(&env.relay_env(AMQP_URL), "itrelay-bench-pgbench")?;
-        let writer = load::TicketWriter::connect(&env.db_url).await?;
-        watched.wait_ready(&env.client, &writer).await?;
+        let mut watched = subject.start("pgbench")?;
+        subject.wait_ready(env, &mut watched).await?;
         let window = watched.open(&env.client).await?;
         cost.triggers_relay_running_tps
             .push(run("triggers, relay running").await?);
@@ -80,26 +85,18 @@ pub async fn measure(env: &BenchEnv, sizes: &Sizes) -> Result<DbCost> {
             .push(usage.relay_postgres_cpu_seconds / seconds);
         cost.broker_core_share
             .extend(usage.broker_cpu_seconds.map(|cpu| cpu / seconds));
-        let caught_up = watched
-            .wait_drained(&env.client, sizes.catch_up_limit)
-            .await;
-        cost.relay_catch_up_seconds
-            .push(caught_up.ok().map(|waited| waited.as_secs_f64()));
+        if subject.kind == Kind::Itrelay {
+            let caught_up = watched
+                .wait_drained(&env.client, sizes.catch_up_limit)
+                .await;
+            cost.relay_catch_up_seconds
+                .push(caught_up.ok().map(|waited| waited.as_secs_f64()));
+        }
         watched.stop().await?;
-        env.purge(&env.consumer_queue()).await?;
+        env.purge(&subject.queue).await?;
     }
     let _ = std::fs::remove_file(&script);
     Ok(cost)
-}
-
-/// `DISABLE TRIGGER USER` leaves the business table as if itrelay were not installed
-/// (its foreign keys still checked).
-async fn set_triggers(env: &BenchEnv, enabled: bool) -> Result<()> {
-    let verb = if enabled { "ENABLE" } else { "DISABLE" };
-    env.client
-        .batch_execute(&format!("ALTER TABLE it_tickets {verb} TRIGGER USER"))
-        .await?;
-    Ok(())
 }
 
 /// One ticket per transaction, the same columns the other phases write.
@@ -128,12 +125,13 @@ async fn run_pgbench(
 ) -> Result<f64> {
     env.reset_tables().await?;
     let output = Command::new("pgbench")
-        .args(["-n", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres"])
+        .arg("-n")
         .args(["-c", &sizes.pgbench_clients.to_string(), "-j", "2"])
         .args(["-T", &sizes.pgbench_seconds.to_string()])
         .arg("-f")
         .arg(script)
-        .arg(&env.database)
+        // A connection URL as the database name: the setup's server, whichever it is.
+        .arg(&env.db_url)
         .output()
         .await
         .context("run pgbench (is it installed?)")?;

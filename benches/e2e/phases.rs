@@ -1,24 +1,65 @@
 //! The measured phases that run the relay: draining a backlog, keeping up with producers
-//! at full speed, latency at a fixed rate, and memory while the broker is unreachable.
+//! at full speed, memory while the broker is unreachable, and the phases it shares with
+//! the peer ([`crate::compare`]); all with the run's [`crate::env::RelaySetup`].
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
-use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::Connection;
+use anyhow::Result;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::env::{amqp_properties, BenchEnv, AMQP_ADDR, AMQP_URL};
+use crate::compare::{self, Side, Subject};
+use crate::env::{BenchEnv, AMQP_ADDR, AMQP_URL};
 use crate::load::{self, Produced, TicketWriter};
 use crate::proxy::{Mode, Proxy};
 use crate::stats::Percentiles;
 use crate::watch::{Usage, Watched};
 use crate::Sizes;
+
+/// Everything measured of itrelay with one setup (server and settings).
+#[derive(Debug, Serialize)]
+pub struct RelayRun {
+    /// `section.key=value` settings besides the relay's defaults.
+    pub settings: Vec<String>,
+    pub drain: Drain,
+    pub keep_up_1_row: KeepUp,
+    pub keep_up_100_rows: KeepUp,
+    /// The phases run alike for the peer.
+    pub compared: Side,
+    pub outage: Outage,
+}
+
+/// Installs itrelay in the run's database and runs every relay phase; `step` announces
+/// each.
+pub async fn relay_run(
+    env: &BenchEnv,
+    sizes: &Sizes,
+    step: &(dyn Fn(&str) + Sync),
+) -> Result<RelayRun> {
+    env.cli(&["install"]).await?;
+    step("drain");
+    let drain = drain(env, sizes).await?;
+    step("keep up, 1-row transactions");
+    let keep_up_1_row = keep_up(env, sizes, 1).await?;
+    step("keep up, 100-row transactions");
+    let keep_up_100_rows = keep_up(env, sizes, 100).await?;
+    let compared = compare::side(env, sizes, &Subject::itrelay(env), step).await?;
+    step("broker unreachable");
+    let outage = outage(env, sizes).await?;
+    Ok(RelayRun {
+        settings: env
+            .setup
+            .settings
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect(),
+        drain,
+        keep_up_1_row,
+        keep_up_100_rows,
+        compared,
+        outage,
+    })
+}
 
 #[derive(Debug, Serialize)]
 pub struct Drain {
@@ -164,165 +205,6 @@ pub async fn keep_up(env: &BenchEnv, sizes: &Sizes, rows_per_tx: i32) -> Result<
         catch_up_seconds,
         usage,
     })
-}
-
-#[derive(Debug, Serialize)]
-pub struct Latency {
-    pub target_per_s: f64,
-    pub achieved_per_s: f64,
-    pub sent: usize,
-    /// Samples after the warm-up that were measured.
-    pub measured: usize,
-    pub missing: usize,
-    /// Commit returned to the producer → consumer received the message (milliseconds).
-    pub millis: Percentiles,
-    pub usage: Usage,
-}
-
-/// Producers commit single-ticket transactions at a fixed total rate; a consumer on the
-/// ticket exchange's queue records when each arrives.
-pub async fn latency(env: &BenchEnv, sizes: &Sizes) -> Result<Latency> {
-    env.reset_tables().await?;
-    let mut watched = Watched::start(&env.relay_env(AMQP_URL), "itrelay-bench-latency")?;
-    let writer = TicketWriter::connect(&env.db_url).await?;
-    watched.wait_ready(&env.client, &writer).await?;
-    env.purge(&env.consumer_queue()).await?;
-    let consumer = Consumer::start(&env.consumer_queue()).await?;
-    let window = watched.open(&env.client).await?;
-    let count = (sizes.latency_rate * sizes.latency.as_secs_f64()) as usize;
-    let start = tokio::time::Instant::now();
-    let committed = paced_commits(&env.db_url, sizes, count, start).await?;
-    let achieved_per_s = count as f64 / start.elapsed().as_secs_f64();
-    let arrived = consumer.wait_for(count, Duration::from_secs(30)).await;
-    let usage = watched.close(window, &env.client).await?;
-    watched.stop().await?;
-    let warmup = (sizes.latency_rate * sizes.latency_warmup.as_secs_f64()) as usize;
-    let mut millis = Vec::with_capacity(count);
-    let mut missing = 0;
-    for (i, commit) in committed.iter().enumerate().skip(warmup) {
-        let Some(commit) = commit else {
-            missing += 1;
-            continue;
-        };
-        match arrived.get(&format!("LAT{i}-1")) {
-            Some(received) if received >= commit => {
-                millis.push(received.duration_since(*commit).as_secs_f64() * 1e3)
-            }
-            Some(received) => millis.push(-commit.duration_since(*received).as_secs_f64() * 1e3),
-            None => missing += 1,
-        }
-    }
-    env.purge(&env.consumer_queue()).await?;
-    Ok(Latency {
-        target_per_s: sizes.latency_rate,
-        achieved_per_s,
-        sent: count,
-        measured: millis.len(),
-        missing,
-        millis: Percentiles::of(millis),
-        usage,
-    })
-}
-
-/// Commits ticket `LAT<i>` at `start + i / rate`, the ticks spread round-robin over
-/// `sizes.producers` connections so that one slow commit does not hold up the next;
-/// returns when each commit returned.
-async fn paced_commits(
-    db_url: &str,
-    sizes: &Sizes,
-    count: usize,
-    start: tokio::time::Instant,
-) -> Result<Vec<Option<Instant>>> {
-    let interval = Duration::from_secs_f64(1.0 / sizes.latency_rate);
-    let mut tasks = Vec::with_capacity(sizes.producers);
-    for first in 0..sizes.producers {
-        let writer = TicketWriter::connect(db_url).await?;
-        let step = sizes.producers;
-        tasks.push(tokio::spawn(async move {
-            let mut committed = Vec::with_capacity(count / step + 1);
-            for i in (first..count).step_by(step) {
-                tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
-                writer.write(&format!("LAT{i}"), 1).await?;
-                committed.push((i, Instant::now()));
-            }
-            anyhow::Ok(committed)
-        }));
-    }
-    let mut all = vec![None; count];
-    for task in tasks {
-        for (i, at) in task.await?? {
-            all[i] = Some(at);
-        }
-    }
-    Ok(all)
-}
-
-/// A consumer recording when each ticket number arrived.
-struct Consumer {
-    arrived: Arc<Mutex<HashMap<String, Instant>>>,
-    stop: CancellationToken,
-    _amqp: Connection,
-}
-
-impl Consumer {
-    async fn start(queue: &str) -> Result<Self> {
-        let amqp = Connection::connect(AMQP_URL, amqp_properties()).await?;
-        let channel = amqp.create_channel().await?;
-        channel.basic_qos(1_000, BasicQosOptions::default()).await?;
-        let no_ack = BasicConsumeOptions {
-            no_ack: true,
-            ..BasicConsumeOptions::default()
-        };
-        let mut deliveries = channel
-            .basic_consume(
-                queue.into(),
-                "itrelay-bench".into(),
-                no_ack,
-                FieldTable::default(),
-            )
-            .await
-            .context("consume the ticket queue")?;
-        let arrived = Arc::new(Mutex::new(HashMap::new()));
-        let stop = CancellationToken::new();
-        let (record, stopped) = (arrived.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let delivery = tokio::select! {
-                    _ = stopped.cancelled() => return,
-                    delivery = deliveries.next() => delivery,
-                };
-                let Some(Ok(delivery)) = delivery else { return };
-                let at = Instant::now();
-                let body: serde_json::Value =
-                    serde_json::from_slice(&delivery.data).unwrap_or_default();
-                if let Some(number) = body["ticket_number"].as_str() {
-                    if let Ok(mut arrived) = record.lock() {
-                        arrived.insert(number.to_owned(), at);
-                    }
-                }
-            }
-        });
-        Ok(Self {
-            arrived,
-            stop,
-            _amqp: amqp,
-        })
-    }
-
-    /// Waits until `count` messages (besides the readiness probe) arrived or `limit`
-    /// passed; returns the arrival times.
-    async fn wait_for(self, count: usize, limit: Duration) -> HashMap<String, Instant> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.arrived.lock().map(|a| a.len()).unwrap_or(0) >= count {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.stop.cancel();
-        let arrived = self.arrived.lock().map(|a| a.clone()).unwrap_or_default();
-        arrived
-    }
 }
 
 #[derive(Debug, Serialize)]

@@ -1,7 +1,8 @@
-//! The real relay as a child process (`itrelay run`), and what `/proc` says about it and
-//! about the machine: resident memory, CPU time, how busy the cores were.
+//! A relay as a child process (the real `itrelay run`, or the peer the comparison runs
+//! beside it), and what `/proc` says about it and about the machine: resident memory, CPU
+//! time, how busy the cores were.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -16,20 +17,26 @@ pub struct RelayProcess {
 }
 
 impl RelayProcess {
-    /// Starts `itrelay run` with `env`; its log goes to `<tmp>/<name>.log`.
-    pub fn spawn(env: &[(String, String)], name: &str) -> Result<Self> {
+    /// Starts `program args` with `env` added to the environment; its output goes to
+    /// `<tmp>/<name>.log`.
+    pub fn spawn(
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        name: &str,
+    ) -> Result<Self> {
         let log = std::env::temp_dir().join(format!("{name}.log"));
         let file = std::fs::File::create(&log)
             .with_context(|| format!("create relay log {}", log.display()))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_itrelay"))
-            .arg("run")
+        let child = Command::new(program)
+            .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
             .kill_on_drop(true)
             .spawn()
-            .context("start itrelay run")?;
+            .with_context(|| format!("start {}", program.display()))?;
         let pid = child.id().context("the relay exited at once")?;
         Ok(Self { child, pid, log })
     }

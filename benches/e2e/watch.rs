@@ -3,6 +3,7 @@
 //! the CPU time of the Postgres sessions serving the relay and of the RabbitMQ broker.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -36,6 +37,8 @@ pub struct Usage {
 
 pub struct Watched {
     pub relay: RelayProcess,
+    /// `application_name` of the relay's Postgres sessions.
+    application_name: String,
 }
 
 /// The start of a measured window.
@@ -50,13 +53,14 @@ pub struct Window {
     rss: JoinHandle<Vec<u64>>,
 }
 
-/// The server processes of the relay's sessions (named `itrelay`) on `client`'s database.
-async fn relay_sessions(client: &Client) -> Result<Vec<u32>> {
+/// The server processes of the relay's sessions (those named `application_name`) on
+/// `client`'s database.
+async fn relay_sessions(client: &Client, application_name: &str) -> Result<Vec<u32>> {
     let rows = client
         .query(
             "SELECT pid FROM pg_stat_activity
-             WHERE datname = current_database() AND application_name = 'itrelay'",
-            &[],
+             WHERE datname = current_database() AND application_name = $1",
+            &[&application_name],
         )
         .await?;
     Ok(rows
@@ -66,18 +70,36 @@ async fn relay_sessions(client: &Client) -> Result<Vec<u32>> {
 }
 
 impl Watched {
+    /// Starts `itrelay run` with `env` (`ITRELAY__*` variables).
     pub fn start(env: &[(String, String)], name: &str) -> Result<Self> {
+        Self::spawn(
+            Path::new(env!("CARGO_BIN_EXE_itrelay")),
+            &["run".to_owned()],
+            env,
+            name,
+            "itrelay",
+        )
+    }
+
+    /// Starts any relay whose Postgres sessions are named `application_name`.
+    pub fn spawn(
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        name: &str,
+        application_name: &str,
+    ) -> Result<Self> {
         Ok(Self {
-            relay: RelayProcess::spawn(env, name)?,
+            relay: RelayProcess::spawn(program, args, env, name)?,
+            application_name: application_name.to_owned(),
         })
     }
 
-    /// Opens a window; `client` is on the relay's database, whose sessions named
-    /// `itrelay` are the relay's.
+    /// Opens a window; `client` is on the relay's database.
     pub async fn open(&self, client: &Client) -> Result<Window> {
         let stop = CancellationToken::new();
         let mut postgres = HashMap::new();
-        for pid in relay_sessions(client).await? {
+        for pid in relay_sessions(client, &self.application_name).await? {
             // A session ending just now (a reconnect) has no /proc entry left.
             if let Ok(cpu) = cpu_seconds(pid) {
                 postgres.insert(pid, cpu);
@@ -104,7 +126,7 @@ impl Watched {
         // Sessions opened within the window count whole; one that ended within it (a
         // reconnect) is left out.
         let mut relay_postgres_cpu_seconds = 0.0;
-        for pid in relay_sessions(client).await? {
+        for pid in relay_sessions(client, &self.application_name).await? {
             let before = window.postgres.get(&pid).copied().unwrap_or(0.0);
             if let Ok(cpu) = cpu_seconds(pid) {
                 relay_postgres_cpu_seconds += cpu - before;
