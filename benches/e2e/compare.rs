@@ -170,27 +170,27 @@ impl Subject {
 /// Ticket numbers of readiness probes, which the consumers ignore.
 const READY: &str = "READY";
 
-/// The same JSON as itrelay's `it_ticket_created` trigger captures, notified to the peer
-/// as `routing_key|body`.
+/// The body of itrelay's `it_ticket_created` trigger, as the catalog holds it.
+const TICKET_CREATED_BODY: &str = include_str!("../../catalog/it_ticket_created.sql");
+
+/// The same JSON as itrelay's `it_ticket_created` trigger captures (built from that
+/// trigger's own body, so the two cannot drift apart), notified to the peer as
+/// `routing_key|body`.
 fn peer_trigger_sql() -> String {
+    let enqueue = "PERFORM itrelay.enqueue('it_ticket_created', {{source_table}}, ";
+    assert!(
+        TICKET_CREATED_BODY.contains(enqueue) && TICKET_CREATED_BODY.contains(")));"),
+        "catalog/it_ticket_created.sql no longer calls itrelay.enqueue as the peer's trigger expects"
+    );
+    let body = TICKET_CREATED_BODY
+        .replace(
+            enqueue,
+            &format!("PERFORM pg_notify('{PEER_CHANNEL}', 'it_ticket_created|' || "),
+        )
+        .replace(")));", "))::text);");
     format!(
         "CREATE FUNCTION {PEER_TRIGGER}() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             PERFORM pg_notify('{PEER_CHANNEL}', 'it_ticket_created|' || jsonb_strip_nulls(jsonb_build_object(
-                 'event_type', 'it_ticket_created',
-                 'ticket_id', NEW.ticket_id,
-                 'ticket_number', NEW.ticket_number,
-                 'category', NEW.category,
-                 'subcategory', NEW.subcategory,
-                 'priority', NEW.priority,
-                 'subject', NEW.subject,
-                 'description', NEW.description,
-                 'requester_id', NEW.requester_id,
-                 'affected_asset_id', NEW.affected_asset_id,
-                 'organization_id', NEW.organization_id,
-                 'site_id', NEW.site_id))::text);
-             RETURN NULL;
-         END;
+         {body}
          $$;
          CREATE TRIGGER {PEER_TRIGGER} AFTER INSERT ON it_tickets
              FOR EACH ROW EXECUTE FUNCTION {PEER_TRIGGER}();
