@@ -20,36 +20,14 @@ bin=$(realpath "$1")
 events=${2:-100000}
 per_tx=${3:-500}
 here=$(cd "$(dirname "$0")/.." && pwd)
-pg_bin=${ITRELAY_TEST_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-dir=$(mktemp -d /tmp/itrelay-profile.XXXXXX)
-prefix=itrelay-profile-bench.
-chown postgres "$dir" 2>/dev/null || true
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-relay_pid=
 perf_pids=()
-cleanup() {
-    for pid in "${perf_pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-    [ -n "$relay_pid" ] && kill "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null
-    as_pg "$pg_bin/pg_ctl" -D "$dir/data" stop -m immediate >/dev/null 2>&1 || true
-    rm -rf "$dir"
-    timeout 60 rabbitmqctl delete_queue "${prefix}dead-letter" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-as_pg "$pg_bin/initdb" -D "$dir/data" -U postgres -A trust >/dev/null
-as_pg "$pg_bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c autovacuum=off" start >/dev/null
+stop_more() { for pid in "${perf_pids[@]}"; do kill -INT "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done; }
+. "$here/bench/private_postgres.sh" itrelay-profile-bench
+start_postgres -c autovacuum=off
 url="postgres://postgres@127.0.0.1:$port/postgres"
 sql() { psql -X -q -At -v ON_ERROR_STOP=1 "$url" -c "$1"; }
 psql -X -q -v ON_ERROR_STOP=1 "$url" -f "$here/sql/reference_schema.sql" >/dev/null
-export ITRELAY__POSTGRES__URL=$url
-export ITRELAY__AMQP__URL='amqp://guest:guest@127.0.0.1:5672/%2f'
-export ITRELAY__AMQP__EXCHANGE_PREFIX=$prefix
-export ITRELAY__AMQP__EXCHANGES__PF_10=${prefix}dead-letter
-export ITRELAY__AMQP__DEAD_LETTER_QUEUE_TYPE=classic
-export ITRELAY__AMQP__DEAD_LETTER_MAX_LENGTH=1
-export ITRELAY__HTTP__ENABLED=false ITRELAY__CANARY__ENABLED=false ITRELAY__SCAN__ENABLED=false
-export RUST_LOG=warn
+relay_env "$url"
 "$bin" install >/dev/null
 sql "INSERT INTO employees (employee_id, organization_id, employee_name, email) VALUES
      ('22222222-2222-4222-8222-222222222222', '7f1c1c4e-8a2b-4d53-9a55-2a1e7b0c9d11', 'Dana', 'd@example.com')"
