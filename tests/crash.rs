@@ -21,23 +21,6 @@ fn spawn_relay(env: &TestEnv) -> Child {
         .expect("spawn itrelay run")
 }
 
-async fn delivered(env: &TestEnv) -> i64 {
-    env.count("SELECT count(*) FROM itrelay.outbox WHERE state = 'delivered'")
-        .await
-}
-
-/// Polls until at least `n` rows are delivered.
-async fn wait_delivered(env: &TestEnv, n: i64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while delivered(env).await < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "fewer than {n} delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn relay_killed_mid_stream_and_restarted_loses_nothing() {
     let env = TestEnv::new().await;
@@ -46,7 +29,7 @@ async fn relay_killed_mid_stream_and_restarted_loses_nothing() {
     let writer = tokio::spawn(write_tickets(env.db_url.clone(), 0, total, Duration::ZERO));
     let mut relay = spawn_relay(&env);
     for kill_after in [100, 300] {
-        wait_delivered(&env, kill_after).await;
+        env.wait_delivered(kill_after, WAIT).await;
         relay.start_kill().expect("SIGKILL");
         relay.wait().await.expect("reap");
         relay = spawn_relay(&env);
@@ -67,11 +50,11 @@ async fn standby_takes_over_when_the_leader_dies() {
     env.seed().await;
     let mut leader = spawn_relay(&env);
     write_tickets(env.db_url.clone(), 0, 50, Duration::ZERO).await;
-    wait_delivered(&env, 50).await;
+    env.wait_delivered(50, WAIT).await;
     let standby = spawn_relay(&env);
     // The standby waits on the lock: still exactly one leader, and the events flow.
     write_tickets(env.db_url.clone(), 50, 50, Duration::ZERO).await;
-    wait_delivered(&env, 100).await;
+    env.wait_delivered(100, WAIT).await;
     leader.start_kill().expect("SIGKILL");
     leader.wait().await.expect("reap");
     write_tickets(env.db_url.clone(), 100, 50, Duration::ZERO).await;

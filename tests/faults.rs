@@ -55,7 +55,7 @@ where
     settings.extend_from_slice(extra);
     env.start_relay(&settings);
     let writer = tokio::spawn(write_tickets(env.db_url.clone(), 0, EVENTS, PAUSE));
-    wait_delivered(&env, EVENTS as i64 / 4).await;
+    env.wait_delivered(EVENTS as i64 / 4, WAIT).await;
     let faults = fault(faults).await;
     let recovery = recovery_time(&env).await;
     writer.await.expect("writer");
@@ -75,33 +75,17 @@ where
 /// Time from the end of a fault until the relay delivers again (or has nothing left).
 async fn recovery_time(env: &TestEnv) -> Duration {
     let restored = Instant::now();
-    let delivered_before = delivered(env).await;
+    let delivered_before = env.delivered().await;
     loop {
         let pending = env
             .count("SELECT count(*) FROM itrelay.outbox WHERE state = 'pending'")
             .await;
-        if delivered(env).await > delivered_before || pending == 0 {
+        if env.delivered().await > delivered_before || pending == 0 {
             return restored.elapsed();
         }
         assert!(
             restored.elapsed() < WAIT,
             "no delivery within {WAIT:?} of the fault's end"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn delivered(env: &TestEnv) -> i64 {
-    env.count("SELECT count(*) FROM itrelay.outbox WHERE state = 'delivered'")
-        .await
-}
-
-async fn wait_delivered(env: &TestEnv, at_least: i64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while delivered(env).await < at_least {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "fewer than {at_least} delivered"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -90,18 +90,6 @@ fn setting(key: &'static str, value: &str) -> (&'static str, String) {
 }
 
 /// Waits until `at_least` outbox rows are delivered.
-async fn wait_delivered(env: &TestEnv, at_least: i64) {
-    let deadline = Instant::now() + WAIT;
-    while env
-        .count("SELECT count(*) FROM itrelay.outbox WHERE state = 'delivered'")
-        .await
-        < at_least
-    {
-        assert!(Instant::now() < deadline, "fewer than {at_least} delivered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A Postgres address that accepts TCP and never answers the handshake: every task that
 /// connects (the relay, the scans, the outbox gauges) gives up within
 /// `postgres.query_timeout_secs`, keeps trying, and once the path heals the events written
@@ -205,7 +193,7 @@ async fn connection_black_holed_mid_stream_is_noticed_and_replaced() {
     );
     const BACKLOG: i64 = 5_000;
     insert_tickets(&env.client, "HALF", BACKLOG).await;
-    wait_delivered(&env, 50).await;
+    env.wait_delivered(50, WAIT).await;
     rabbitmq.set(Mode::Blackhole);
     let pending = env
         .count("SELECT count(*) FROM itrelay.outbox WHERE state = 'pending'")
@@ -249,7 +237,7 @@ async fn sigterm_during_a_black_hole_ends_within_the_stop_timeout() {
         ],
     );
     insert_tickets(&env.client, "STOP", 10).await;
-    wait_delivered(&env, 10).await;
+    env.wait_delivered(10, WAIT).await;
     rabbitmq.set(Mode::Blackhole);
     // Events written now are published into the black hole and never confirmed.
     insert_tickets(&env.client, "HELD", 200).await;

@@ -66,22 +66,6 @@ fn spawn_run(env: &TestEnv, extra: &[(&str, String)]) -> Child {
         .expect("spawn itrelay run")
 }
 
-async fn delivered(env: &TestEnv) -> i64 {
-    env.count("SELECT count(*) FROM itrelay.outbox WHERE state = 'delivered'")
-        .await
-}
-
-async fn wait_delivered(env: &TestEnv, n: i64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while delivered(env).await < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "fewer than {n} delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn events_arrive_in_commit_order_with_the_outbox_body_and_rollbacks_emit_nothing() {
     let server = logical_server().await;
@@ -233,7 +217,7 @@ async fn relays_killed_mid_stream_lose_nothing_and_a_standby_takes_over() {
     let mut relay = spawn_run(&env, &[]);
     let standby = spawn_run(&env, &[]);
     for kill_after in [100, 300] {
-        wait_delivered(&env, kill_after).await;
+        env.wait_delivered(kill_after, WAIT).await;
         relay.start_kill().expect("SIGKILL");
         relay.wait().await.expect("reap");
         relay = spawn_run(&env, &[]);
@@ -262,7 +246,7 @@ async fn a_broker_outage_loses_nothing() {
         total,
         Duration::from_millis(2),
     ));
-    wait_delivered(&env, 50).await;
+    env.wait_delivered(50, WAIT).await;
     proxy.set(Mode::Refuse);
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.set(Mode::Forward);

@@ -299,6 +299,24 @@ impl TestEnv {
             .get(0)
     }
 
+    /// Events delivered so far (`itrelay.outbox` rows in state `delivered`).
+    pub async fn delivered(&self) -> i64 {
+        self.count("SELECT count(*) FROM itrelay.outbox WHERE state = 'delivered'")
+            .await
+    }
+
+    /// Polls until at least `at_least` events are delivered; fails after `within`.
+    pub async fn wait_delivered(&self, at_least: i64, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.delivered().await < at_least {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "fewer than {at_least} delivered within {within:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Outbox rows per state, e.g. `("delivered", 3)`.
     pub async fn outbox_states(&self) -> HashMap<String, i64> {
         self.client
