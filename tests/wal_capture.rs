@@ -389,3 +389,36 @@ async fn uninstall_refuses_while_the_slot_holds_events_and_keeps_the_slot() {
         "uninstall drops the slot"
     );
 }
+
+#[tokio::test]
+async fn one_transaction_too_large_to_move_within_the_query_timeout_is_moved_whole() {
+    let server = logical_server().await;
+    let mut env = wal_env(&server).await;
+    let total = 100_000;
+    env.execute(&format!(
+        "INSERT INTO it_tickets (ticket_id, organization_id, ticket_number, category, priority, subject, description, requester_id)
+         SELECT gen_random_uuid(), '{ORG}', 'T-' || lpad(n::text, 6, '0'), 'network', 'medium', 'VPN', 'VPN drops', '{EMPLOYEE}'
+         FROM generate_series(1, {total}) AS n"
+    ))
+    .await;
+    // Every query but the move is bounded by 1 s; moving this transaction takes longer.
+    env.start_relay(&[("ITRELAY__POSTGRES__QUERY_TIMEOUT_SECS", "1")]);
+    env.wait_until_settled_within(total, Duration::from_secs(300))
+        .await;
+    let out_of_order = env
+        .count(
+            "SELECT count(*) FROM (
+                 SELECT payload ->> 'ticket_number' AS number,
+                        lag(payload ->> 'ticket_number') OVER (ORDER BY id) AS before
+                 FROM itrelay.events) AS e
+             WHERE before > number",
+        )
+        .await;
+    assert_eq!(out_of_order, 0, "events out of commit order");
+    let outcome = env.reconcile("PF-10", total).await;
+    println!(
+        "| WAL capture: one transaction of {total} events, queries bounded by 1 s | {} | {} | {} | – |",
+        outcome.committed, outcome.lost, outcome.duplicates
+    );
+    outcome.assert_nothing_lost();
+}

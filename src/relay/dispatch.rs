@@ -37,12 +37,18 @@ pub(crate) struct InFlight<'r, S: Sink> {
     sent: Sent<'r, Message>,
     /// Confirms of the first round of copies, then the dead letters, then the canaries.
     unconfirmed: S::Pending,
+    sent_at: Instant,
 }
 
 impl<S: Sink> InFlight<'_, S> {
     /// The claimed rows: the next claim steps over exactly these.
     pub fn ids(&self) -> &[i64] {
         &self.sent.ids
+    }
+
+    /// How long ago the batch was published.
+    pub fn age(&self, now: Instant) -> Duration {
+        now.duration_since(self.sent_at)
     }
 
     /// Whether `next` must wait for this batch's confirms ([`Sent::shares_entity_with`]).
@@ -55,7 +61,8 @@ impl<S: Sink> InFlight<'_, S> {
 pub(crate) struct Dispatch<'a, S> {
     pub relay: &'a Relay,
     pub sink: &'a S,
-    /// Under WAL capture: moves the slot's events into the outbox before each claim.
+    /// Under WAL capture: moves the slot's events into the outbox before each claim, on a
+    /// session of its own.
     pub wal: Option<Ingest>,
 }
 
@@ -71,12 +78,11 @@ impl<'a, S: Sink> Dispatch<'a, S> {
         floor: &mut ClaimFloor,
         in_flight: &[i64],
     ) -> Result<Prepared, SessionError> {
-        let ingest = async {
-            match &self.wal {
-                Some(ingest) => ingest.run(client).await.map(Some),
-                None => Ok(None),
-            }
-        };
+        // The move commits before the claim is sent: the claim's snapshot sees the
+        // moved events.
+        if let Some(ingest) = &self.wal {
+            ingest.run().await?;
+        }
         let probe = async {
             if floor.wants_probe(Instant::now()) {
                 outbox.probe(client).await.map(Some)
@@ -90,11 +96,10 @@ impl<'a, S: Sink> Dispatch<'a, S> {
             floor.start(),
             in_flight,
         );
-        // Polled first, the move and the probe are sent first: the claim's snapshot sees
-        // the moved events, and the probe's precedes it.
-        let (_, probe, rows) = self
+        // Polled first, the probe is sent first: its snapshot precedes the claim's.
+        let (probe, rows) = self
             .relay
-            .bounded(async { tokio::try_join!(ingest, probe, claim) })
+            .bounded(async { tokio::try_join!(probe, claim) })
             .await?;
         if let Some(probe) = probe {
             floor.probed(probe, Instant::now());
@@ -182,7 +187,14 @@ impl<'a, S: Sink> Dispatch<'a, S> {
                 canary_ids: canaries.iter().map(|row| row.id).collect(),
             },
             unconfirmed,
+            sent_at: Instant::now(),
         })
+    }
+
+    /// Whether every confirm of the first round of `in_flight` is in: settling it then
+    /// waits for nothing but its later rounds, if any.
+    pub fn is_confirmed(&self, in_flight: &InFlight<'a, S>) -> bool {
+        self.sink.is_confirmed(&in_flight.unconfirmed)
     }
 
     /// Waits for a batch's confirms, publishes its later rounds of copies, and works out
@@ -194,7 +206,9 @@ impl<'a, S: Sink> Dispatch<'a, S> {
         in_flight: InFlight<'a, S>,
         gates: &mut Gates,
     ) -> Result<Settled<'a>, SessionError> {
-        let InFlight { sent, unconfirmed } = in_flight;
+        let InFlight {
+            sent, unconfirmed, ..
+        } = in_flight;
         let first_round = sent.outgoing.round(0).0.len();
         let mut confirmations = self
             .sink

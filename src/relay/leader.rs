@@ -2,6 +2,7 @@
 //! notifications taken in, waiting copies retried, and the relay idle (woken by NOTIFY)
 //! when there is nothing to do.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -29,6 +30,14 @@ use crate::wal::Ingest;
 /// a row find nothing, it goes idle and waits for NOTIFY.
 const BUSY_POLL: Duration = Duration::from_millis(1);
 const QUIET_POLLS: u32 = 32;
+/// Batches published whose confirms are not yet settled, at most: with one claimed row
+/// each, a low rate sends each event as it comes, while the confirms of those before are
+/// on their way.
+const MAX_BATCHES_IN_FLIGHT: usize = 16;
+/// A batch whose confirms are not all in this long after it was published is waited
+/// for before the next claim: a broker that stopped answering is then found by the
+/// confirm timeout (`amqp.confirm_timeout_secs`), however few events come.
+const SETTLE_AFTER: Duration = Duration::from_millis(20);
 /// How often the relay looks while a transaction that will not NOTIFY keeps it from
 /// going idle.
 const NOT_YET_IDLE_POLL: Duration = Duration::from_millis(10);
@@ -52,8 +61,8 @@ pub(super) struct Leader<'a, S: Sink> {
     notify_events: NotifyEvents,
     /// Claimed and through the pipeline, not yet published.
     prepared: Option<Prepared>,
-    /// Published, confirms outstanding.
-    in_flight: Option<InFlight<'a, S>>,
+    /// Published, confirms outstanding, oldest first.
+    in_flight: VecDeque<InFlight<'a, S>>,
     /// Looks in a row that found nothing.
     quiet_polls: u32,
 }
@@ -93,7 +102,15 @@ impl<'a, S: Sink> Leader<'a, S> {
             Capture::Wal => {
                 // About one batch of single-event transactions (begin, message, commit).
                 let limit = relay.settings.relay.batch_size.saturating_mul(3);
-                Some(relay.bounded(Ingest::prepare(&pg.client, limit)).await?)
+                let session = relay
+                    .bounded(PgSession::connect(&relay.settings.postgres))
+                    .await?;
+                let query_timeout = relay.settings.query_timeout();
+                Some(
+                    relay
+                        .bounded(Ingest::prepare(session, limit, query_timeout))
+                        .await?,
+                )
             }
             Capture::Outbox => None,
         };
@@ -114,37 +131,41 @@ impl<'a, S: Sink> Leader<'a, S> {
             notified: Vec::new(),
             notify_events,
             prepared: None,
-            in_flight: None,
+            in_flight: VecDeque::new(),
             quiet_polls: 0,
         })
     }
 
-    /// Drains the outbox in overlapping batches: while one batch's confirms are on their
-    /// way, the previous batch's outcomes are recorded and the next batch is claimed, in
-    /// one pipelined round trip. A batch that holds an event of an entity the batch in
-    /// flight holds one of waits for that batch's confirms before it is sent, so a nack
-    /// there can hold its copies back. Once `QUIET_POLLS` polls in a row find nothing,
-    /// flags itself idle (so triggers NOTIFY again) and waits for a notification, the
-    /// fallback poll or a waiting copy's retry. The reconnect backoff starts over only
-    /// after real `progress` (a batch recorded, or a full idle cycle): an error that recurs
-    /// right after leadership is taken (a missing grant or schema) keeps backing off.
+    /// Drains the outbox in overlapping batches: a claimed batch is published at once,
+    /// and the next claim does not wait for its confirms. A batch is settled (its
+    /// outcomes recorded in the same round trip as the next claim) once its confirms are
+    /// in, or once the batches in flight hold two batches' worth of rows
+    /// ([`Self::window_full`]). A batch that holds an event of an entity a batch in flight
+    /// holds one of waits for the batches in flight to settle before it is sent, so a
+    /// nack there can hold its copies back. Once `QUIET_POLLS` polls in a row find
+    /// nothing, flags itself idle (so triggers NOTIFY again) and waits for a
+    /// notification, the fallback poll or a waiting copy's retry. The reconnect backoff
+    /// starts over only after real `progress` (a batch recorded, or a full idle cycle): an
+    /// error that recurs right after leadership is taken (a missing grant or schema) keeps
+    /// backing off.
     pub async fn run(mut self, progress: &Progress) -> Result<(), SessionError> {
         loop {
             if self.shutdown.is_cancelled() {
-                // The batch in flight is finished; one merely claimed stays pending.
+                // The batches in flight are finished; one merely claimed stays pending.
                 return self.finish_in_flight().await;
             }
             self.floor.rewind_if_due(Instant::now());
             self.take_in_notified().await?;
-            let must_settle_first = self.in_flight.as_ref().is_some_and(|batch| {
-                self.gates.due(Instant::now())
-                    || self
-                        .prepared
-                        .as_ref()
-                        .is_some_and(|next| batch.shares_entity_with(next))
-            });
+            let must_settle_first = !self.in_flight.is_empty()
+                && (self.gates.due(Instant::now())
+                    || self.prepared.as_ref().is_some_and(|next| {
+                        self.in_flight
+                            .iter()
+                            .any(|batch| batch.shares_entity_with(next))
+                    }));
             if must_settle_first {
                 self.finish_in_flight().await?;
+                progress.made();
             }
             if self.gates.due(Instant::now()) {
                 // Every outcome so far is recorded: the copies held back are all there.
@@ -161,8 +182,10 @@ impl<'a, S: Sink> Leader<'a, S> {
             }
             if self.prepared.is_some() {
                 self.quiet_polls = 0;
-            } else if self.in_flight.is_some() {
-                // Nothing new: settle the batch in flight, then look again.
+            } else if !self.in_flight.is_empty() {
+                // Nothing new: look again shortly; the oldest batch settles once its
+                // confirms are in.
+                self.pause(BUSY_POLL).await?;
             } else if self.quiet_polls < QUIET_POLLS {
                 self.quiet_polls += 1;
                 self.pause(BUSY_POLL).await?;
@@ -174,42 +197,64 @@ impl<'a, S: Sink> Leader<'a, S> {
         }
     }
 
-    /// One turn of the overlap: sends the prepared batch, settles the one in flight,
+    /// One turn of the overlap: sends the prepared batch, settles the oldest batch in
+    /// flight if its confirms are in, it is [`SETTLE_AFTER`] old or the window is full,
     /// then records its outcomes and claims the next batch in one round trip. True if
     /// outcomes were recorded.
     async fn advance(&mut self) -> Result<bool, SessionError> {
-        let sent = match self.prepared.take() {
-            Some(batch) => Some(self.dispatch.send(batch, &self.gates).await?),
-            None => None,
+        if let Some(batch) = self.prepared.take() {
+            let sent = self.dispatch.send(batch, &self.gates).await?;
+            self.in_flight.push_back(sent);
+        }
+        let settle_oldest = self.window_full()
+            || self.in_flight.front().is_some_and(|oldest| {
+                oldest.age(Instant::now()) >= SETTLE_AFTER || self.dispatch.is_confirmed(oldest)
+            });
+        let oldest = if settle_oldest {
+            self.in_flight.pop_front()
+        } else {
+            None
         };
-        let settled = match self.in_flight.take() {
+        let settled = match oldest {
             Some(batch) => Some(self.dispatch.settle(batch, &mut self.gates).await?),
             None => None,
         };
         let outcomes = settled.as_ref().map_or(&[][..], |s| &s.outcomes[..]);
-        self.in_flight = sent;
-        let skip = self.in_flight.as_ref().map_or(&[][..], |batch| batch.ids());
+        let skip: Vec<i64> = self
+            .in_flight
+            .iter()
+            .flat_map(|batch| batch.ids())
+            .copied()
+            .collect();
         let client = &self.pg.client;
         let (_, next) = tokio::try_join!(
             self.relay.bounded(self.outbox.record(client, outcomes)),
             self.dispatch
-                .prepare(client, &self.outbox, &mut self.floor, skip),
+                .prepare(client, &self.outbox, &mut self.floor, &skip),
         )?;
         self.relay.health.set_role(Role::Leader);
         self.prepared = Some(next).filter(|batch| batch.claimed() > 0);
         Ok(!outcomes.is_empty())
     }
 
-    /// Settles the batch in flight, if any, and records its outcomes.
+    /// Whether the batches in flight are as many as may be, or hold two batches' worth of
+    /// rows: then the oldest is settled before the next claim.
+    fn window_full(&self) -> bool {
+        let rows: usize = self.in_flight.iter().map(|batch| batch.ids().len()).sum();
+        let batch_size =
+            usize::try_from(self.relay.settings.relay.batch_size).unwrap_or(usize::MAX);
+        self.in_flight.len() >= MAX_BATCHES_IN_FLIGHT || rows >= batch_size.saturating_mul(2)
+    }
+
+    /// Settles the batches in flight, oldest first, recording the outcomes of each.
     async fn finish_in_flight(&mut self) -> Result<(), SessionError> {
-        let Some(batch) = self.in_flight.take() else {
-            return Ok(());
-        };
-        let settled = self.dispatch.settle(batch, &mut self.gates).await?;
-        self.relay
-            .bounded(self.outbox.record(&self.pg.client, &settled.outcomes))
-            .await
-            .map(drop)
+        while let Some(batch) = self.in_flight.pop_front() {
+            let settled = self.dispatch.settle(batch, &mut self.gates).await?;
+            self.relay
+                .bounded(self.outbox.record(&self.pg.client, &settled.outcomes))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Claims from the floor, stepping over nothing (no batch is in flight).

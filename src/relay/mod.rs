@@ -57,6 +57,8 @@ pub enum SessionError {
     SinkClosed(Service),
     #[error("postgres: {0}")]
     Lease(#[from] LeaseError),
+    #[error("postgres: {0}")]
+    Ingest(#[from] crate::wal::IngestError),
     /// Fatal: the installed capture mode or the server's `wal_level` does not allow the
     /// configured `postgres.capture`.
     #[error("{0}")]
@@ -82,6 +84,7 @@ impl SessionError {
             | SessionError::PostgresClosed
             | SessionError::PostgresTimeout(_)
             | SessionError::Lease(_)
+            | SessionError::Ingest(_)
             | SessionError::Capture(_)
             | SessionError::ChannelMismatch { .. } => Service::Postgres,
         }

@@ -76,6 +76,10 @@ pub trait Sink: Send + Sync {
         sends: &[(&str, &Message)],
     ) -> impl Future<Output = Result<Self::Pending, Self::Error>> + Send;
 
+    /// Whether every confirmation of `pending` has come back, without waiting: the
+    /// relay settles a batch early once it has, and claims meanwhile otherwise.
+    fn is_confirmed(&self, pending: &Self::Pending) -> bool;
+
     /// Waits for the confirmations of `pending`, in send order.
     fn confirm(
         &self,

@@ -193,6 +193,16 @@ impl Sink for Publisher {
         })
     }
 
+    /// Whether every confirm of `unconfirmed` has completed by now.
+    fn is_confirmed(&self, unconfirmed: &Unconfirmed) -> bool {
+        let mut pending = self.pending();
+        pending.sweep();
+        unconfirmed
+            .seqs
+            .clone()
+            .all(|seq| pending.done.contains_key(&seq))
+    }
+
     /// Waits for every confirm of `unconfirmed`; the answers come back in send order. A
     /// message counts as returned when a return naming its exchange and message id came
     /// back, whichever confirm carried it.
