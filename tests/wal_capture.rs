@@ -394,17 +394,38 @@ async fn uninstall_refuses_while_the_slot_holds_events_and_keeps_the_slot() {
 async fn one_transaction_too_large_to_move_within_the_query_timeout_is_moved_whole() {
     let server = logical_server().await;
     let mut env = wal_env(&server).await;
-    let total = 100_000;
+    env.start_relay(&[]);
+    env.stop_relay().await;
+    let total = 30_000;
     env.execute(&format!(
         "INSERT INTO it_tickets (ticket_id, organization_id, ticket_number, category, priority, subject, description, requester_id)
          SELECT gen_random_uuid(), '{ORG}', 'T-' || lpad(n::text, 6, '0'), 'network', 'medium', 'VPN', 'VPN drops', '{EMPLOYEE}'
          FROM generate_series(1, {total}) AS n"
     ))
     .await;
-    // Every query but the move is bounded by 1 s; moving this transaction takes longer.
-    env.start_relay(&[("ITRELAY__POSTGRES__QUERY_TIMEOUT_SECS", "1")]);
-    env.wait_until_settled_within(total, Duration::from_secs(300))
+    // The move waits on this lock for 3 s, standing for a transaction far larger than
+    // this machine moves in the 1 s that bounds every other query.
+    let holder = connect(&env.db_url).await;
+    holder
+        .batch_execute("BEGIN; SELECT * FROM itrelay.wal_progress FOR UPDATE")
+        .await
+        .unwrap();
+    let port = free_port();
+    let mut relay = spawn_serving(
+        &env,
+        port,
+        &[("ITRELAY__POSTGRES__QUERY_TIMEOUT_SECS", "1")],
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    env.wait_until_settled_within(total, Duration::from_secs(180))
         .await;
+    // Moved in one go: no session was given up on, as one would be for a move cut short
+    // by the query timeout.
+    assert_eq!(
+        metric(port, "itrelay_reconnects_total{service=\"postgres\"}").await,
+        Some(0)
+    );
     let out_of_order = env
         .count(
             "SELECT count(*) FROM (
@@ -417,8 +438,10 @@ async fn one_transaction_too_large_to_move_within_the_query_timeout_is_moved_who
     assert_eq!(out_of_order, 0, "events out of commit order");
     let outcome = env.reconcile("PF-10", total).await;
     println!(
-        "| WAL capture: one transaction of {total} events, queries bounded by 1 s | {} | {} | {} | – |",
+        "| WAL capture: one transaction of {total} events, its move held 3 s, queries bounded by 1 s | {} | {} | {} | – |",
         outcome.committed, outcome.lost, outcome.duplicates
     );
     outcome.assert_nothing_lost();
+    relay.start_kill().ok();
+    relay.wait().await.ok();
 }

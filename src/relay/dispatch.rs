@@ -78,9 +78,9 @@ impl<'a, S: Sink> Dispatch<'a, S> {
         floor: &mut ClaimFloor,
         in_flight: &[i64],
     ) -> Result<Prepared, SessionError> {
-        // The move commits before the claim is sent: the claim's snapshot sees the
-        // moved events.
-        if let Some(ingest) = &self.wal {
+        // The move, when due, commits before the claim is sent: the claim's snapshot sees
+        // the moved events.
+        if let Some(ingest) = self.wal.as_ref().filter(|i| i.is_due(Instant::now())) {
             ingest.run().await?;
         }
         let probe = async {
@@ -108,6 +108,15 @@ impl<'a, S: Sink> Dispatch<'a, S> {
         floor.claimed(ids.first().copied(), in_flight.iter().min().copied());
         let processed = self.process(client, outbox, rows).await?;
         Ok(Prepared { ids, processed })
+    }
+
+    /// Under WAL capture, makes the next claim move the slot's events first, however
+    /// recently the last move ran: the look that lets the relay go idle, and the one a
+    /// notification or the fallback poll wakes it for, must see every committed event.
+    pub fn move_before_next_claim(&self) {
+        if let Some(ingest) = &self.wal {
+            ingest.make_due();
+        }
     }
 
     /// Takes claimed rows through the pipeline, fetching the reference rows enrichment

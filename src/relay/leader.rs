@@ -273,6 +273,7 @@ impl<'a, S: Sink> Leader<'a, S> {
     async fn idle(&mut self) -> Result<Option<Prepared>, SessionError> {
         let fallback_poll = Duration::from_millis(self.relay.settings.relay.poll_interval_ms);
         let mut next = loop {
+            self.dispatch.move_before_next_claim();
             // Sent first, the flag's grant precedes the claim's snapshot.
             let client = &self.pg.client;
             let (granted, next) = tokio::try_join!(
@@ -295,6 +296,7 @@ impl<'a, S: Sink> Leader<'a, S> {
                 wait = wait.min(until_due);
             }
             let woken = self.wait_for_notice(wait).await?;
+            self.dispatch.move_before_next_claim();
             if self.shutdown.is_cancelled() || self.gates.due(Instant::now()) {
                 // Shut down: no relay listens any more, triggers need not NOTIFY. A copy
                 // due: the loop sends it, busy again.
