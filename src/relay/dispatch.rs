@@ -11,8 +11,10 @@
 //!   one statement.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tokio_postgres::Client;
@@ -200,10 +202,18 @@ impl<'a, S: Sink> Dispatch<'a, S> {
         })
     }
 
-    /// Whether every confirm of the first round of `in_flight` is in: settling it then
-    /// waits for nothing but its later rounds, if any.
+    /// Resolves once every confirm of the first round of `in_flight` is in: settling it
+    /// then waits for nothing but its later rounds, if any. May be dropped at any point.
+    pub fn confirmed<'s>(
+        &'s self,
+        in_flight: &'s InFlight<'a, S>,
+    ) -> impl Future<Output = ()> + Send + use<'s, 'a, S> {
+        self.sink.confirmed(&in_flight.unconfirmed)
+    }
+
+    /// Whether every confirm of the first round of `in_flight` is in by now.
     pub fn is_confirmed(&self, in_flight: &InFlight<'a, S>) -> bool {
-        self.sink.is_confirmed(&in_flight.unconfirmed)
+        self.confirmed(in_flight).now_or_never().is_some()
     }
 
     /// Waits for a batch's confirms, publishes its later rounds of copies, and works out

@@ -183,9 +183,9 @@ impl<'a, S: Sink> Leader<'a, S> {
             if self.prepared.is_some() {
                 self.quiet_polls = 0;
             } else if !self.in_flight.is_empty() {
-                // Nothing new: look again shortly; the oldest batch settles once its
-                // confirms are in.
-                self.pause(BUSY_POLL).await?;
+                // Nothing new: look again once the oldest batch's confirms are in (it
+                // settles then), or after a busy poll's wait if they are slow.
+                self.await_confirms_or(BUSY_POLL).await?;
             } else if self.quiet_polls < QUIET_POLLS {
                 self.quiet_polls += 1;
                 self.pause(BUSY_POLL).await?;
@@ -332,6 +332,18 @@ impl<'a, S: Sink> Leader<'a, S> {
             _ = self.shutdown.cancelled() => Ok(()),
             _ = self.sink_failed.notified() => Err(SessionError::SinkClosed(S::SERVICE)),
             _ = tokio::time::sleep(wait) => Ok(()),
+        }
+    }
+
+    /// Waits until the oldest batch in flight is confirmed, or for `wait`, unless shut
+    /// down or the broker connection fails first.
+    async fn await_confirms_or(&self, wait: Duration) -> Result<(), SessionError> {
+        let Some(oldest) = self.in_flight.front() else {
+            return self.pause(wait).await;
+        };
+        tokio::select! {
+            () = self.dispatch.confirmed(oldest) => Ok(()),
+            paused = self.pause(wait) => paused,
         }
     }
 

@@ -76,9 +76,10 @@ pub trait Sink: Send + Sync {
         sends: &[(&str, &Message)],
     ) -> impl Future<Output = Result<Self::Pending, Self::Error>> + Send;
 
-    /// Whether every confirmation of `pending` has come back, without waiting: the
-    /// relay settles a batch early once it has, and claims meanwhile otherwise.
-    fn is_confirmed(&self, pending: &Self::Pending) -> bool;
+    /// Resolves once every confirmation of `pending` has come back, without taking
+    /// them ([`Self::confirm`] does): the relay claims while it waits for this, and may
+    /// drop the wait at any point.
+    fn confirmed(&self, pending: &Self::Pending) -> impl Future<Output = ()> + Send;
 
     /// Waits for the confirmations of `pending`, in send order.
     fn confirm(

@@ -2,11 +2,14 @@
 //! confirms are awaited in send order, and returns are matched to their messages.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Connection, Event};
 use lapin::{Confirmation as LapinConfirmation, PublisherConfirm};
@@ -38,8 +41,9 @@ struct Confirms {
     next: u64,
     /// Not completed when last looked at, by number.
     waiting: HashMap<u64, PublisherConfirm>,
-    /// Completed while another batch was settled: acked or not, by number.
-    done: HashMap<u64, bool>,
+    /// Completed before their batch was settled: acked or not (or the connection's
+    /// error), by number.
+    done: HashMap<u64, Result<bool, lapin::Error>>,
     returns: Returns,
 }
 
@@ -73,15 +77,49 @@ impl Confirms {
 
     /// Takes in every waiting confirm that has completed by now, with its return.
     fn sweep(&mut self) {
-        let completed: Vec<(u64, LapinConfirmation)> = self
-            .waiting
-            .iter_mut()
-            .filter_map(|(seq, confirm)| Some((*seq, confirm.now_or_never()?.ok()?)))
-            .collect();
-        for (seq, confirmation) in completed {
+        let seqs: Vec<u64> = self.waiting.keys().copied().collect();
+        self.poll_confirms(seqs, &mut Context::from_waker(Waker::noop()));
+    }
+
+    /// Polls the waiting confirms numbered `seqs`, keeping what completed in `done`;
+    /// true if none of them is still waiting.
+    fn poll_confirms(&mut self, seqs: impl IntoIterator<Item = u64>, cx: &mut Context<'_>) -> bool {
+        let mut all_in = true;
+        for seq in seqs {
+            let Some(confirm) = self.waiting.get_mut(&seq) else {
+                continue;
+            };
+            let Poll::Ready(completed) = Pin::new(confirm).poll(cx) else {
+                all_in = false;
+                continue;
+            };
             self.waiting.remove(&seq);
-            let acked = self.take_in(confirmation);
-            self.done.insert(seq, acked);
+            let done = completed.map(|confirmation| self.take_in(confirmation));
+            self.done.insert(seq, done);
+        }
+        all_in
+    }
+}
+
+/// Resolves once every confirm of a batch has completed, without taking them: what
+/// completed is kept for [`Sink::confirm`], so the wait can be dropped at any point.
+struct AllConfirmed<'p> {
+    publisher: &'p Publisher,
+    seqs: std::ops::Range<u64>,
+}
+
+impl Future for AllConfirmed<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self
+            .publisher
+            .pending()
+            .poll_confirms(self.seqs.clone(), cx)
+        {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 }
@@ -193,14 +231,12 @@ impl Sink for Publisher {
         })
     }
 
-    /// Whether every confirm of `unconfirmed` has completed by now.
-    fn is_confirmed(&self, unconfirmed: &Unconfirmed) -> bool {
-        let mut pending = self.pending();
-        pending.sweep();
-        unconfirmed
-            .seqs
-            .clone()
-            .all(|seq| pending.done.contains_key(&seq))
+    /// Resolves once every confirm of `unconfirmed` has completed.
+    fn confirmed(&self, unconfirmed: &Unconfirmed) -> impl Future<Output = ()> + Send {
+        AllConfirmed {
+            publisher: self,
+            seqs: unconfirmed.seqs.clone(),
+        }
     }
 
     /// Waits for every confirm of `unconfirmed`; the answers come back in send order. A
@@ -218,7 +254,7 @@ impl Sink for Publisher {
             let taken = {
                 let mut pending = self.pending();
                 match pending.done.remove(&seq) {
-                    Some(done) => Err(done),
+                    Some(done) => Err(done?),
                     None => Ok(pending.waiting.remove(&seq)),
                 }
             };
