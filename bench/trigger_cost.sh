@@ -6,10 +6,10 @@
 #
 # - per row, in transactions of 500 tickets (`pgbench -c 1`, `transactions` of them):
 #   the insert with the trigger against the same with the trigger disabled;
-# - per call, in a loop of 20,000 inside one transaction: `itrelay.enqueue` as the
-#   trigger calls it, and each of its steps on its own (the outbox row's INSERT, the
-#   redaction, the entity and capture lookups, the idle check), with the loop's own
-#   cost taken off.
+# - per call, in a loop of 20,000 inside one transaction: the trigger's payload, and
+#   `itrelay.enqueue` as the trigger calls it with each of its steps on its own (the
+#   outbox row's INSERT, the redaction, the entity and capture lookups, the idle check),
+#   with the loop's own cost taken off.
 # Prints a Markdown table.
 set -euo pipefail
 
@@ -74,12 +74,14 @@ redact=$(per_call "v := itrelay.redact(v)")
 entity=$(per_call "SELECT e.entity_field || '':'' || (v ->> e.entity_field), e.lock_entity INTO x, y FROM itrelay.event_entities AS e WHERE e.event_type = ''it_ticket_created''")
 capture=$(per_call "y := (SELECT capture FROM itrelay.settings) = ''wal''")
 idle=$(per_call "y := pg_try_advisory_xact_lock_shared(hashtextextended(''itrelay idle'', 0))")
+build=$(per_call "v := ${payload//\'/\'\'}")
 
 cat <<EOF
 | step | µs |
 |---|---|
 | a ticket in a transaction of 500, with itrelay's trigger | $with_trigger |
 | the same, trigger disabled | $without_trigger |
+| the trigger's payload (\`jsonb_build_object\` of a ticket) | $build |
 | \`itrelay.enqueue\` as the trigger calls it | $enqueue |
 | of which: the outbox row's INSERT | $insert |
 | of which: \`itrelay.redact\` | $redact |

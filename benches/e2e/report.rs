@@ -587,8 +587,9 @@ impl Results {
         let _ = writeln!(
             out,
             "Run {} ({} mode, `{}`, {:.0} s) on {} × {}, {} MiB RAM, PostgreSQL {}, \
-             RabbitMQ {}; relay defaults (`relay.batch_size` 500, one channel, a batch's \
-             confirms awaited while the next is claimed and published){}.\n",
+             RabbitMQ {}; relay defaults (`relay.batch_size` 500, one channel, batches \
+             claimed and published while earlier ones' confirms are on their way, at most \
+             two batches' rows unconfirmed){}.\n",
             self.date,
             self.mode,
             self.command,
