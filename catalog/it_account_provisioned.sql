@@ -2,7 +2,7 @@ DECLARE
     event_type text := CASE NEW.status WHEN 'active' THEN 'it_account_provisioned'
                                        ELSE 'it_account_deactivated' END;
 BEGIN
-    PERFORM itrelay.enqueue(event_type, {{source_table}}, jsonb_strip_nulls(jsonb_build_object(
+    events := events || ROW(event_type, jsonb_strip_nulls(jsonb_build_object(
         'event_type', event_type,
         'organization_id', NEW.organization_id,
         'account_id', NEW.account_id,
@@ -12,6 +12,5 @@ BEGIN
         'previous_status', OLD.status,
         'new_status', NEW.status,
         'changed_by', NEW.updated_by,
-        'reason', CASE WHEN NEW.status = 'deactivated' THEN NEW.deactivation_reason END)));
-    RETURN NULL;
+        'reason', CASE WHEN NEW.status = 'deactivated' THEN NEW.deactivation_reason END)))::itrelay.new_event;
 END;

@@ -1,5 +1,5 @@
 BEGIN
-    PERFORM itrelay.enqueue('it_asset_assigned', {{source_table}}, jsonb_strip_nulls(jsonb_build_object(
+    events := events || ROW('it_asset_assigned', jsonb_strip_nulls(jsonb_build_object(
         'event_type', 'it_asset_assigned',
         'asset_id', NEW.asset_id,
         'employee_id', NEW.employee_id,
@@ -10,6 +10,5 @@ BEGIN
             'building', NEW.building,
             'room', NEW.room) END,
         'organization_id', NEW.organization_id,
-        'assigned_by', NEW.assigned_by)));
-    RETURN NULL;
+        'assigned_by', NEW.assigned_by)))::itrelay.new_event;
 END;

@@ -1,5 +1,5 @@
 BEGIN
-    PERFORM itrelay.enqueue('it_asset_disposed', {{source_table}}, jsonb_strip_nulls(jsonb_build_object(
+    events := events || ROW('it_asset_disposed', jsonb_strip_nulls(jsonb_build_object(
         'event_type', 'it_asset_disposed',
         'asset_id', NEW.asset_id,
         'asset_tag', NEW.asset_tag,
@@ -10,6 +10,5 @@ BEGIN
         'data_sanitization_method', NEW.data_sanitization_method,
         'certificate_of_destruction', NEW.certificate_of_destruction,
         'disposed_by', NEW.updated_by,
-        'organization_id', NEW.organization_id)));
-    RETURN NULL;
+        'organization_id', NEW.organization_id)))::itrelay.new_event;
 END;

@@ -16,21 +16,20 @@ DECLARE
         'scheduled_start', NEW.scheduled_start,
         'scheduled_end', NEW.scheduled_end);
 BEGIN
-    PERFORM itrelay.enqueue(event_type, {{source_table}}, jsonb_strip_nulls(change || jsonb_build_object(
+    events := events || ROW(event_type, jsonb_strip_nulls(change || jsonb_build_object(
         'event_type', event_type,
         -- OLD is NULL on insert: no previous status.
         'previous_status', CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END,
         'new_status', NEW.status,
         actor_field, NEW.updated_by,
         'approval_notes', CASE WHEN NEW.status = 'approved' THEN NEW.approval_notes END,
-        'reason', CASE WHEN NEW.status IN ('rejected', 'rolled_back') THEN NEW.status_reason END)));
+        'reason', CASE WHEN NEW.status IN ('rejected', 'rolled_back') THEN NEW.status_reason END)))::itrelay.new_event;
     IF NEW.status = 'submitted'
        AND (NEW.risk_level IN ('high', 'critical') OR NEW.cab_review_required) THEN
-        PERFORM itrelay.enqueue('it_cab_review_required', {{source_table}}, jsonb_strip_nulls(change || jsonb_build_object(
+        events := events || ROW('it_cab_review_required', jsonb_strip_nulls(change || jsonb_build_object(
             'event_type', 'it_cab_review_required',
             'requested_by', NEW.updated_by,
             'reason', CASE WHEN NEW.cab_review_required THEN NEW.cab_review_reason
-                           ELSE 'risk level ' || NEW.risk_level END)));
+                           ELSE 'risk level ' || NEW.risk_level END)))::itrelay.new_event;
     END IF;
-    RETURN NULL;
 END;

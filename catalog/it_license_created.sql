@@ -1,5 +1,5 @@
 BEGIN
-    PERFORM itrelay.enqueue('it_license_created', {{source_table}}, jsonb_strip_nulls(jsonb_build_object(
+    events := events || ROW('it_license_created', jsonb_strip_nulls(jsonb_build_object(
         'event_type', 'it_license_created',
         'license_id', NEW.license_id,
         'software_name', NEW.software_name,
@@ -13,6 +13,5 @@ BEGIN
         'purchase_date', NEW.purchase_date,
         'expiration_date', NEW.expiration_date,
         'vendor_id', NEW.vendor_id,
-        'organization_id', NEW.organization_id)));
-    RETURN NULL;
+        'organization_id', NEW.organization_id)))::itrelay.new_event;
 END;

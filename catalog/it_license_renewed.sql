@@ -1,5 +1,5 @@
 BEGIN
-    PERFORM itrelay.enqueue('it_license_renewed', {{source_table}}, jsonb_strip_nulls(jsonb_build_object(
+    events := events || ROW('it_license_renewed', jsonb_strip_nulls(jsonb_build_object(
         'event_type', 'it_license_renewed',
         'license_id', NEW.license_id,
         'software_name', NEW.software_name,
@@ -9,6 +9,5 @@ BEGIN
         'renewal_date', current_date,
         'renewal_cost', NEW.renewal_cost,
         'renewed_by', NEW.updated_by,
-        'organization_id', NEW.organization_id)));
-    RETURN NULL;
+        'organization_id', NEW.organization_id)))::itrelay.new_event;
 END;

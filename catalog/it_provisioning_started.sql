@@ -2,7 +2,7 @@ DECLARE
     event_type text := CASE NEW.status WHEN 'in_progress' THEN 'it_provisioning_started'
                                        ELSE 'it_provisioning_completed' END;
 BEGIN
-    PERFORM itrelay.enqueue(event_type, {{source_table}}, jsonb_strip_nulls(jsonb_build_object(
+    events := events || ROW(event_type, jsonb_strip_nulls(jsonb_build_object(
         'event_type', event_type,
         'organization_id', NEW.organization_id,
         'onboarding_instance_id', NEW.onboarding_instance_id,
@@ -10,6 +10,5 @@ BEGIN
         'previous_status', OLD.status,
         'new_status', NEW.status,
         'changed_by', NEW.updated_by,
-        'completed_at', CASE WHEN NEW.status = 'completed' THEN NEW.completed_at END)));
-    RETURN NULL;
+        'completed_at', CASE WHEN NEW.status = 'completed' THEN NEW.completed_at END)))::itrelay.new_event;
 END;

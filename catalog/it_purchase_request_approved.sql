@@ -1,5 +1,5 @@
 BEGIN
-    PERFORM itrelay.enqueue('it_purchase_request_approved', {{source_table}}, jsonb_strip_nulls(jsonb_build_object(
+    events := events || ROW('it_purchase_request_approved', jsonb_strip_nulls(jsonb_build_object(
         'event_type', 'it_purchase_request_approved',
         'request_id', NEW.request_id,
         'request_number', NEW.request_number,
@@ -10,6 +10,5 @@ BEGIN
         'approved_by', NEW.updated_by,
         'approved_at', now(),
         'approval_notes', NEW.approval_notes,
-        'organization_id', NEW.organization_id)));
-    RETURN NULL;
+        'organization_id', NEW.organization_id)))::itrelay.new_event;
 END;

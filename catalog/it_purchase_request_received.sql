@@ -13,7 +13,7 @@ BEGIN
            AND {{literal_column:it_purchase_request_items.quantity_received}} > 0', {{table:it_purchase_request_items}})
     INTO items
     USING NEW.request_id;
-    PERFORM itrelay.enqueue('it_purchase_request_received', {{source_table}}, jsonb_strip_nulls(jsonb_build_object(
+    events := events || ROW('it_purchase_request_received', jsonb_strip_nulls(jsonb_build_object(
         'event_type', 'it_purchase_request_received',
         'request_id', NEW.request_id,
         'request_number', NEW.request_number,
@@ -22,6 +22,5 @@ BEGIN
         'received_by', NEW.updated_by,
         'received_date', NEW.received_date,
         'vendor_id', NEW.vendor_id,
-        'organization_id', NEW.organization_id)));
-    RETURN NULL;
+        'organization_id', NEW.organization_id)))::itrelay.new_event;
 END;

@@ -1,5 +1,5 @@
 BEGIN
-    PERFORM itrelay.enqueue('it_purchase_request_submitted', {{source_table}}, jsonb_strip_nulls(jsonb_build_object(
+    events := events || ROW('it_purchase_request_submitted', jsonb_strip_nulls(jsonb_build_object(
         'event_type', 'it_purchase_request_submitted',
         'request_id', NEW.request_id,
         'request_number', NEW.request_number,
@@ -9,6 +9,5 @@ BEGIN
         'justification', NEW.justification,
         'vendor_id', NEW.vendor_id,
         'organization_id', NEW.organization_id,
-        'site_id', NEW.site_id)));
-    RETURN NULL;
+        'site_id', NEW.site_id)))::itrelay.new_event;
 END;

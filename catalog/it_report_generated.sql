@@ -2,7 +2,7 @@ DECLARE
     failed boolean := NEW.status = 'failed';
     event_type text := CASE WHEN failed THEN 'it_report_failed' ELSE 'it_report_generated' END;
 BEGIN
-    PERFORM itrelay.enqueue(event_type, {{source_table}}, jsonb_strip_nulls(jsonb_build_object(
+    events := events || ROW(event_type, jsonb_strip_nulls(jsonb_build_object(
         'event_type', event_type,
         'organization_id', NEW.organization_id,
         'report_id', NEW.report_id,
@@ -13,6 +13,5 @@ BEGIN
         'error_code', CASE WHEN failed THEN NEW.error_code END,
         'error_message', CASE WHEN failed THEN NEW.error_message END,
         'retryable', CASE WHEN failed THEN NEW.retryable END,
-        'requested_by', NEW.requested_by)));
-    RETURN NULL;
+        'requested_by', NEW.requested_by)))::itrelay.new_event;
 END;

@@ -1,5 +1,5 @@
 BEGIN
-    PERFORM itrelay.enqueue('it_security_incident_created', {{source_table}}, jsonb_strip_nulls(jsonb_build_object(
+    events := events || ROW('it_security_incident_created', jsonb_strip_nulls(jsonb_build_object(
         'event_type', 'it_security_incident_created',
         'incident_id', NEW.incident_id,
         'incident_number', NEW.incident_number,
@@ -11,6 +11,5 @@ BEGIN
         'detected_at', NEW.detected_at,
         'reported_by', NEW.reported_by,
         'organization_id', NEW.organization_id,
-        'site_id', NEW.site_id)));
-    RETURN NULL;
+        'site_id', NEW.site_id)))::itrelay.new_event;
 END;

@@ -717,59 +717,104 @@ $$;
 
 -- ==== End of WAL capture ====
 
--- Records one event, and wakes the relay if it is idle. At most one NOTIFY per
--- transaction: identical notifications in a transaction are folded into one.
+-- One event, as the triggers collect them: its type and its payload.
+DO $$
+BEGIN
+    CREATE TYPE itrelay.new_event AS (event_type text, payload jsonb);
+EXCEPTION WHEN duplicate_object THEN
+    NULL;
+END;
+$$;
+
+-- Records events, in the order given, and wakes the relay if it is idle. At most one
+-- NOTIFY per transaction: identical notifications in a transaction are folded into one.
+-- The row-change triggers call it once per statement with the events of every row the
+-- statement changed, so a statement of many rows pays for these statements once.
 --
 -- Per-entity order: the relay publishes in id order, so of two transactions writing
 -- events of one entity, the second must take its ids after the first has committed or
 -- rolled back. Where the business write locks the entity's row (a ticket's UPDATE) the
 -- row lock does that. Where it does not (an assignment's asset, a scan's subject), this
--- takes a row lock on the entity's row in itrelay.entity_locks, before the event takes
--- its id, held until the transaction ends. A row lock, not an advisory lock: a
--- transaction of a million events takes no shared lock memory.
+-- takes a row lock on the entity's row in itrelay.entity_locks, before the events take
+-- their ids, held until the transaction ends: in the entities' order, so two
+-- transactions locking the same entities never wait for each other in a cycle. A row
+-- lock, not an advisory lock: a transaction of a million events takes no shared lock
+-- memory.
 --
--- Under capture 'wal' the event is a transactional logical message instead of a row
+-- Under capture 'wal' each event is a transactional logical message instead of a row
 -- (see WAL capture above), which the relay moves into itrelay.events in commit order.
--- The entity's lock is taken all the same, so that events of one entity keep their
+-- The entities' locks are taken all the same, so that events of one entity keep their
 -- order across a switch of mode. A transaction recording to WAL holds the lock
 -- `itrelay capture` shared until it ends: a switch back to the outbox waits for it.
-CREATE OR REPLACE FUNCTION itrelay.enqueue(p_event_type text, p_source_table text, p_payload jsonb)
+--
+-- plan_cache_mode: planned once per session, whatever the number of events (a plan made
+-- for each call's array would cost more than the call).
+CREATE OR REPLACE FUNCTION itrelay.enqueue_events(p_source_table text, p_events itrelay.new_event[])
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    v_entity text;
-    v_lock   boolean;
-    v_wal    boolean := false;
+    v_wal     boolean := false;
+    v_event   record;
+    v_wal_key text;
 BEGIN
-    SELECT e.entity_field || ':' || (p_payload ->> e.entity_field), e.lock_entity
-    INTO v_entity, v_lock
-    FROM itrelay.event_entities AS e WHERE e.event_type = p_event_type;
-    IF v_lock AND v_entity IS NOT NULL THEN
-        -- Locks the row, inserting it first if need be; never rewrites it.
-        INSERT INTO itrelay.entity_locks (entity) VALUES (v_entity)
-        ON CONFLICT (entity) DO UPDATE SET entity = excluded.entity WHERE false;
+    IF coalesce(cardinality(p_events), 0) = 0 THEN
+        RETURN;
     END IF;
+    -- Locks each row, inserting it first if need be; never rewrites it.
+    INSERT INTO itrelay.entity_locks (entity)
+    SELECT DISTINCT e.entity_field || ':' || (u.payload ->> e.entity_field)
+    FROM unnest(p_events) AS u
+    JOIN itrelay.event_entities AS e ON e.event_type = u.event_type
+    WHERE e.lock_entity AND u.payload ->> e.entity_field IS NOT NULL
+    ORDER BY 1
+    ON CONFLICT (entity) DO UPDATE SET entity = excluded.entity WHERE false;
     IF (SELECT capture FROM itrelay.settings) = 'wal' THEN
         PERFORM pg_advisory_xact_lock_shared(hashtextextended('itrelay capture', 0));
         -- Read again under the lock: a switch to the outbox may have committed meanwhile.
         v_wal := (SELECT capture FROM itrelay.settings) = 'wal';
     END IF;
     IF v_wal THEN
-        PERFORM pg_logical_emit_message(true, 'itrelay:' || (SELECT key FROM itrelay.wal_key),
-            jsonb_build_object('event_id', gen_random_uuid(), 'event_type', p_event_type,
-                               'source_table', p_source_table, 'entity', v_entity,
-                               'created_at', now(), 'payload', itrelay.redact(p_payload))::text);
+        v_wal_key := 'itrelay:' || (SELECT key FROM itrelay.wal_key);
+        FOR v_event IN
+            SELECT u.event_type, u.payload,
+                   (SELECT e.entity_field || ':' || (u.payload ->> e.entity_field)
+                    FROM itrelay.event_entities AS e WHERE e.event_type = u.event_type) AS entity
+            FROM unnest(p_events) WITH ORDINALITY AS u (event_type, payload, n)
+            ORDER BY u.n
+        LOOP
+            PERFORM pg_logical_emit_message(true, v_wal_key,
+                jsonb_build_object('event_id', gen_random_uuid(), 'event_type', v_event.event_type,
+                                   'source_table', p_source_table, 'entity', v_event.entity,
+                                   'created_at', now(),
+                                   'payload', itrelay.redact(v_event.payload))::text);
+        END LOOP;
     ELSE
+        -- Ids are taken in the order the rows are inserted: the events' order.
         INSERT INTO itrelay.events (event_type, payload, source_table, entity)
-        VALUES (p_event_type, itrelay.redact(p_payload), p_source_table, v_entity);
+        SELECT u.event_type, itrelay.redact(u.payload), p_source_table,
+               (SELECT e.entity_field || ':' || (u.payload ->> e.entity_field)
+                FROM itrelay.event_entities AS e WHERE e.event_type = u.event_type)
+        FROM unnest(p_events) WITH ORDINALITY AS u (event_type, payload, n)
+        ORDER BY u.n;
     END IF;
     IF NOT pg_try_advisory_xact_lock_shared(hashtextextended('itrelay idle', 0)) THEN
         PERFORM pg_notify((SELECT channel FROM itrelay.settings), '');
     END IF;
 END;
+$$;
+
+-- Records one event (see itrelay.enqueue_events).
+CREATE OR REPLACE FUNCTION itrelay.enqueue(p_event_type text, p_source_table text, p_payload jsonb)
+RETURNS void
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT itrelay.enqueue_events(p_source_table, ARRAY[ROW(p_event_type, p_payload)::itrelay.new_event]);
 $$;
 
 -- The durable API for a DBA's own triggers and producers: records one event, with
@@ -829,20 +874,43 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    event_type text := CASE NEW.status WHEN 'active' THEN 'it_account_provisioned'
-                                       ELSE 'it_account_deactivated' END;
+    events itrelay.new_event[] := '{}';
+    changed_rows refcursor;
+    changed record;
 BEGIN
-    PERFORM itrelay.enqueue(event_type, 'it_access_accounts', jsonb_strip_nulls(jsonb_build_object(
-        'event_type', event_type,
-        'organization_id', NEW.organization_id,
-        'account_id', NEW.account_id,
-        'employee_id', NEW.employee_id,
-        'system_name', NEW.system_name,
-        'account_username', NEW.account_username,
-        'previous_status', OLD.status,
-        'new_status', NEW.status,
-        'changed_by', NEW.updated_by,
-        'reason', CASE WHEN NEW.status = 'deactivated' THEN NEW.deactivation_reason END)));
+    IF TG_OP = 'UPDATE' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            ORDER BY i;
+    END IF;
+    LOOP
+        FETCH changed_rows INTO changed;
+        EXIT WHEN NOT FOUND;
+        NEW := changed.new;
+        OLD := changed.old;
+        IF TG_OP = 'UPDATE' THEN
+            CONTINUE WHEN (NEW.status IN ('active', 'deactivated') AND NEW.status IS DISTINCT FROM OLD.status) IS NOT TRUE;
+        END IF;
+        DECLARE
+            event_type text := CASE NEW.status WHEN 'active' THEN 'it_account_provisioned'
+                                               ELSE 'it_account_deactivated' END;
+        BEGIN
+            events := events || ROW(event_type, jsonb_strip_nulls(jsonb_build_object(
+                'event_type', event_type,
+                'organization_id', NEW.organization_id,
+                'account_id', NEW.account_id,
+                'employee_id', NEW.employee_id,
+                'system_name', NEW.system_name,
+                'account_username', NEW.account_username,
+                'previous_status', OLD.status,
+                'new_status', NEW.status,
+                'changed_by', NEW.updated_by,
+                'reason', CASE WHEN NEW.status = 'deactivated' THEN NEW.deactivation_reason END)))::itrelay.new_event;
+        END;
+    END LOOP;
+    CLOSE changed_rows;
+    PERFORM itrelay.enqueue_events('it_access_accounts', events);
     RETURN NULL;
 END;
 $$;
@@ -854,8 +922,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_account_status_trigger
             AFTER UPDATE ON it_access_accounts
-            FOR EACH ROW
-            WHEN (NEW.status IN ('active', 'deactivated') AND NEW.status IS DISTINCT FROM OLD.status)
+            REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_account_status();
     END IF;
 END;
@@ -868,19 +936,39 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    events itrelay.new_event[] := '{}';
+    changed_rows refcursor;
+    changed record;
 BEGIN
-    PERFORM itrelay.enqueue('it_asset_assigned', 'it_asset_assignments', jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_asset_assigned',
-        'asset_id', NEW.asset_id,
-        'employee_id', NEW.employee_id,
-        'assignment_date', NEW.assignment_date,
-        'previous_assignee_id', NEW.previous_assignee_id,
-        'location', CASE WHEN NEW.site_id IS NOT NULL THEN jsonb_build_object(
-            'site_id', NEW.site_id,
-            'building', NEW.building,
-            'room', NEW.room) END,
-        'organization_id', NEW.organization_id,
-        'assigned_by', NEW.assigned_by)));
+    IF TG_OP = 'INSERT' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            ORDER BY i;
+    END IF;
+    LOOP
+        FETCH changed_rows INTO changed;
+        EXIT WHEN NOT FOUND;
+        NEW := changed.new;
+        OLD := changed.old;
+        BEGIN
+            events := events || ROW('it_asset_assigned', jsonb_strip_nulls(jsonb_build_object(
+                'event_type', 'it_asset_assigned',
+                'asset_id', NEW.asset_id,
+                'employee_id', NEW.employee_id,
+                'assignment_date', NEW.assignment_date,
+                'previous_assignee_id', NEW.previous_assignee_id,
+                'location', CASE WHEN NEW.site_id IS NOT NULL THEN jsonb_build_object(
+                    'site_id', NEW.site_id,
+                    'building', NEW.building,
+                    'room', NEW.room) END,
+                'organization_id', NEW.organization_id,
+                'assigned_by', NEW.assigned_by)))::itrelay.new_event;
+        END;
+    END LOOP;
+    CLOSE changed_rows;
+    PERFORM itrelay.enqueue_events('it_asset_assignments', events);
     RETURN NULL;
 END;
 $$;
@@ -892,7 +980,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_asset_assigned_trigger
             AFTER INSERT ON it_asset_assignments
-            FOR EACH ROW
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_asset_assigned();
     END IF;
 END;
@@ -905,19 +994,42 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    events itrelay.new_event[] := '{}';
+    changed_rows refcursor;
+    changed record;
 BEGIN
-    PERFORM itrelay.enqueue('it_asset_disposed', 'it_assets', jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_asset_disposed',
-        'asset_id', NEW.asset_id,
-        'asset_tag', NEW.asset_tag,
-        'asset_name', NEW.asset_name,
-        'disposal_method', NEW.disposal_method,
-        'disposal_date', NEW.disposal_date,
-        'disposal_value', NEW.disposal_value,
-        'data_sanitization_method', NEW.data_sanitization_method,
-        'certificate_of_destruction', NEW.certificate_of_destruction,
-        'disposed_by', NEW.updated_by,
-        'organization_id', NEW.organization_id)));
+    IF TG_OP = 'UPDATE' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            ORDER BY i;
+    END IF;
+    LOOP
+        FETCH changed_rows INTO changed;
+        EXIT WHEN NOT FOUND;
+        NEW := changed.new;
+        OLD := changed.old;
+        IF TG_OP = 'UPDATE' THEN
+            CONTINUE WHEN (NEW.status = 'disposed' AND OLD.status IS DISTINCT FROM 'disposed') IS NOT TRUE;
+        END IF;
+        BEGIN
+            events := events || ROW('it_asset_disposed', jsonb_strip_nulls(jsonb_build_object(
+                'event_type', 'it_asset_disposed',
+                'asset_id', NEW.asset_id,
+                'asset_tag', NEW.asset_tag,
+                'asset_name', NEW.asset_name,
+                'disposal_method', NEW.disposal_method,
+                'disposal_date', NEW.disposal_date,
+                'disposal_value', NEW.disposal_value,
+                'data_sanitization_method', NEW.data_sanitization_method,
+                'certificate_of_destruction', NEW.certificate_of_destruction,
+                'disposed_by', NEW.updated_by,
+                'organization_id', NEW.organization_id)))::itrelay.new_event;
+        END;
+    END LOOP;
+    CLOSE changed_rows;
+    PERFORM itrelay.enqueue_events('it_assets', events);
     RETURN NULL;
 END;
 $$;
@@ -929,8 +1041,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_asset_disposed_trigger
             AFTER UPDATE ON it_assets
-            FOR EACH ROW
-            WHEN (NEW.status = 'disposed' AND OLD.status IS DISTINCT FROM 'disposed')
+            REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_asset_disposed();
     END IF;
 END;
@@ -943,15 +1055,35 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    events itrelay.new_event[] := '{}';
+    changed_rows refcursor;
+    changed record;
 BEGIN
-    PERFORM itrelay.enqueue('it_asset_maintenance_required', 'it_maintenance_requests', jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_asset_maintenance_required',
-        'asset_id', NEW.asset_id,
-        'maintenance_type', NEW.maintenance_type,
-        'description', NEW.description,
-        'priority', NEW.priority,
-        'requested_by', NEW.requested_by,
-        'organization_id', NEW.organization_id)));
+    IF TG_OP = 'INSERT' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            ORDER BY i;
+    END IF;
+    LOOP
+        FETCH changed_rows INTO changed;
+        EXIT WHEN NOT FOUND;
+        NEW := changed.new;
+        OLD := changed.old;
+        BEGIN
+            events := events || ROW('it_asset_maintenance_required', jsonb_strip_nulls(jsonb_build_object(
+                'event_type', 'it_asset_maintenance_required',
+                'asset_id', NEW.asset_id,
+                'maintenance_type', NEW.maintenance_type,
+                'description', NEW.description,
+                'priority', NEW.priority,
+                'requested_by', NEW.requested_by,
+                'organization_id', NEW.organization_id)))::itrelay.new_event;
+        END;
+    END LOOP;
+    CLOSE changed_rows;
+    PERFORM itrelay.enqueue_events('it_maintenance_requests', events);
     RETURN NULL;
 END;
 $$;
@@ -963,7 +1095,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_asset_maintenance_required_trigger
             AFTER INSERT ON it_maintenance_requests
-            FOR EACH ROW
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_asset_maintenance_required();
     END IF;
 END;
@@ -976,24 +1109,56 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    events itrelay.new_event[] := '{}';
+    changed_rows refcursor;
+    changed record;
 BEGIN
-    -- Once per asset, ever: clearing purchase_cost or purchase_date and setting it again
-    -- does not capitalise the asset a second time.
-    PERFORM itrelay.record_due('it_asset_purchased', NEW.asset_id, 'first set', 0, 'it_assets',
-        jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_asset_purchased',
-        'asset_id', NEW.asset_id,
-        'asset_tag', NEW.asset_tag,
-        'asset_type', NEW.asset_type,
-        'asset_name', NEW.asset_name,
-        'purchase_cost', NEW.purchase_cost,
-        'purchase_date', NEW.purchase_date,
-        'vendor_id', NEW.vendor_id,
-        'po_number', NEW.po_number,
-        'serial_number', NEW.serial_number,
-        'warranty_months', NEW.warranty_months,
-        'organization_id', NEW.organization_id,
-        'site_id', NEW.site_id)));
+    IF TG_OP = 'INSERT' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            ORDER BY i;
+    ELSIF TG_OP = 'UPDATE' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            ORDER BY i;
+    END IF;
+    LOOP
+        FETCH changed_rows INTO changed;
+        EXIT WHEN NOT FOUND;
+        NEW := changed.new;
+        OLD := changed.old;
+        IF TG_OP = 'INSERT' THEN
+            CONTINUE WHEN (NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL) IS NOT TRUE;
+        END IF;
+        IF TG_OP = 'UPDATE' THEN
+            CONTINUE WHEN (NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL AND (OLD.purchase_cost IS NULL OR OLD.purchase_date IS NULL)) IS NOT TRUE;
+        END IF;
+        BEGIN
+            -- Once per asset, ever: clearing purchase_cost or purchase_date and setting it again
+            -- does not capitalise the asset a second time.
+            IF itrelay.claim_due('it_asset_purchased', NEW.asset_id, 'first set', 0) THEN
+                events := events || ROW('it_asset_purchased', jsonb_strip_nulls(jsonb_build_object(
+                    'event_type', 'it_asset_purchased',
+                    'asset_id', NEW.asset_id,
+                    'asset_tag', NEW.asset_tag,
+                    'asset_type', NEW.asset_type,
+                    'asset_name', NEW.asset_name,
+                    'purchase_cost', NEW.purchase_cost,
+                    'purchase_date', NEW.purchase_date,
+                    'vendor_id', NEW.vendor_id,
+                    'po_number', NEW.po_number,
+                    'serial_number', NEW.serial_number,
+                    'warranty_months', NEW.warranty_months,
+                    'organization_id', NEW.organization_id,
+                    'site_id', NEW.site_id)))::itrelay.new_event;
+            END IF;
+        END;
+    END LOOP;
+    CLOSE changed_rows;
+    PERFORM itrelay.enqueue_events('it_assets', events);
     RETURN NULL;
 END;
 $$;
@@ -1005,8 +1170,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_asset_purchased_insert_trigger
             AFTER INSERT ON it_assets
-            FOR EACH ROW
-            WHEN (NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL)
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_asset_purchased();
     END IF;
 END;
@@ -1019,8 +1184,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_asset_purchased_trigger
             AFTER UPDATE ON it_assets
-            FOR EACH ROW
-            WHEN (NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL AND (OLD.purchase_cost IS NULL OR OLD.purchase_date IS NULL))
+            REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_asset_purchased();
     END IF;
 END;
@@ -1040,39 +1205,70 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    event_type text := 'it_change_' || NEW.status;
-    actor_field text := CASE NEW.status WHEN 'submitted' THEN 'submitted_by'
-                                        WHEN 'approved' THEN 'approved_by'
-                                        WHEN 'rejected' THEN 'rejected_by'
-                                        WHEN 'scheduled' THEN 'scheduled_by'
-                                        WHEN 'implemented' THEN 'implemented_by'
-                                        ELSE 'rolled_back_by' END;
-    change jsonb := jsonb_build_object(
-        'organization_id', NEW.organization_id,
-        'change_id', NEW.change_id,
-        'change_number', NEW.change_number,
-        'title', NEW.title,
-        'change_type', NEW.change_type,
-        'risk_level', NEW.risk_level,
-        'scheduled_start', NEW.scheduled_start,
-        'scheduled_end', NEW.scheduled_end);
+    events itrelay.new_event[] := '{}';
+    changed_rows refcursor;
+    changed record;
 BEGIN
-    PERFORM itrelay.enqueue(event_type, 'it_changes', jsonb_strip_nulls(change || jsonb_build_object(
-        'event_type', event_type,
-        -- OLD is NULL on insert: no previous status.
-        'previous_status', CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END,
-        'new_status', NEW.status,
-        actor_field, NEW.updated_by,
-        'approval_notes', CASE WHEN NEW.status = 'approved' THEN NEW.approval_notes END,
-        'reason', CASE WHEN NEW.status IN ('rejected', 'rolled_back') THEN NEW.status_reason END)));
-    IF NEW.status = 'submitted'
-       AND (NEW.risk_level IN ('high', 'critical') OR NEW.cab_review_required) THEN
-        PERFORM itrelay.enqueue('it_cab_review_required', 'it_changes', jsonb_strip_nulls(change || jsonb_build_object(
-            'event_type', 'it_cab_review_required',
-            'requested_by', NEW.updated_by,
-            'reason', CASE WHEN NEW.cab_review_required THEN NEW.cab_review_reason
-                           ELSE 'risk level ' || NEW.risk_level END)));
+    IF TG_OP = 'INSERT' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            ORDER BY i;
+    ELSIF TG_OP = 'UPDATE' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            ORDER BY i;
     END IF;
+    LOOP
+        FETCH changed_rows INTO changed;
+        EXIT WHEN NOT FOUND;
+        NEW := changed.new;
+        OLD := changed.old;
+        IF TG_OP = 'INSERT' THEN
+            CONTINUE WHEN (NEW.status = 'submitted') IS NOT TRUE;
+        END IF;
+        IF TG_OP = 'UPDATE' THEN
+            CONTINUE WHEN (NEW.status IN ('submitted', 'approved', 'rejected', 'scheduled', 'implemented', 'rolled_back') AND NEW.status IS DISTINCT FROM OLD.status) IS NOT TRUE;
+        END IF;
+        DECLARE
+            event_type text := 'it_change_' || NEW.status;
+            actor_field text := CASE NEW.status WHEN 'submitted' THEN 'submitted_by'
+                                                WHEN 'approved' THEN 'approved_by'
+                                                WHEN 'rejected' THEN 'rejected_by'
+                                                WHEN 'scheduled' THEN 'scheduled_by'
+                                                WHEN 'implemented' THEN 'implemented_by'
+                                                ELSE 'rolled_back_by' END;
+            change jsonb := jsonb_build_object(
+                'organization_id', NEW.organization_id,
+                'change_id', NEW.change_id,
+                'change_number', NEW.change_number,
+                'title', NEW.title,
+                'change_type', NEW.change_type,
+                'risk_level', NEW.risk_level,
+                'scheduled_start', NEW.scheduled_start,
+                'scheduled_end', NEW.scheduled_end);
+        BEGIN
+            events := events || ROW(event_type, jsonb_strip_nulls(change || jsonb_build_object(
+                'event_type', event_type,
+                -- OLD is NULL on insert: no previous status.
+                'previous_status', CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END,
+                'new_status', NEW.status,
+                actor_field, NEW.updated_by,
+                'approval_notes', CASE WHEN NEW.status = 'approved' THEN NEW.approval_notes END,
+                'reason', CASE WHEN NEW.status IN ('rejected', 'rolled_back') THEN NEW.status_reason END)))::itrelay.new_event;
+            IF NEW.status = 'submitted'
+               AND (NEW.risk_level IN ('high', 'critical') OR NEW.cab_review_required) THEN
+                events := events || ROW('it_cab_review_required', jsonb_strip_nulls(change || jsonb_build_object(
+                    'event_type', 'it_cab_review_required',
+                    'requested_by', NEW.updated_by,
+                    'reason', CASE WHEN NEW.cab_review_required THEN NEW.cab_review_reason
+                                   ELSE 'risk level ' || NEW.risk_level END)))::itrelay.new_event;
+            END IF;
+        END;
+    END LOOP;
+    CLOSE changed_rows;
+    PERFORM itrelay.enqueue_events('it_changes', events);
     RETURN NULL;
 END;
 $$;
@@ -1084,8 +1280,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_change_status_insert_trigger
             AFTER INSERT ON it_changes
-            FOR EACH ROW
-            WHEN (NEW.status = 'submitted')
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_change_status();
     END IF;
 END;
@@ -1098,8 +1294,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_change_status_trigger
             AFTER UPDATE ON it_changes
-            FOR EACH ROW
-            WHEN (NEW.status IN ('submitted', 'approved', 'rejected', 'scheduled', 'implemented', 'rolled_back') AND NEW.status IS DISTINCT FROM OLD.status)
+            REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_change_status();
     END IF;
 END;
@@ -1112,19 +1308,50 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    events itrelay.new_event[] := '{}';
+    changed_rows refcursor;
+    changed record;
 BEGIN
-    PERFORM itrelay.enqueue('it_critical_vulnerability_detected', 'it_vulnerabilities', jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_critical_vulnerability_detected',
-        'vulnerability_id', NEW.vulnerability_id,
-        'cve_id', NEW.cve_id,
-        'vulnerability_name', NEW.vulnerability_name,
-        'severity', NEW.severity,
-        'cvss_score', NEW.cvss_score,
-        'affected_asset_ids', NEW.affected_asset_ids,
-        'affected_asset_count', cardinality(NEW.affected_asset_ids),
-        'remediation_available', NEW.remediation_available,
-        'patch_id', NEW.patch_id,
-        'organization_id', NEW.organization_id)));
+    IF TG_OP = 'INSERT' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            ORDER BY i;
+    ELSIF TG_OP = 'UPDATE' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            ORDER BY i;
+    END IF;
+    LOOP
+        FETCH changed_rows INTO changed;
+        EXIT WHEN NOT FOUND;
+        NEW := changed.new;
+        OLD := changed.old;
+        IF TG_OP = 'INSERT' THEN
+            CONTINUE WHEN (NEW.severity = 'critical') IS NOT TRUE;
+        END IF;
+        IF TG_OP = 'UPDATE' THEN
+            CONTINUE WHEN (NEW.severity = 'critical' AND OLD.severity IS DISTINCT FROM 'critical') IS NOT TRUE;
+        END IF;
+        BEGIN
+            events := events || ROW('it_critical_vulnerability_detected', jsonb_strip_nulls(jsonb_build_object(
+                'event_type', 'it_critical_vulnerability_detected',
+                'vulnerability_id', NEW.vulnerability_id,
+                'cve_id', NEW.cve_id,
+                'vulnerability_name', NEW.vulnerability_name,
+                'severity', NEW.severity,
+                'cvss_score', NEW.cvss_score,
+                'affected_asset_ids', NEW.affected_asset_ids,
+                'affected_asset_count', cardinality(NEW.affected_asset_ids),
+                'remediation_available', NEW.remediation_available,
+                'patch_id', NEW.patch_id,
+                'organization_id', NEW.organization_id)))::itrelay.new_event;
+        END;
+    END LOOP;
+    CLOSE changed_rows;
+    PERFORM itrelay.enqueue_events('it_vulnerabilities', events);
     RETURN NULL;
 END;
 $$;
@@ -1136,8 +1363,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_critical_vulnerability_detected_insert_trigger
             AFTER INSERT ON it_vulnerabilities
-            FOR EACH ROW
-            WHEN (NEW.severity = 'critical')
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_critical_vulnerability_detected();
     END IF;
 END;
@@ -1150,8 +1377,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_critical_vulnerability_detected_trigger
             AFTER UPDATE ON it_vulnerabilities
-            FOR EACH ROW
-            WHEN (NEW.severity = 'critical' AND OLD.severity IS DISTINCT FROM 'critical')
+            REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_critical_vulnerability_detected();
     END IF;
 END;
@@ -1164,22 +1391,42 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    events itrelay.new_event[] := '{}';
+    changed_rows refcursor;
+    changed record;
 BEGIN
-    PERFORM itrelay.enqueue('it_license_created', 'it_licenses', jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_license_created',
-        'license_id', NEW.license_id,
-        'software_name', NEW.software_name,
-        'software_vendor', NEW.software_vendor,
-        'license_type', NEW.license_type,
-        'license_key_ref', CASE WHEN NEW.license_key <> ''
-            THEN 'it_licenses/' || NEW.license_id || '/license_key' END,
-        'license_count', NEW.license_count,
-        'cost_per_license', NEW.cost_per_license,
-        'total_cost', NEW.license_count * NEW.cost_per_license,
-        'purchase_date', NEW.purchase_date,
-        'expiration_date', NEW.expiration_date,
-        'vendor_id', NEW.vendor_id,
-        'organization_id', NEW.organization_id)));
+    IF TG_OP = 'INSERT' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            ORDER BY i;
+    END IF;
+    LOOP
+        FETCH changed_rows INTO changed;
+        EXIT WHEN NOT FOUND;
+        NEW := changed.new;
+        OLD := changed.old;
+        BEGIN
+            events := events || ROW('it_license_created', jsonb_strip_nulls(jsonb_build_object(
+                'event_type', 'it_license_created',
+                'license_id', NEW.license_id,
+                'software_name', NEW.software_name,
+                'software_vendor', NEW.software_vendor,
+                'license_type', NEW.license_type,
+                'license_key_ref', CASE WHEN NEW.license_key <> ''
+                    THEN 'it_licenses/' || NEW.license_id || '/license_key' END,
+                'license_count', NEW.license_count,
+                'cost_per_license', NEW.cost_per_license,
+                'total_cost', NEW.license_count * NEW.cost_per_license,
+                'purchase_date', NEW.purchase_date,
+                'expiration_date', NEW.expiration_date,
+                'vendor_id', NEW.vendor_id,
+                'organization_id', NEW.organization_id)))::itrelay.new_event;
+        END;
+    END LOOP;
+    CLOSE changed_rows;
+    PERFORM itrelay.enqueue_events('it_licenses', events);
     RETURN NULL;
 END;
 $$;
@@ -1191,7 +1438,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_license_created_trigger
             AFTER INSERT ON it_licenses
-            FOR EACH ROW
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_license_created();
     END IF;
 END;
@@ -1204,18 +1452,41 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    events itrelay.new_event[] := '{}';
+    changed_rows refcursor;
+    changed record;
 BEGIN
-    PERFORM itrelay.enqueue('it_license_renewed', 'it_licenses', jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_license_renewed',
-        'license_id', NEW.license_id,
-        'software_name', NEW.software_name,
-        'software_vendor', NEW.software_vendor,
-        'old_expiration_date', OLD.expiration_date,
-        'new_expiration_date', NEW.expiration_date,
-        'renewal_date', current_date,
-        'renewal_cost', NEW.renewal_cost,
-        'renewed_by', NEW.updated_by,
-        'organization_id', NEW.organization_id)));
+    IF TG_OP = 'UPDATE' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            ORDER BY i;
+    END IF;
+    LOOP
+        FETCH changed_rows INTO changed;
+        EXIT WHEN NOT FOUND;
+        NEW := changed.new;
+        OLD := changed.old;
+        IF TG_OP = 'UPDATE' THEN
+            CONTINUE WHEN (NEW.expiration_date > OLD.expiration_date) IS NOT TRUE;
+        END IF;
+        BEGIN
+            events := events || ROW('it_license_renewed', jsonb_strip_nulls(jsonb_build_object(
+                'event_type', 'it_license_renewed',
+                'license_id', NEW.license_id,
+                'software_name', NEW.software_name,
+                'software_vendor', NEW.software_vendor,
+                'old_expiration_date', OLD.expiration_date,
+                'new_expiration_date', NEW.expiration_date,
+                'renewal_date', current_date,
+                'renewal_cost', NEW.renewal_cost,
+                'renewed_by', NEW.updated_by,
+                'organization_id', NEW.organization_id)))::itrelay.new_event;
+        END;
+    END LOOP;
+    CLOSE changed_rows;
+    PERFORM itrelay.enqueue_events('it_licenses', events);
     RETURN NULL;
 END;
 $$;
@@ -1227,8 +1498,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_license_renewed_trigger
             AFTER UPDATE ON it_licenses
-            FOR EACH ROW
-            WHEN (NEW.expiration_date > OLD.expiration_date)
+            REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_license_renewed();
     END IF;
 END;
@@ -1243,18 +1514,41 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    event_type text := CASE NEW.status WHEN 'in_progress' THEN 'it_provisioning_started'
-                                       ELSE 'it_provisioning_completed' END;
+    events itrelay.new_event[] := '{}';
+    changed_rows refcursor;
+    changed record;
 BEGIN
-    PERFORM itrelay.enqueue(event_type, 'it_onboarding_instances', jsonb_strip_nulls(jsonb_build_object(
-        'event_type', event_type,
-        'organization_id', NEW.organization_id,
-        'onboarding_instance_id', NEW.onboarding_instance_id,
-        'employee_id', NEW.employee_id,
-        'previous_status', OLD.status,
-        'new_status', NEW.status,
-        'changed_by', NEW.updated_by,
-        'completed_at', CASE WHEN NEW.status = 'completed' THEN NEW.completed_at END)));
+    IF TG_OP = 'UPDATE' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            ORDER BY i;
+    END IF;
+    LOOP
+        FETCH changed_rows INTO changed;
+        EXIT WHEN NOT FOUND;
+        NEW := changed.new;
+        OLD := changed.old;
+        IF TG_OP = 'UPDATE' THEN
+            CONTINUE WHEN (NEW.status IN ('in_progress', 'completed') AND NEW.status IS DISTINCT FROM OLD.status) IS NOT TRUE;
+        END IF;
+        DECLARE
+            event_type text := CASE NEW.status WHEN 'in_progress' THEN 'it_provisioning_started'
+                                               ELSE 'it_provisioning_completed' END;
+        BEGIN
+            events := events || ROW(event_type, jsonb_strip_nulls(jsonb_build_object(
+                'event_type', event_type,
+                'organization_id', NEW.organization_id,
+                'onboarding_instance_id', NEW.onboarding_instance_id,
+                'employee_id', NEW.employee_id,
+                'previous_status', OLD.status,
+                'new_status', NEW.status,
+                'changed_by', NEW.updated_by,
+                'completed_at', CASE WHEN NEW.status = 'completed' THEN NEW.completed_at END)))::itrelay.new_event;
+        END;
+    END LOOP;
+    CLOSE changed_rows;
+    PERFORM itrelay.enqueue_events('it_onboarding_instances', events);
     RETURN NULL;
 END;
 $$;
@@ -1266,8 +1560,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_provisioning_status_trigger
             AFTER UPDATE ON it_onboarding_instances
-            FOR EACH ROW
-            WHEN (NEW.status IN ('in_progress', 'completed') AND NEW.status IS DISTINCT FROM OLD.status)
+            REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_provisioning_status();
     END IF;
 END;
@@ -1280,19 +1574,50 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    events itrelay.new_event[] := '{}';
+    changed_rows refcursor;
+    changed record;
 BEGIN
-    PERFORM itrelay.enqueue('it_purchase_request_approved', 'it_purchase_requests', jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_purchase_request_approved',
-        'request_id', NEW.request_id,
-        'request_number', NEW.request_number,
-        'requester_id', NEW.requester_id,
-        'request_type', NEW.request_type,
-        'estimated_cost', NEW.estimated_cost,
-        'vendor_id', NEW.vendor_id,
-        'approved_by', NEW.updated_by,
-        'approved_at', now(),
-        'approval_notes', NEW.approval_notes,
-        'organization_id', NEW.organization_id)));
+    IF TG_OP = 'INSERT' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            ORDER BY i;
+    ELSIF TG_OP = 'UPDATE' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            ORDER BY i;
+    END IF;
+    LOOP
+        FETCH changed_rows INTO changed;
+        EXIT WHEN NOT FOUND;
+        NEW := changed.new;
+        OLD := changed.old;
+        IF TG_OP = 'INSERT' THEN
+            CONTINUE WHEN (NEW.approval_status = 'approved') IS NOT TRUE;
+        END IF;
+        IF TG_OP = 'UPDATE' THEN
+            CONTINUE WHEN (NEW.approval_status = 'approved' AND OLD.approval_status IS DISTINCT FROM 'approved') IS NOT TRUE;
+        END IF;
+        BEGIN
+            events := events || ROW('it_purchase_request_approved', jsonb_strip_nulls(jsonb_build_object(
+                'event_type', 'it_purchase_request_approved',
+                'request_id', NEW.request_id,
+                'request_number', NEW.request_number,
+                'requester_id', NEW.requester_id,
+                'request_type', NEW.request_type,
+                'estimated_cost', NEW.estimated_cost,
+                'vendor_id', NEW.vendor_id,
+                'approved_by', NEW.updated_by,
+                'approved_at', now(),
+                'approval_notes', NEW.approval_notes,
+                'organization_id', NEW.organization_id)))::itrelay.new_event;
+        END;
+    END LOOP;
+    CLOSE changed_rows;
+    PERFORM itrelay.enqueue_events('it_purchase_requests', events);
     RETURN NULL;
 END;
 $$;
@@ -1304,8 +1629,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_purchase_request_approved_insert_trigger
             AFTER INSERT ON it_purchase_requests
-            FOR EACH ROW
-            WHEN (NEW.approval_status = 'approved')
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_approved();
     END IF;
 END;
@@ -1318,8 +1643,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_purchase_request_approved_trigger
             AFTER UPDATE ON it_purchase_requests
-            FOR EACH ROW
-            WHEN (NEW.approval_status = 'approved' AND OLD.approval_status IS DISTINCT FROM 'approved')
+            REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_approved();
     END IF;
 END;
@@ -1333,30 +1658,53 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    items jsonb;
+    events itrelay.new_event[] := '{}';
+    changed_rows refcursor;
+    changed record;
 BEGIN
-    -- The request's items, from their table: beside the trigger's table unless mapped.
-    EXECUTE format(
-        'SELECT coalesce(jsonb_agg(jsonb_build_object(
-                     ''item_description'', item_description,
-                     ''quantity'', quantity_received,
-                     ''serial_numbers'', serial_numbers)
-                     ORDER BY line_number), ''[]'')
-         FROM %s
-         WHERE request_id = $1
-           AND quantity_received > 0', format('%I.%I', TG_TABLE_SCHEMA, 'it_purchase_request_items'))
-    INTO items
-    USING NEW.request_id;
-    PERFORM itrelay.enqueue('it_purchase_request_received', 'it_purchase_requests', jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_purchase_request_received',
-        'request_id', NEW.request_id,
-        'request_number', NEW.request_number,
-        'po_number', NEW.po_number,
-        'items_received', items,
-        'received_by', NEW.updated_by,
-        'received_date', NEW.received_date,
-        'vendor_id', NEW.vendor_id,
-        'organization_id', NEW.organization_id)));
+    IF TG_OP = 'UPDATE' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            ORDER BY i;
+    END IF;
+    LOOP
+        FETCH changed_rows INTO changed;
+        EXIT WHEN NOT FOUND;
+        NEW := changed.new;
+        OLD := changed.old;
+        IF TG_OP = 'UPDATE' THEN
+            CONTINUE WHEN (NEW.received_date IS NOT NULL AND OLD.received_date IS NULL) IS NOT TRUE;
+        END IF;
+        DECLARE
+            items jsonb;
+        BEGIN
+            -- The request's items, from their table: beside the trigger's table unless mapped.
+            EXECUTE format(
+                'SELECT coalesce(jsonb_agg(jsonb_build_object(
+                             ''item_description'', item_description,
+                             ''quantity'', quantity_received,
+                             ''serial_numbers'', serial_numbers)
+                             ORDER BY line_number), ''[]'')
+                 FROM %s
+                 WHERE request_id = $1
+                   AND quantity_received > 0', format('%I.%I', TG_TABLE_SCHEMA, 'it_purchase_request_items'))
+            INTO items
+            USING NEW.request_id;
+            events := events || ROW('it_purchase_request_received', jsonb_strip_nulls(jsonb_build_object(
+                'event_type', 'it_purchase_request_received',
+                'request_id', NEW.request_id,
+                'request_number', NEW.request_number,
+                'po_number', NEW.po_number,
+                'items_received', items,
+                'received_by', NEW.updated_by,
+                'received_date', NEW.received_date,
+                'vendor_id', NEW.vendor_id,
+                'organization_id', NEW.organization_id)))::itrelay.new_event;
+        END;
+    END LOOP;
+    CLOSE changed_rows;
+    PERFORM itrelay.enqueue_events('it_purchase_requests', events);
     RETURN NULL;
 END;
 $$;
@@ -1368,8 +1716,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_purchase_request_received_trigger
             AFTER UPDATE ON it_purchase_requests
-            FOR EACH ROW
-            WHEN (NEW.received_date IS NOT NULL AND OLD.received_date IS NULL)
+            REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_received();
     END IF;
 END;
@@ -1382,18 +1730,49 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    events itrelay.new_event[] := '{}';
+    changed_rows refcursor;
+    changed record;
 BEGIN
-    PERFORM itrelay.enqueue('it_purchase_request_submitted', 'it_purchase_requests', jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_purchase_request_submitted',
-        'request_id', NEW.request_id,
-        'request_number', NEW.request_number,
-        'requester_id', NEW.requester_id,
-        'request_type', NEW.request_type,
-        'estimated_cost', NEW.estimated_cost,
-        'justification', NEW.justification,
-        'vendor_id', NEW.vendor_id,
-        'organization_id', NEW.organization_id,
-        'site_id', NEW.site_id)));
+    IF TG_OP = 'INSERT' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            ORDER BY i;
+    ELSIF TG_OP = 'UPDATE' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            ORDER BY i;
+    END IF;
+    LOOP
+        FETCH changed_rows INTO changed;
+        EXIT WHEN NOT FOUND;
+        NEW := changed.new;
+        OLD := changed.old;
+        IF TG_OP = 'INSERT' THEN
+            CONTINUE WHEN (NEW.approval_status = 'submitted') IS NOT TRUE;
+        END IF;
+        IF TG_OP = 'UPDATE' THEN
+            CONTINUE WHEN (NEW.approval_status = 'submitted' AND OLD.approval_status IS DISTINCT FROM 'submitted') IS NOT TRUE;
+        END IF;
+        BEGIN
+            events := events || ROW('it_purchase_request_submitted', jsonb_strip_nulls(jsonb_build_object(
+                'event_type', 'it_purchase_request_submitted',
+                'request_id', NEW.request_id,
+                'request_number', NEW.request_number,
+                'requester_id', NEW.requester_id,
+                'request_type', NEW.request_type,
+                'estimated_cost', NEW.estimated_cost,
+                'justification', NEW.justification,
+                'vendor_id', NEW.vendor_id,
+                'organization_id', NEW.organization_id,
+                'site_id', NEW.site_id)))::itrelay.new_event;
+        END;
+    END LOOP;
+    CLOSE changed_rows;
+    PERFORM itrelay.enqueue_events('it_purchase_requests', events);
     RETURN NULL;
 END;
 $$;
@@ -1405,8 +1784,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_purchase_request_submitted_insert_trigger
             AFTER INSERT ON it_purchase_requests
-            FOR EACH ROW
-            WHEN (NEW.approval_status = 'submitted')
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_submitted();
     END IF;
 END;
@@ -1419,8 +1798,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_purchase_request_submitted_trigger
             AFTER UPDATE ON it_purchase_requests
-            FOR EACH ROW
-            WHEN (NEW.approval_status = 'submitted' AND OLD.approval_status IS DISTINCT FROM 'submitted')
+            REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_purchase_request_submitted();
     END IF;
 END;
@@ -1435,21 +1814,52 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    failed boolean := NEW.status = 'failed';
-    event_type text := CASE WHEN failed THEN 'it_report_failed' ELSE 'it_report_generated' END;
+    events itrelay.new_event[] := '{}';
+    changed_rows refcursor;
+    changed record;
 BEGIN
-    PERFORM itrelay.enqueue(event_type, 'it_report_runs', jsonb_strip_nulls(jsonb_build_object(
-        'event_type', event_type,
-        'organization_id', NEW.organization_id,
-        'report_id', NEW.report_id,
-        'report_name', NEW.report_name,
-        'run_id', NEW.run_id,
-        'format', NEW.format,
-        'document_id', CASE WHEN NOT failed THEN NEW.document_id END,
-        'error_code', CASE WHEN failed THEN NEW.error_code END,
-        'error_message', CASE WHEN failed THEN NEW.error_message END,
-        'retryable', CASE WHEN failed THEN NEW.retryable END,
-        'requested_by', NEW.requested_by)));
+    IF TG_OP = 'INSERT' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            ORDER BY i;
+    ELSIF TG_OP = 'UPDATE' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            ORDER BY i;
+    END IF;
+    LOOP
+        FETCH changed_rows INTO changed;
+        EXIT WHEN NOT FOUND;
+        NEW := changed.new;
+        OLD := changed.old;
+        IF TG_OP = 'INSERT' THEN
+            CONTINUE WHEN (NEW.status IN ('completed', 'failed')) IS NOT TRUE;
+        END IF;
+        IF TG_OP = 'UPDATE' THEN
+            CONTINUE WHEN (NEW.status IN ('completed', 'failed') AND NEW.status IS DISTINCT FROM OLD.status) IS NOT TRUE;
+        END IF;
+        DECLARE
+            failed boolean := NEW.status = 'failed';
+            event_type text := CASE WHEN failed THEN 'it_report_failed' ELSE 'it_report_generated' END;
+        BEGIN
+            events := events || ROW(event_type, jsonb_strip_nulls(jsonb_build_object(
+                'event_type', event_type,
+                'organization_id', NEW.organization_id,
+                'report_id', NEW.report_id,
+                'report_name', NEW.report_name,
+                'run_id', NEW.run_id,
+                'format', NEW.format,
+                'document_id', CASE WHEN NOT failed THEN NEW.document_id END,
+                'error_code', CASE WHEN failed THEN NEW.error_code END,
+                'error_message', CASE WHEN failed THEN NEW.error_message END,
+                'retryable', CASE WHEN failed THEN NEW.retryable END,
+                'requested_by', NEW.requested_by)))::itrelay.new_event;
+        END;
+    END LOOP;
+    CLOSE changed_rows;
+    PERFORM itrelay.enqueue_events('it_report_runs', events);
     RETURN NULL;
 END;
 $$;
@@ -1461,8 +1871,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_report_run_status_insert_trigger
             AFTER INSERT ON it_report_runs
-            FOR EACH ROW
-            WHEN (NEW.status IN ('completed', 'failed'))
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_report_run_status();
     END IF;
 END;
@@ -1475,8 +1885,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_report_run_status_trigger
             AFTER UPDATE ON it_report_runs
-            FOR EACH ROW
-            WHEN (NEW.status IN ('completed', 'failed') AND NEW.status IS DISTINCT FROM OLD.status)
+            REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_report_run_status();
     END IF;
 END;
@@ -1489,20 +1899,40 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    events itrelay.new_event[] := '{}';
+    changed_rows refcursor;
+    changed record;
 BEGIN
-    PERFORM itrelay.enqueue('it_security_incident_created', 'it_security_incidents', jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_security_incident_created',
-        'incident_id', NEW.incident_id,
-        'incident_number', NEW.incident_number,
-        'incident_type', NEW.incident_type,
-        'severity', NEW.severity,
-        'description', NEW.description,
-        'affected_asset_ids', NEW.affected_asset_ids,
-        'affected_user_ids', NEW.affected_user_ids,
-        'detected_at', NEW.detected_at,
-        'reported_by', NEW.reported_by,
-        'organization_id', NEW.organization_id,
-        'site_id', NEW.site_id)));
+    IF TG_OP = 'INSERT' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            ORDER BY i;
+    END IF;
+    LOOP
+        FETCH changed_rows INTO changed;
+        EXIT WHEN NOT FOUND;
+        NEW := changed.new;
+        OLD := changed.old;
+        BEGIN
+            events := events || ROW('it_security_incident_created', jsonb_strip_nulls(jsonb_build_object(
+                'event_type', 'it_security_incident_created',
+                'incident_id', NEW.incident_id,
+                'incident_number', NEW.incident_number,
+                'incident_type', NEW.incident_type,
+                'severity', NEW.severity,
+                'description', NEW.description,
+                'affected_asset_ids', NEW.affected_asset_ids,
+                'affected_user_ids', NEW.affected_user_ids,
+                'detected_at', NEW.detected_at,
+                'reported_by', NEW.reported_by,
+                'organization_id', NEW.organization_id,
+                'site_id', NEW.site_id)))::itrelay.new_event;
+        END;
+    END LOOP;
+    CLOSE changed_rows;
+    PERFORM itrelay.enqueue_events('it_security_incidents', events);
     RETURN NULL;
 END;
 $$;
@@ -1514,7 +1944,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_security_incident_created_trigger
             AFTER INSERT ON it_security_incidents
-            FOR EACH ROW
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_security_incident_created();
     END IF;
 END;
@@ -1527,20 +1958,40 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    events itrelay.new_event[] := '{}';
+    changed_rows refcursor;
+    changed record;
 BEGIN
-    PERFORM itrelay.enqueue('it_ticket_created', 'it_tickets', jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_ticket_created',
-        'ticket_id', NEW.ticket_id,
-        'ticket_number', NEW.ticket_number,
-        'category', NEW.category,
-        'subcategory', NEW.subcategory,
-        'priority', NEW.priority,
-        'subject', NEW.subject,
-        'description', NEW.description,
-        'requester_id', NEW.requester_id,
-        'affected_asset_id', NEW.affected_asset_id,
-        'organization_id', NEW.organization_id,
-        'site_id', NEW.site_id)));
+    IF TG_OP = 'INSERT' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            ORDER BY i;
+    END IF;
+    LOOP
+        FETCH changed_rows INTO changed;
+        EXIT WHEN NOT FOUND;
+        NEW := changed.new;
+        OLD := changed.old;
+        BEGIN
+            events := events || ROW('it_ticket_created', jsonb_strip_nulls(jsonb_build_object(
+                'event_type', 'it_ticket_created',
+                'ticket_id', NEW.ticket_id,
+                'ticket_number', NEW.ticket_number,
+                'category', NEW.category,
+                'subcategory', NEW.subcategory,
+                'priority', NEW.priority,
+                'subject', NEW.subject,
+                'description', NEW.description,
+                'requester_id', NEW.requester_id,
+                'affected_asset_id', NEW.affected_asset_id,
+                'organization_id', NEW.organization_id,
+                'site_id', NEW.site_id)))::itrelay.new_event;
+        END;
+    END LOOP;
+    CLOSE changed_rows;
+    PERFORM itrelay.enqueue_events('it_tickets', events);
     RETURN NULL;
 END;
 $$;
@@ -1552,7 +2003,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_ticket_created_trigger
             AFTER INSERT ON it_tickets
-            FOR EACH ROW
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_ticket_created();
     END IF;
 END;
@@ -1565,18 +2017,41 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    events itrelay.new_event[] := '{}';
+    changed_rows refcursor;
+    changed record;
 BEGIN
-    PERFORM itrelay.enqueue('it_ticket_status_changed', 'it_tickets', jsonb_strip_nulls(jsonb_build_object(
-        'event_type', 'it_ticket_status_changed',
-        'ticket_id', NEW.ticket_id,
-        'ticket_number', NEW.ticket_number,
-        'old_status', OLD.status,
-        'new_status', NEW.status,
-        'requester_id', NEW.requester_id,
-        'assigned_to_id', NEW.assigned_to_id,
-        'changed_by', NEW.updated_by,
-        'resolution_notes', NEW.resolution_notes,
-        'organization_id', NEW.organization_id)));
+    IF TG_OP = 'UPDATE' THEN
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
+            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
+            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            ORDER BY i;
+    END IF;
+    LOOP
+        FETCH changed_rows INTO changed;
+        EXIT WHEN NOT FOUND;
+        NEW := changed.new;
+        OLD := changed.old;
+        IF TG_OP = 'UPDATE' THEN
+            CONTINUE WHEN (NEW.status IS DISTINCT FROM OLD.status) IS NOT TRUE;
+        END IF;
+        BEGIN
+            events := events || ROW('it_ticket_status_changed', jsonb_strip_nulls(jsonb_build_object(
+                'event_type', 'it_ticket_status_changed',
+                'ticket_id', NEW.ticket_id,
+                'ticket_number', NEW.ticket_number,
+                'old_status', OLD.status,
+                'new_status', NEW.status,
+                'requester_id', NEW.requester_id,
+                'assigned_to_id', NEW.assigned_to_id,
+                'changed_by', NEW.updated_by,
+                'resolution_notes', NEW.resolution_notes,
+                'organization_id', NEW.organization_id)))::itrelay.new_event;
+        END;
+    END LOOP;
+    CLOSE changed_rows;
+    PERFORM itrelay.enqueue_events('it_tickets', events);
     RETURN NULL;
 END;
 $$;
@@ -1588,8 +2063,8 @@ BEGIN
     ELSE
         CREATE OR REPLACE TRIGGER itrelay_ticket_status_changed_trigger
             AFTER UPDATE ON it_tickets
-            FOR EACH ROW
-            WHEN (NEW.status IS DISTINCT FROM OLD.status)
+            REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
+            FOR EACH STATEMENT
             EXECUTE FUNCTION itrelay.itrelay_notify_ticket_status_changed();
     END IF;
 END;
@@ -1623,10 +2098,10 @@ CREATE TABLE IF NOT EXISTS itrelay.due_events (
     PRIMARY KEY (event_type, subject_id, basis, threshold)
 );
 
--- Records a due event and enqueues it, unless this or a tighter threshold of the same
--- basis was recorded before. True when it enqueued.
-CREATE OR REPLACE FUNCTION itrelay.record_due(p_event_type text, p_subject_id uuid, p_basis text,
-    p_threshold integer, p_source_table text, p_payload jsonb)
+-- Records that a due event fires, unless this or a tighter threshold of the same basis
+-- was recorded before. True when it was recorded: the caller then enqueues the event.
+CREATE OR REPLACE FUNCTION itrelay.claim_due(p_event_type text, p_subject_id uuid, p_basis text,
+    p_threshold integer)
 RETURNS boolean
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -1645,7 +2120,20 @@ BEGIN
     VALUES (p_event_type, p_subject_id, p_basis, p_threshold)
     ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS v_inserted = ROW_COUNT;
-    IF v_inserted = 0 THEN
+    RETURN v_inserted > 0;
+END;
+$$;
+
+-- Records a due event and enqueues it (see itrelay.claim_due). True when it enqueued.
+CREATE OR REPLACE FUNCTION itrelay.record_due(p_event_type text, p_subject_id uuid, p_basis text,
+    p_threshold integer, p_source_table text, p_payload jsonb)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT itrelay.claim_due(p_event_type, p_subject_id, p_basis, p_threshold) THEN
         RETURN false;
     END IF;
     PERFORM itrelay.enqueue(p_event_type, p_source_table, p_payload);

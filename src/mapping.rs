@@ -131,17 +131,44 @@ impl Mapping {
         }
     }
 
-    /// `column` of `reference` read from the trigger row `row` (`NEW` or `OLD`). An
-    /// expression is evaluated over that row's columns.
+    /// `column` of `reference` read from the trigger row `row` (`NEW` or `OLD`): an
+    /// expression is read from the value [`Mapping::transition_rows_sql`] computed for it.
     pub fn row_column_sql(&self, reference: &str, row: &str, column: &str) -> String {
         match self.column(reference, column) {
             Some(ColumnSource::Column(name)) => format!("{row}.{}", quote(name)),
-            Some(ColumnSource::Expression { sql }) => {
-                format!("(SELECT {sql} FROM (SELECT ({row}).*) AS row_)")
-            }
+            Some(ColumnSource::Expression { .. }) => format!("{row}.{}", computed_name(column)),
             None => format!("{row}.{column}"),
         }
     }
+
+    /// The rows of the transition table `rows` of `reference`'s real table, as an SQL
+    /// FROM item: with each expression-mapped column computed beside the real columns,
+    /// where [`Mapping::row_column_sql`] reads it.
+    pub fn transition_rows_sql(&self, reference: &str, rows: &str) -> String {
+        let computed: String = self
+            .tables
+            .get(reference)
+            .into_iter()
+            .flat_map(|t| &t.columns)
+            .filter_map(|(column, source)| match source {
+                ColumnSource::Expression { sql } => {
+                    Some(format!(", ({sql}) AS {}", computed_name(column)))
+                }
+                ColumnSource::Column(_) => None,
+            })
+            .collect();
+        if computed.is_empty() {
+            rows.to_owned()
+        } else {
+            format!("(SELECT *{computed} FROM {rows})")
+        }
+    }
+}
+
+/// The name a trigger row gives the value of expression-mapped `column`: not a plain
+/// identifier, so no real column has it.
+fn computed_name(column: &str) -> String {
+    format!("\"mapped {column}\"")
 }
 
 /// The declared type of each column of the reference schema's tables (the text of
@@ -264,8 +291,13 @@ mod tests {
         );
         assert_eq!(
             m.row_column_sql("it_assets", "OLD", "asset_name"),
-            "(SELECT brand || ' ' || model FROM (SELECT (OLD).*) AS row_)"
+            r#"OLD."mapped asset_name""#
         );
+        assert_eq!(
+            m.transition_rows_sql("it_assets", "old_rows"),
+            r#"(SELECT *, (brand || ' ' || model) AS "mapped asset_name" FROM old_rows)"#
+        );
+        assert_eq!(m.transition_rows_sql("it_tickets", "new_rows"), "new_rows");
         assert_eq!(
             m.column_sql("it_assets", "asset_name"),
             "(brand || ' ' || model)"

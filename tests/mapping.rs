@@ -136,7 +136,7 @@ async fn events_come_from_mapped_tables_enriched_from_mapped_tables() {
     let settings = settings.expect("the mapping is valid");
     let install = itrelay::sql::install_sql(&settings.mapping, &settings.install).unwrap();
     assert!(install.contains("AFTER INSERT ON \"inv\".\"hardware\""));
-    assert!(install.contains("(SELECT brand || ' ' || model FROM (SELECT (NEW).*) AS row_)"));
+    assert!(install.contains("(brand || ' ' || model) AS \"mapped asset_name\""));
     itrelay::sql::apply_install(&env.client, "it_events", &install)
         .await
         .expect("install with the mapping");

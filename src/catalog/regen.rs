@@ -304,8 +304,8 @@ mod tests {
         .unwrap();
         std::fs::write(
             dir.join("it_asset_repainted.sql"),
-            "BEGIN\n    PERFORM itrelay.enqueue('it_asset_repainted', {{source_table}}, \
-             jsonb_build_object('asset_id', NEW.asset_id, 'colour', NEW.colour));\n    RETURN NULL;\nEND;\n",
+            "BEGIN\n    events := events || ROW('it_asset_repainted', \
+             jsonb_build_object('asset_id', NEW.asset_id, 'colour', NEW.colour))::itrelay.new_event;\nEND;\n",
         )
         .unwrap();
         std::fs::write(dir.join("it_asset_repainted.v1.json"), "{}").unwrap();
@@ -315,7 +315,9 @@ mod tests {
         let file = |name: &str| &generated.iter().find(|(p, _)| p.ends_with(name)).unwrap().1;
         let install = file("install.sql");
         assert!(install.contains("CREATE OR REPLACE TRIGGER itrelay_asset_repainted_trigger"));
-        assert!(install.contains("WHEN (NEW.colour IS DISTINCT FROM OLD.colour)"));
+        assert!(
+            install.contains("CONTINUE WHEN (NEW.colour IS DISTINCT FROM OLD.colour) IS NOT TRUE;")
+        );
         assert!(install.contains("('it_asset_repainted', 'asset_id', false)"));
         assert!(file("default.toml").contains("it_asset_repainted = [\"FM\", \"PF-99\"]"));
         assert!(file("catalog.md").contains("| `it_asset_repainted` | IT Asset Repainted |"));

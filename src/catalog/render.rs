@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use anyhow::{bail, Context};
 
-use super::source::{Catalog, TriggerFunction};
+use super::source::{Catalog, Operation, TriggerFunction};
 use crate::mapping::{Mapping, ReferenceColumns};
 
 /// The markers around each generated region of `sql/install.sql`.
@@ -159,6 +159,10 @@ fn triggers(catalog: &Catalog, mapping: &Mapping) -> anyhow::Result<String> {
     Ok(sql)
 }
 
+/// One trigger function per catalog function, called once per statement: it walks the
+/// rows the statement changed (its transition tables, in the order it changed them),
+/// runs the catalog's body for each row that meets its trigger's WHEN condition, and
+/// records the events the bodies collected with one call of `itrelay.enqueue_events`.
 fn render_function(sql: &mut String, f: &TriggerFunction, mapping: &Mapping) -> anyhow::Result<()> {
     let table = mapping.table_sql(f.table);
     writeln!(sql)?;
@@ -169,28 +173,55 @@ fn render_function(sql: &mut String, f: &TriggerFunction, mapping: &Mapping) -> 
             event.event_type, f.table, event.source.condition
         )?;
     }
-    let body = expand(f.body, f.table, mapping, false)?;
+    let body = indent(&expand(f.body, f.table, mapping)?, "        ");
+    let mut branches = Vec::new();
+    let mut conditions = String::new();
+    for (op, rows) in [
+        (Operation::Insert, rows_inserted(mapping, f.table)),
+        (Operation::Update, rows_updated(mapping, f.table)),
+    ] {
+        let Some(trigger) = f.triggers.iter().find(|t| t.on == op) else {
+            continue;
+        };
+        branches.push(format!(
+            "TG_OP = '{}' THEN\n        OPEN changed_rows FOR {rows};\n",
+            op.sql()
+        ));
+        if let Some(when) = &trigger.when {
+            write!(
+                conditions,
+                "        IF TG_OP = '{}' THEN\n            CONTINUE WHEN ({}) IS NOT TRUE;\n        END IF;\n",
+                op.sql(),
+                expand(when, f.table, mapping)?
+            )?;
+        }
+    }
+    let open = format!("    IF {}    END IF;\n", branches.join("    ELSIF "));
     write!(
         sql,
-        "CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_{}()\nRETURNS trigger\nLANGUAGE plpgsql\n\
-         SECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\nAS $$\n{body}$$;\n",
-        f.name
+        "CREATE OR REPLACE FUNCTION itrelay.itrelay_notify_{name}()\nRETURNS trigger\nLANGUAGE plpgsql\n\
+         SECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\nAS $$\n\
+         DECLARE\n    events itrelay.new_event[] := '{{}}';\n    changed_rows refcursor;\n    changed record;\n\
+         BEGIN\n{open}    LOOP\n        FETCH changed_rows INTO changed;\n        \
+         EXIT WHEN NOT FOUND;\n        NEW := changed.new;\n        OLD := changed.old;\n\
+         {conditions}{body}    END LOOP;\n    CLOSE changed_rows;\n    \
+         PERFORM itrelay.enqueue_events('{source}', events);\n    RETURN NULL;\nEND;\n$$;\n",
+        name = f.name,
+        source = f.table,
     )?;
     for trigger in f.triggers {
         let name = f.trigger_name(trigger);
-        let when = match &trigger.when {
-            Some(when) => format!(
-                "\n            WHEN ({})",
-                expand(when, f.table, mapping, true)?
-            ),
-            None => String::new(),
+        let transition_tables = match trigger.on {
+            Operation::Insert => "NEW TABLE AS new_rows",
+            Operation::Update => "NEW TABLE AS new_rows OLD TABLE AS old_rows",
         };
         write!(
             sql,
             "\nDO $$\nBEGIN\n    IF to_regclass('{table}') IS NULL THEN\n        \
              RAISE NOTICE 'itrelay: no table {display}, so no trigger {name}';\n    ELSE\n        \
              CREATE OR REPLACE TRIGGER {name}\n            AFTER {op} ON {table}\n            \
-             FOR EACH ROW{when}\n            EXECUTE FUNCTION itrelay.itrelay_notify_{function}();\n    \
+             REFERENCING {transition_tables}\n            \
+             FOR EACH STATEMENT\n            EXECUTE FUNCTION itrelay.itrelay_notify_{function}();\n    \
              END IF;\nEND;\n$$;\n",
             display = table.replace('"', ""),
             op = trigger.on.sql(),
@@ -200,12 +231,50 @@ fn render_function(sql: &mut String, f: &TriggerFunction, mapping: &Mapping) -> 
     Ok(())
 }
 
+/// The rows an INSERT statement inserted into `reference`'s table, as (new, old) pairs in
+/// the order it inserted them. The old row has the new row's columns, all NULL: so `OLD`
+/// is NULL, as in a row trigger, and a body's `OLD.<column>` can still be planned.
+fn rows_inserted(mapping: &Mapping, reference: &str) -> String {
+    let rows = mapping.transition_rows_sql(reference, "new_rows");
+    format!(
+        "SELECT n.r AS new, o AS old\n            \
+         FROM (SELECT n, row_number() OVER () FROM {rows} AS n) AS n (r, i)\n            \
+         CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN {rows} AS o ON false) AS o\n            \
+         ORDER BY i"
+    )
+}
+
+/// The rows an UPDATE statement updated in `reference`'s table, as (new, old) pairs in
+/// the order it updated them: the two transition tables hold one row per updated row
+/// each, in that order, so they pair by position (a key could itself have been updated).
+fn rows_updated(mapping: &Mapping, reference: &str) -> String {
+    format!(
+        "SELECT n.r AS new, o.r AS old\n            \
+         FROM (SELECT n, row_number() OVER () FROM {} AS n) AS n (r, i)\n            \
+         JOIN (SELECT o, row_number() OVER () FROM {} AS o) AS o (r, i) USING (i)\n            \
+         ORDER BY i",
+        mapping.transition_rows_sql(reference, "new_rows"),
+        mapping.transition_rows_sql(reference, "old_rows")
+    )
+}
+
+/// `text` with every non-empty line indented by `by`.
+fn indent(text: &str, by: &str) -> String {
+    text.lines()
+        .map(|line| {
+            if line.is_empty() {
+                "\n".to_owned()
+            } else {
+                format!("{by}{line}\n")
+            }
+        })
+        .collect()
+}
+
 /// Expands a trigger body or WHEN condition: `NEW.<column>` and `OLD.<column>` of the
-/// trigger's `table`, `{{source_table}}`, `{{table:<t>}}` (a text expression: the
-/// schema-qualified name of table t) and `{{literal_column:<t>.<column>}}` (the column,
-/// inside a string literal). A WHEN condition cannot hold a subquery: `in_when` refuses
-/// columns mapped to expressions there.
-fn expand(text: &str, table: &str, mapping: &Mapping, in_when: bool) -> anyhow::Result<String> {
+/// trigger's `table`, `{{table:<t>}}` (a text expression: the schema-qualified name of
+/// table t) and `{{literal_column:<t>.<column>}}` (the column, inside a string literal).
+fn expand(text: &str, table: &str, mapping: &Mapping) -> anyhow::Result<String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = next_token(rest) {
@@ -213,7 +282,7 @@ fn expand(text: &str, table: &str, mapping: &Mapping, in_when: bool) -> anyhow::
         rest = &rest[at..];
         if let Some(after) = rest.strip_prefix("{{") {
             let end = after.find("}}").context("unclosed {{")?;
-            out.push_str(&template(&after[..end], table, mapping)?);
+            out.push_str(&template(&after[..end], mapping)?);
             rest = &after[end + 2..];
         } else {
             let (row, after) = rest.split_at(3);
@@ -222,14 +291,6 @@ fn expand(text: &str, table: &str, mapping: &Mapping, in_when: bool) -> anyhow::
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .unwrap_or(after.len());
             let column = &after[..len];
-            if in_when
-                && matches!(
-                    mapping.column(table, column),
-                    Some(crate::mapping::ColumnSource::Expression { .. })
-                )
-            {
-                bail!("{table}.{column} is read by a trigger's WHEN condition: map it to a column, not an expression");
-            }
             out.push_str(&mapping.row_column_sql(table, row, column));
             rest = &after[len..];
         }
@@ -250,10 +311,7 @@ fn next_token(text: &str) -> Option<usize> {
     })
 }
 
-fn template(name: &str, table: &str, mapping: &Mapping) -> anyhow::Result<String> {
-    if name == "source_table" {
-        return Ok(format!("'{table}'"));
-    }
+fn template(name: &str, mapping: &Mapping) -> anyhow::Result<String> {
     if let Some(other) = name.strip_prefix("table:") {
         return Ok(match mapping.real_table(other) {
             Some(real) if real.contains('.') => format!("'{}'", mapping.table_sql(other)),

@@ -288,7 +288,7 @@ impl TestEnv {
         self.client
             .batch_execute(sql)
             .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
