@@ -167,7 +167,11 @@ fn docs(catalog: &Catalog) -> String {
         "\n## Triggers\n\n\
          Created by `itrelay install` on the reference table or the table it is mapped to\n\
          (`[mapping]`); the conditions name reference columns. Each function's body (the\n\
-         columns it reads, how it builds the payload) is the linked file.\n\n\
+         columns it reads, how it builds the payload) is the linked file. A trigger runs once\n\
+         per statement, over the rows the statement changed (its transition tables), in the\n\
+         order it changed them: for each row that meets the condition, the body appends the\n\
+         row's events to `events` (`ROW(event_type, payload)::itrelay.new_event`), and\n\
+         `itrelay.enqueue_events` records them all at the end of the statement.\n\n\
          | trigger | table | on | when | function (events) |\n|---|---|---|---|---|\n",
     );
     for f in catalog.trigger_functions() {
