@@ -882,6 +882,7 @@ BEGIN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
             JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            WHERE (n.r).status IN ('active', 'deactivated') AND (n.r).status IS DISTINCT FROM (o.r).status
             ORDER BY i;
     END IF;
     LOOP
@@ -889,9 +890,6 @@ BEGIN
         EXIT WHEN NOT FOUND;
         NEW := changed.new;
         OLD := changed.old;
-        IF TG_OP = 'UPDATE' THEN
-            CONTINUE WHEN (NEW.status IN ('active', 'deactivated') AND NEW.status IS DISTINCT FROM OLD.status) IS NOT TRUE;
-        END IF;
         DECLARE
             event_type text := CASE NEW.status WHEN 'active' THEN 'it_account_provisioned'
                                                ELSE 'it_account_deactivated' END;
@@ -942,9 +940,10 @@ DECLARE
     changed record;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
+                AS o (r)
             ORDER BY i;
     END IF;
     LOOP
@@ -1003,6 +1002,7 @@ BEGIN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
             JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            WHERE (n.r).status = 'disposed' AND (o.r).status IS DISTINCT FROM 'disposed'
             ORDER BY i;
     END IF;
     LOOP
@@ -1010,9 +1010,6 @@ BEGIN
         EXIT WHEN NOT FOUND;
         NEW := changed.new;
         OLD := changed.old;
-        IF TG_OP = 'UPDATE' THEN
-            CONTINUE WHEN (NEW.status = 'disposed' AND OLD.status IS DISTINCT FROM 'disposed') IS NOT TRUE;
-        END IF;
         BEGIN
             events := events || ROW('it_asset_disposed', jsonb_strip_nulls(jsonb_build_object(
                 'event_type', 'it_asset_disposed',
@@ -1061,9 +1058,10 @@ DECLARE
     changed record;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
+                AS o (r)
             ORDER BY i;
     END IF;
     LOOP
@@ -1115,14 +1113,17 @@ DECLARE
     changed record;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
+                AS o (r)
+            WHERE (n.r).purchase_cost IS NOT NULL AND (n.r).purchase_date IS NOT NULL
             ORDER BY i;
     ELSIF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
             JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            WHERE (n.r).purchase_cost IS NOT NULL AND (n.r).purchase_date IS NOT NULL AND ((o.r).purchase_cost IS NULL OR (o.r).purchase_date IS NULL)
             ORDER BY i;
     END IF;
     LOOP
@@ -1130,12 +1131,6 @@ BEGIN
         EXIT WHEN NOT FOUND;
         NEW := changed.new;
         OLD := changed.old;
-        IF TG_OP = 'INSERT' THEN
-            CONTINUE WHEN (NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL) IS NOT TRUE;
-        END IF;
-        IF TG_OP = 'UPDATE' THEN
-            CONTINUE WHEN (NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL AND (OLD.purchase_cost IS NULL OR OLD.purchase_date IS NULL)) IS NOT TRUE;
-        END IF;
         BEGIN
             -- Once per asset, ever: clearing purchase_cost or purchase_date and setting it again
             -- does not capitalise the asset a second time.
@@ -1210,14 +1205,17 @@ DECLARE
     changed record;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
+                AS o (r)
+            WHERE (n.r).status = 'submitted'
             ORDER BY i;
     ELSIF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
             JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            WHERE (n.r).status IN ('submitted', 'approved', 'rejected', 'scheduled', 'implemented', 'rolled_back') AND (n.r).status IS DISTINCT FROM (o.r).status
             ORDER BY i;
     END IF;
     LOOP
@@ -1225,12 +1223,6 @@ BEGIN
         EXIT WHEN NOT FOUND;
         NEW := changed.new;
         OLD := changed.old;
-        IF TG_OP = 'INSERT' THEN
-            CONTINUE WHEN (NEW.status = 'submitted') IS NOT TRUE;
-        END IF;
-        IF TG_OP = 'UPDATE' THEN
-            CONTINUE WHEN (NEW.status IN ('submitted', 'approved', 'rejected', 'scheduled', 'implemented', 'rolled_back') AND NEW.status IS DISTINCT FROM OLD.status) IS NOT TRUE;
-        END IF;
         DECLARE
             event_type text := 'it_change_' || NEW.status;
             actor_field text := CASE NEW.status WHEN 'submitted' THEN 'submitted_by'
@@ -1314,14 +1306,17 @@ DECLARE
     changed record;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
+                AS o (r)
+            WHERE (n.r).severity = 'critical'
             ORDER BY i;
     ELSIF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
             JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            WHERE (n.r).severity = 'critical' AND (o.r).severity IS DISTINCT FROM 'critical'
             ORDER BY i;
     END IF;
     LOOP
@@ -1329,12 +1324,6 @@ BEGIN
         EXIT WHEN NOT FOUND;
         NEW := changed.new;
         OLD := changed.old;
-        IF TG_OP = 'INSERT' THEN
-            CONTINUE WHEN (NEW.severity = 'critical') IS NOT TRUE;
-        END IF;
-        IF TG_OP = 'UPDATE' THEN
-            CONTINUE WHEN (NEW.severity = 'critical' AND OLD.severity IS DISTINCT FROM 'critical') IS NOT TRUE;
-        END IF;
         BEGIN
             events := events || ROW('it_critical_vulnerability_detected', jsonb_strip_nulls(jsonb_build_object(
                 'event_type', 'it_critical_vulnerability_detected',
@@ -1397,9 +1386,10 @@ DECLARE
     changed record;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
+                AS o (r)
             ORDER BY i;
     END IF;
     LOOP
@@ -1461,6 +1451,7 @@ BEGIN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
             JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            WHERE (n.r).expiration_date > (o.r).expiration_date
             ORDER BY i;
     END IF;
     LOOP
@@ -1468,9 +1459,6 @@ BEGIN
         EXIT WHEN NOT FOUND;
         NEW := changed.new;
         OLD := changed.old;
-        IF TG_OP = 'UPDATE' THEN
-            CONTINUE WHEN (NEW.expiration_date > OLD.expiration_date) IS NOT TRUE;
-        END IF;
         BEGIN
             events := events || ROW('it_license_renewed', jsonb_strip_nulls(jsonb_build_object(
                 'event_type', 'it_license_renewed',
@@ -1522,6 +1510,7 @@ BEGIN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
             JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            WHERE (n.r).status IN ('in_progress', 'completed') AND (n.r).status IS DISTINCT FROM (o.r).status
             ORDER BY i;
     END IF;
     LOOP
@@ -1529,9 +1518,6 @@ BEGIN
         EXIT WHEN NOT FOUND;
         NEW := changed.new;
         OLD := changed.old;
-        IF TG_OP = 'UPDATE' THEN
-            CONTINUE WHEN (NEW.status IN ('in_progress', 'completed') AND NEW.status IS DISTINCT FROM OLD.status) IS NOT TRUE;
-        END IF;
         DECLARE
             event_type text := CASE NEW.status WHEN 'in_progress' THEN 'it_provisioning_started'
                                                ELSE 'it_provisioning_completed' END;
@@ -1580,14 +1566,17 @@ DECLARE
     changed record;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
+                AS o (r)
+            WHERE (n.r).approval_status = 'approved'
             ORDER BY i;
     ELSIF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
             JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            WHERE (n.r).approval_status = 'approved' AND (o.r).approval_status IS DISTINCT FROM 'approved'
             ORDER BY i;
     END IF;
     LOOP
@@ -1595,12 +1584,6 @@ BEGIN
         EXIT WHEN NOT FOUND;
         NEW := changed.new;
         OLD := changed.old;
-        IF TG_OP = 'INSERT' THEN
-            CONTINUE WHEN (NEW.approval_status = 'approved') IS NOT TRUE;
-        END IF;
-        IF TG_OP = 'UPDATE' THEN
-            CONTINUE WHEN (NEW.approval_status = 'approved' AND OLD.approval_status IS DISTINCT FROM 'approved') IS NOT TRUE;
-        END IF;
         BEGIN
             events := events || ROW('it_purchase_request_approved', jsonb_strip_nulls(jsonb_build_object(
                 'event_type', 'it_purchase_request_approved',
@@ -1666,6 +1649,7 @@ BEGIN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
             JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            WHERE (n.r).received_date IS NOT NULL AND (o.r).received_date IS NULL
             ORDER BY i;
     END IF;
     LOOP
@@ -1673,9 +1657,6 @@ BEGIN
         EXIT WHEN NOT FOUND;
         NEW := changed.new;
         OLD := changed.old;
-        IF TG_OP = 'UPDATE' THEN
-            CONTINUE WHEN (NEW.received_date IS NOT NULL AND OLD.received_date IS NULL) IS NOT TRUE;
-        END IF;
         DECLARE
             items jsonb;
         BEGIN
@@ -1736,14 +1717,17 @@ DECLARE
     changed record;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
+                AS o (r)
+            WHERE (n.r).approval_status = 'submitted'
             ORDER BY i;
     ELSIF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
             JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            WHERE (n.r).approval_status = 'submitted' AND (o.r).approval_status IS DISTINCT FROM 'submitted'
             ORDER BY i;
     END IF;
     LOOP
@@ -1751,12 +1735,6 @@ BEGIN
         EXIT WHEN NOT FOUND;
         NEW := changed.new;
         OLD := changed.old;
-        IF TG_OP = 'INSERT' THEN
-            CONTINUE WHEN (NEW.approval_status = 'submitted') IS NOT TRUE;
-        END IF;
-        IF TG_OP = 'UPDATE' THEN
-            CONTINUE WHEN (NEW.approval_status = 'submitted' AND OLD.approval_status IS DISTINCT FROM 'submitted') IS NOT TRUE;
-        END IF;
         BEGIN
             events := events || ROW('it_purchase_request_submitted', jsonb_strip_nulls(jsonb_build_object(
                 'event_type', 'it_purchase_request_submitted',
@@ -1819,14 +1797,17 @@ DECLARE
     changed record;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
+                AS o (r)
+            WHERE (n.r).status IN ('completed', 'failed')
             ORDER BY i;
     ELSIF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
             JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            WHERE (n.r).status IN ('completed', 'failed') AND (n.r).status IS DISTINCT FROM (o.r).status
             ORDER BY i;
     END IF;
     LOOP
@@ -1834,12 +1815,6 @@ BEGIN
         EXIT WHEN NOT FOUND;
         NEW := changed.new;
         OLD := changed.old;
-        IF TG_OP = 'INSERT' THEN
-            CONTINUE WHEN (NEW.status IN ('completed', 'failed')) IS NOT TRUE;
-        END IF;
-        IF TG_OP = 'UPDATE' THEN
-            CONTINUE WHEN (NEW.status IN ('completed', 'failed') AND NEW.status IS DISTINCT FROM OLD.status) IS NOT TRUE;
-        END IF;
         DECLARE
             failed boolean := NEW.status = 'failed';
             event_type text := CASE WHEN failed THEN 'it_report_failed' ELSE 'it_report_generated' END;
@@ -1905,9 +1880,10 @@ DECLARE
     changed record;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
+                AS o (r)
             ORDER BY i;
     END IF;
     LOOP
@@ -1964,9 +1940,10 @@ DECLARE
     changed record;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        OPEN changed_rows FOR SELECT n.r AS new, o AS old
+        OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS o
+            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
+                AS o (r)
             ORDER BY i;
     END IF;
     LOOP
@@ -2026,6 +2003,7 @@ BEGIN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
             FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
             JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            WHERE (n.r).status IS DISTINCT FROM (o.r).status
             ORDER BY i;
     END IF;
     LOOP
@@ -2033,9 +2011,6 @@ BEGIN
         EXIT WHEN NOT FOUND;
         NEW := changed.new;
         OLD := changed.old;
-        IF TG_OP = 'UPDATE' THEN
-            CONTINUE WHEN (NEW.status IS DISTINCT FROM OLD.status) IS NOT TRUE;
-        END IF;
         BEGIN
             events := events || ROW('it_ticket_status_changed', jsonb_strip_nulls(jsonb_build_object(
                 'event_type', 'it_ticket_status_changed',

@@ -319,9 +319,7 @@ mod tests {
         let file = |name: &str| &generated.iter().find(|(p, _)| p.ends_with(name)).unwrap().1;
         let install = file("install.sql");
         assert!(install.contains("CREATE OR REPLACE TRIGGER itrelay_asset_repainted_trigger"));
-        assert!(
-            install.contains("CONTINUE WHEN (NEW.colour IS DISTINCT FROM OLD.colour) IS NOT TRUE;")
-        );
+        assert!(install.contains("WHERE (n.r).colour IS DISTINCT FROM (o.r).colour"));
         assert!(install.contains("('it_asset_repainted', 'asset_id', false)"));
         assert!(file("default.toml").contains("it_asset_repainted = [\"FM\", \"PF-99\"]"));
         assert!(file("catalog.md").contains("| `it_asset_repainted` | IT Asset Repainted |"));

@@ -173,28 +173,21 @@ fn render_function(sql: &mut String, f: &TriggerFunction, mapping: &Mapping) -> 
             event.event_type, f.table, event.source.condition
         )?;
     }
-    let body = indent(&expand(f.body, f.table, mapping)?, "        ");
+    let body = indent(&expand(f.body, f.table, mapping, BODY_ROWS)?, "        ");
     let mut branches = Vec::new();
-    let mut conditions = String::new();
-    for (op, rows) in [
-        (Operation::Insert, rows_inserted(mapping, f.table)),
-        (Operation::Update, rows_updated(mapping, f.table)),
-    ] {
-        let Some(trigger) = f.triggers.iter().find(|t| t.on == op) else {
-            continue;
+    for trigger in f.triggers {
+        let when = match &trigger.when {
+            Some(when) => Some(expand(when, f.table, mapping, PAIRED_ROWS)?),
+            None => None,
+        };
+        let rows = match trigger.on {
+            Operation::Insert => rows_inserted(mapping, f.table, when.as_deref()),
+            Operation::Update => rows_updated(mapping, f.table, when.as_deref()),
         };
         branches.push(format!(
             "TG_OP = '{}' THEN\n        OPEN changed_rows FOR {rows};\n",
-            op.sql()
+            trigger.on.sql()
         ));
-        if let Some(when) = &trigger.when {
-            write!(
-                conditions,
-                "        IF TG_OP = '{}' THEN\n            CONTINUE WHEN ({}) IS NOT TRUE;\n        END IF;\n",
-                op.sql(),
-                expand(when, f.table, mapping)?
-            )?;
-        }
     }
     let open = format!("    IF {}    END IF;\n", branches.join("    ELSIF "));
     write!(
@@ -204,7 +197,7 @@ fn render_function(sql: &mut String, f: &TriggerFunction, mapping: &Mapping) -> 
          DECLARE\n    events itrelay.new_event[] := '{{}}';\n    changed_rows refcursor;\n    changed record;\n\
          BEGIN\n{open}    LOOP\n        FETCH changed_rows INTO changed;\n        \
          EXIT WHEN NOT FOUND;\n        NEW := changed.new;\n        OLD := changed.old;\n\
-         {conditions}{body}    END LOOP;\n    CLOSE changed_rows;\n    \
+         {body}    END LOOP;\n    CLOSE changed_rows;\n    \
          PERFORM itrelay.enqueue_events('{source}', events);\n    RETURN NULL;\nEND;\n$$;\n",
         name = f.name,
         source = f.table,
@@ -231,31 +224,49 @@ fn render_function(sql: &mut String, f: &TriggerFunction, mapping: &Mapping) -> 
     Ok(())
 }
 
-/// The rows an INSERT statement inserted into `reference`'s table, as (new, old) pairs in
-/// the order it inserted them. The old row has the new row's columns, all NULL: so `OLD`
-/// is NULL, as in a row trigger, and a body's `OLD.<column>` can still be planned.
-fn rows_inserted(mapping: &Mapping, reference: &str) -> String {
+/// The new and old rows as the queries of [`rows_inserted`] and [`rows_updated`] name
+/// them, for their WHERE clause.
+const PAIRED_ROWS: Rows<'static> = Rows {
+    new: "(n.r)",
+    old: "(o.r)",
+};
+
+/// The rows an INSERT statement inserted into `reference`'s table that meet `when`, as
+/// (new, old) pairs in the order it inserted them. The old row has the new row's columns,
+/// all NULL: so `OLD` is NULL, as in a row trigger, and a body's `OLD.<column>` can still
+/// be planned.
+fn rows_inserted(mapping: &Mapping, reference: &str, when: Option<&str>) -> String {
     let rows = mapping.transition_rows_sql(reference, "new_rows");
     format!(
-        "SELECT n.r AS new, o AS old\n            \
+        "SELECT n.r AS new, o.r AS old\n            \
          FROM (SELECT n, row_number() OVER () FROM {rows} AS n) AS n (r, i)\n            \
-         CROSS JOIN (SELECT o.* FROM (SELECT) AS one LEFT JOIN {rows} AS o ON false) AS o\n            \
-         ORDER BY i"
+         CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN {rows} AS o ON false) AS x)\n                \
+         AS o (r)\n            \
+         {}ORDER BY i",
+        where_clause(when)
     )
 }
 
-/// The rows an UPDATE statement updated in `reference`'s table, as (new, old) pairs in
-/// the order it updated them: the two transition tables hold one row per updated row
-/// each, in that order, so they pair by position (a key could itself have been updated).
-fn rows_updated(mapping: &Mapping, reference: &str) -> String {
+/// The rows an UPDATE statement updated in `reference`'s table that meet `when`, as
+/// (new, old) pairs in the order it updated them: the two transition tables hold one row
+/// per updated row each, in that order, so they pair by position (a key could itself have
+/// been updated).
+fn rows_updated(mapping: &Mapping, reference: &str, when: Option<&str>) -> String {
     format!(
         "SELECT n.r AS new, o.r AS old\n            \
          FROM (SELECT n, row_number() OVER () FROM {} AS n) AS n (r, i)\n            \
          JOIN (SELECT o, row_number() OVER () FROM {} AS o) AS o (r, i) USING (i)\n            \
-         ORDER BY i",
+         {}ORDER BY i",
         mapping.transition_rows_sql(reference, "new_rows"),
-        mapping.transition_rows_sql(reference, "old_rows")
+        mapping.transition_rows_sql(reference, "old_rows"),
+        where_clause(when)
     )
+}
+
+/// `WHERE <when>` and a line break, or nothing.
+fn where_clause(when: Option<&str>) -> String {
+    when.map(|when| format!("WHERE {when}\n            "))
+        .unwrap_or_default()
 }
 
 /// `text` with every non-empty line indented by `by`.
@@ -271,10 +282,24 @@ fn indent(text: &str, by: &str) -> String {
         .collect()
 }
 
+/// How the generated SQL names the trigger's new and old rows.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    new: &'a str,
+    old: &'a str,
+}
+
+/// The rows as a body reads them: PL/pgSQL's `NEW` and `OLD`.
+const BODY_ROWS: Rows<'static> = Rows {
+    new: "NEW",
+    old: "OLD",
+};
+
 /// Expands a trigger body or WHEN condition: `NEW.<column>` and `OLD.<column>` of the
-/// trigger's `table`, `{{table:<t>}}` (a text expression: the schema-qualified name of
-/// table t) and `{{literal_column:<t>.<column>}}` (the column, inside a string literal).
-fn expand(text: &str, table: &str, mapping: &Mapping) -> anyhow::Result<String> {
+/// trigger's `table` (read from the rows named by `rows`), `{{table:<t>}}` (a text
+/// expression: the schema-qualified name of table t) and `{{literal_column:<t>.<column>}}`
+/// (the column, inside a string literal).
+fn expand(text: &str, table: &str, mapping: &Mapping, rows: Rows) -> anyhow::Result<String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = next_token(rest) {
@@ -286,6 +311,7 @@ fn expand(text: &str, table: &str, mapping: &Mapping) -> anyhow::Result<String> 
             rest = &after[end + 2..];
         } else {
             let (row, after) = rest.split_at(3);
+            let row = if row == "NEW" { rows.new } else { rows.old };
             let after = &after[1..];
             let len = after
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
