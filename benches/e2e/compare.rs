@@ -177,17 +177,19 @@ const TICKET_CREATED_BODY: &str = include_str!("../../catalog/it_ticket_created.
 /// trigger's own body, so the two cannot drift apart), notified to the peer as
 /// `routing_key|body`.
 fn peer_trigger_sql() -> String {
-    let enqueue = "PERFORM itrelay.enqueue('it_ticket_created', {{source_table}}, ";
+    let record = "events := events || ROW('it_ticket_created', ";
+    let record_end = ")))::itrelay.new_event;\nEND;";
     assert!(
-        TICKET_CREATED_BODY.contains(enqueue) && TICKET_CREATED_BODY.contains(")));"),
-        "catalog/it_ticket_created.sql no longer calls itrelay.enqueue as the peer's trigger expects"
+        TICKET_CREATED_BODY.contains(record)
+            && TICKET_CREATED_BODY.trim_end().ends_with(record_end),
+        "catalog/it_ticket_created.sql no longer records its event as the peer's trigger expects"
     );
     let body = TICKET_CREATED_BODY
         .replace(
-            enqueue,
+            record,
             &format!("PERFORM pg_notify('{PEER_CHANNEL}', 'it_ticket_created|' || "),
         )
-        .replace(")));", "))::text);");
+        .replace(record_end, "))::text);\n    RETURN NULL;\nEND;");
     format!(
         "CREATE FUNCTION {PEER_TRIGGER}() RETURNS trigger LANGUAGE plpgsql AS $$
          {body}
