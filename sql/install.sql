@@ -880,8 +880,8 @@ DECLARE
 BEGIN
     IF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            JOIN (SELECT itrelay_row, row_number() OVER () FROM old_rows AS itrelay_row) AS o (r, i) USING (i)
             WHERE (n.r).status IN ('active', 'deactivated') AND (n.r).status IS DISTINCT FROM (o.r).status
             ORDER BY i;
     END IF;
@@ -941,9 +941,9 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
-                AS o (r)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            CROSS JOIN (SELECT itrelay_row FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false)
+                AS itrelay_row) AS o (r)
             ORDER BY i;
     END IF;
     LOOP
@@ -1000,8 +1000,8 @@ DECLARE
 BEGIN
     IF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            JOIN (SELECT itrelay_row, row_number() OVER () FROM old_rows AS itrelay_row) AS o (r, i) USING (i)
             WHERE (n.r).status = 'disposed' AND (o.r).status IS DISTINCT FROM 'disposed'
             ORDER BY i;
     END IF;
@@ -1059,9 +1059,9 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
-                AS o (r)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            CROSS JOIN (SELECT itrelay_row FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false)
+                AS itrelay_row) AS o (r)
             ORDER BY i;
     END IF;
     LOOP
@@ -1114,15 +1114,15 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
-                AS o (r)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            CROSS JOIN (SELECT itrelay_row FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false)
+                AS itrelay_row) AS o (r)
             WHERE (n.r).purchase_cost IS NOT NULL AND (n.r).purchase_date IS NOT NULL
             ORDER BY i;
     ELSIF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            JOIN (SELECT itrelay_row, row_number() OVER () FROM old_rows AS itrelay_row) AS o (r, i) USING (i)
             WHERE (n.r).purchase_cost IS NOT NULL AND (n.r).purchase_date IS NOT NULL AND ((o.r).purchase_cost IS NULL OR (o.r).purchase_date IS NULL)
             ORDER BY i;
     END IF;
@@ -1206,15 +1206,15 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
-                AS o (r)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            CROSS JOIN (SELECT itrelay_row FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false)
+                AS itrelay_row) AS o (r)
             WHERE (n.r).status = 'submitted'
             ORDER BY i;
     ELSIF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            JOIN (SELECT itrelay_row, row_number() OVER () FROM old_rows AS itrelay_row) AS o (r, i) USING (i)
             WHERE (n.r).status IN ('submitted', 'approved', 'rejected', 'scheduled', 'implemented', 'rolled_back') AND (n.r).status IS DISTINCT FROM (o.r).status
             ORDER BY i;
     END IF;
@@ -1307,15 +1307,15 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
-                AS o (r)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            CROSS JOIN (SELECT itrelay_row FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false)
+                AS itrelay_row) AS o (r)
             WHERE (n.r).severity = 'critical'
             ORDER BY i;
     ELSIF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            JOIN (SELECT itrelay_row, row_number() OVER () FROM old_rows AS itrelay_row) AS o (r, i) USING (i)
             WHERE (n.r).severity = 'critical' AND (o.r).severity IS DISTINCT FROM 'critical'
             ORDER BY i;
     END IF;
@@ -1387,9 +1387,9 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
-                AS o (r)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            CROSS JOIN (SELECT itrelay_row FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false)
+                AS itrelay_row) AS o (r)
             ORDER BY i;
     END IF;
     LOOP
@@ -1449,8 +1449,8 @@ DECLARE
 BEGIN
     IF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            JOIN (SELECT itrelay_row, row_number() OVER () FROM old_rows AS itrelay_row) AS o (r, i) USING (i)
             WHERE (n.r).expiration_date > (o.r).expiration_date
             ORDER BY i;
     END IF;
@@ -1508,8 +1508,8 @@ DECLARE
 BEGIN
     IF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            JOIN (SELECT itrelay_row, row_number() OVER () FROM old_rows AS itrelay_row) AS o (r, i) USING (i)
             WHERE (n.r).status IN ('in_progress', 'completed') AND (n.r).status IS DISTINCT FROM (o.r).status
             ORDER BY i;
     END IF;
@@ -1567,15 +1567,15 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
-                AS o (r)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            CROSS JOIN (SELECT itrelay_row FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false)
+                AS itrelay_row) AS o (r)
             WHERE (n.r).approval_status = 'approved'
             ORDER BY i;
     ELSIF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            JOIN (SELECT itrelay_row, row_number() OVER () FROM old_rows AS itrelay_row) AS o (r, i) USING (i)
             WHERE (n.r).approval_status = 'approved' AND (o.r).approval_status IS DISTINCT FROM 'approved'
             ORDER BY i;
     END IF;
@@ -1647,8 +1647,8 @@ DECLARE
 BEGIN
     IF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            JOIN (SELECT itrelay_row, row_number() OVER () FROM old_rows AS itrelay_row) AS o (r, i) USING (i)
             WHERE (n.r).received_date IS NOT NULL AND (o.r).received_date IS NULL
             ORDER BY i;
     END IF;
@@ -1718,15 +1718,15 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
-                AS o (r)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            CROSS JOIN (SELECT itrelay_row FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false)
+                AS itrelay_row) AS o (r)
             WHERE (n.r).approval_status = 'submitted'
             ORDER BY i;
     ELSIF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            JOIN (SELECT itrelay_row, row_number() OVER () FROM old_rows AS itrelay_row) AS o (r, i) USING (i)
             WHERE (n.r).approval_status = 'submitted' AND (o.r).approval_status IS DISTINCT FROM 'submitted'
             ORDER BY i;
     END IF;
@@ -1798,15 +1798,15 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
-                AS o (r)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            CROSS JOIN (SELECT itrelay_row FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false)
+                AS itrelay_row) AS o (r)
             WHERE (n.r).status IN ('completed', 'failed')
             ORDER BY i;
     ELSIF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            JOIN (SELECT itrelay_row, row_number() OVER () FROM old_rows AS itrelay_row) AS o (r, i) USING (i)
             WHERE (n.r).status IN ('completed', 'failed') AND (n.r).status IS DISTINCT FROM (o.r).status
             ORDER BY i;
     END IF;
@@ -1881,9 +1881,9 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
-                AS o (r)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            CROSS JOIN (SELECT itrelay_row FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false)
+                AS itrelay_row) AS o (r)
             ORDER BY i;
     END IF;
     LOOP
@@ -1941,9 +1941,9 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false) AS x)
-                AS o (r)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            CROSS JOIN (SELECT itrelay_row FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN new_rows AS o ON false)
+                AS itrelay_row) AS o (r)
             ORDER BY i;
     END IF;
     LOOP
@@ -2001,8 +2001,8 @@ DECLARE
 BEGIN
     IF TG_OP = 'UPDATE' THEN
         OPEN changed_rows FOR SELECT n.r AS new, o.r AS old
-            FROM (SELECT n, row_number() OVER () FROM new_rows AS n) AS n (r, i)
-            JOIN (SELECT o, row_number() OVER () FROM old_rows AS o) AS o (r, i) USING (i)
+            FROM (SELECT itrelay_row, row_number() OVER () FROM new_rows AS itrelay_row) AS n (r, i)
+            JOIN (SELECT itrelay_row, row_number() OVER () FROM old_rows AS itrelay_row) AS o (r, i) USING (i)
             WHERE (n.r).status IS DISTINCT FROM (o.r).status
             ORDER BY i;
     END IF;

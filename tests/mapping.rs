@@ -26,14 +26,16 @@ CREATE TABLE inv.hardware (hw uuid PRIMARY KEY, tenant uuid NOT NULL, tag text N
     brand text NOT NULL, model text NOT NULL, kind text NOT NULL, lifecycle text NOT NULL DEFAULT 'new',
     cost_amount numeric(14, 2), bought_on date, supplier uuid, po text, serial text,
     warranty integer, site uuid, bldg text, rm text, disp_method text, disp_on date,
-    disp_value numeric(14, 2), wipe text, destroyed boolean, changed_by uuid);
+    disp_value numeric(14, 2), wipe text, destroyed boolean, changed_by uuid,
+    -- Columns named as the trigger queries' aliases: the triggers must not read them.
+    n text, o text, r text, i integer, one text);
 CREATE TABLE inv.handovers (handover uuid PRIMARY KEY DEFAULT gen_random_uuid(), tenant uuid NOT NULL,
     hw uuid NOT NULL, person uuid NOT NULL, handed_on date NOT NULL DEFAULT current_date,
     prev_person uuid, site uuid, bldg text, rm text, handed_by uuid NOT NULL);
 CREATE TABLE inv.helpdesk (case_id uuid PRIMARY KEY, tenant uuid NOT NULL, case_no text NOT NULL,
     cat text NOT NULL, subcat text, prio text NOT NULL, title text NOT NULL, body text NOT NULL,
     reporter uuid NOT NULL, hw uuid, site uuid, state text NOT NULL DEFAULT 'open', agent uuid,
-    notes text, changed_by uuid);
+    notes text, changed_by uuid, n text, o text, r text, i integer, one text);
 CREATE TABLE inv.software (sw uuid PRIMARY KEY, tenant uuid NOT NULL, product text NOT NULL,
     publisher text NOT NULL, kind text NOT NULL, secret text, seats integer NOT NULL,
     seat_price numeric(14, 2) NOT NULL, bought_on date NOT NULL, expires_on date,

@@ -231,6 +231,10 @@ const PAIRED_ROWS: Rows<'static> = Rows {
     old: "(o.r)",
 };
 
+/// The alias whose bare name in the queries below is a whole row: a name no IT table's
+/// column has (a column of that name would be read instead).
+const ROW: &str = "itrelay_row";
+
 /// The rows an INSERT statement inserted into `reference`'s table that meet `when`, as
 /// (new, old) pairs in the order it inserted them. The old row has the new row's columns,
 /// all NULL: so `OLD` is NULL, as in a row trigger, and a body's `OLD.<column>` can still
@@ -239,9 +243,9 @@ fn rows_inserted(mapping: &Mapping, reference: &str, when: Option<&str>) -> Stri
     let rows = mapping.transition_rows_sql(reference, "new_rows");
     format!(
         "SELECT n.r AS new, o.r AS old\n            \
-         FROM (SELECT n, row_number() OVER () FROM {rows} AS n) AS n (r, i)\n            \
-         CROSS JOIN (SELECT x FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN {rows} AS o ON false) AS x)\n                \
-         AS o (r)\n            \
+         FROM (SELECT {ROW}, row_number() OVER () FROM {rows} AS {ROW}) AS n (r, i)\n            \
+         CROSS JOIN (SELECT {ROW} FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN {rows} AS o ON false)\n                \
+         AS {ROW}) AS o (r)\n            \
          {}ORDER BY i",
         where_clause(when)
     )
@@ -254,8 +258,8 @@ fn rows_inserted(mapping: &Mapping, reference: &str, when: Option<&str>) -> Stri
 fn rows_updated(mapping: &Mapping, reference: &str, when: Option<&str>) -> String {
     format!(
         "SELECT n.r AS new, o.r AS old\n            \
-         FROM (SELECT n, row_number() OVER () FROM {} AS n) AS n (r, i)\n            \
-         JOIN (SELECT o, row_number() OVER () FROM {} AS o) AS o (r, i) USING (i)\n            \
+         FROM (SELECT {ROW}, row_number() OVER () FROM {} AS {ROW}) AS n (r, i)\n            \
+         JOIN (SELECT {ROW}, row_number() OVER () FROM {} AS {ROW}) AS o (r, i) USING (i)\n            \
          {}ORDER BY i",
         mapping.transition_rows_sql(reference, "new_rows"),
         mapping.transition_rows_sql(reference, "old_rows"),
