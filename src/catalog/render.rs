@@ -9,6 +9,10 @@ use anyhow::{bail, Context};
 use super::source::{Catalog, Operation, TriggerFunction};
 use crate::mapping::{Mapping, ReferenceColumns};
 
+mod transition;
+
+use transition::{rows_inserted, rows_updated, PAIRED_ROWS};
+
 /// The markers around each generated region of `sql/install.sql`.
 pub const TRIGGERS_BEGIN: &str =
     "-- ==== Row-change events: generated from catalog/ by src/catalog/render.rs, do not edit ====\n";
@@ -222,55 +226,6 @@ fn render_function(sql: &mut String, f: &TriggerFunction, mapping: &Mapping) -> 
         )?;
     }
     Ok(())
-}
-
-/// The new and old rows as the queries of [`rows_inserted`] and [`rows_updated`] name
-/// them, for their WHERE clause.
-const PAIRED_ROWS: Rows<'static> = Rows {
-    new: "(n.r)",
-    old: "(o.r)",
-};
-
-/// The alias whose bare name in the queries below is a whole row: a name no IT table's
-/// column has (a column of that name would be read instead).
-const ROW: &str = "itrelay_row";
-
-/// The rows an INSERT statement inserted into `reference`'s table that meet `when`, as
-/// (new, old) pairs in the order it inserted them. The old row has the new row's columns,
-/// all NULL: so `OLD` is NULL, as in a row trigger, and a body's `OLD.<column>` can still
-/// be planned.
-fn rows_inserted(mapping: &Mapping, reference: &str, when: Option<&str>) -> String {
-    let rows = mapping.transition_rows_sql(reference, "new_rows");
-    format!(
-        "SELECT n.r AS new, o.r AS old\n            \
-         FROM (SELECT {ROW}, row_number() OVER () FROM {rows} AS {ROW}) AS n (r, i)\n            \
-         CROSS JOIN (SELECT {ROW} FROM (SELECT o.* FROM (SELECT) AS one LEFT JOIN {rows} AS o ON false)\n                \
-         AS {ROW}) AS o (r)\n            \
-         {}ORDER BY i",
-        where_clause(when)
-    )
-}
-
-/// The rows an UPDATE statement updated in `reference`'s table that meet `when`, as
-/// (new, old) pairs in the order it updated them: the two transition tables hold one row
-/// per updated row each, in that order, so they pair by position (a key could itself have
-/// been updated).
-fn rows_updated(mapping: &Mapping, reference: &str, when: Option<&str>) -> String {
-    format!(
-        "SELECT n.r AS new, o.r AS old\n            \
-         FROM (SELECT {ROW}, row_number() OVER () FROM {} AS {ROW}) AS n (r, i)\n            \
-         JOIN (SELECT {ROW}, row_number() OVER () FROM {} AS {ROW}) AS o (r, i) USING (i)\n            \
-         {}ORDER BY i",
-        mapping.transition_rows_sql(reference, "new_rows"),
-        mapping.transition_rows_sql(reference, "old_rows"),
-        where_clause(when)
-    )
-}
-
-/// `WHERE <when>` and a line break, or nothing.
-fn where_clause(when: Option<&str>) -> String {
-    when.map(|when| format!("WHERE {when}\n            "))
-        .unwrap_or_default()
 }
 
 /// `text` with every non-empty line indented by `by`.
