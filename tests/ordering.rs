@@ -358,8 +358,10 @@ async fn produce(db_url: String, seed: u64, target: usize, committed: Arc<Atomic
     }
 }
 
-/// One transaction's changes: a new ticket, or one to three status changes; returns the
-/// events they wrote. Sometimes sleeps before returning: a late committer.
+/// One transaction's changes: new tickets (one or several in one statement), or one to
+/// three status changes, each of one ticket or of several in one statement (the
+/// triggers run once per statement); returns the events they wrote. Sometimes sleeps
+/// before returning: a late committer.
 async fn changes(
     client: &tokio_postgres::Client,
     rng: &mut fastrand::Rng,
@@ -367,23 +369,26 @@ async fn changes(
 ) -> Result<usize, tokio_postgres::Error> {
     let mut events = 0;
     if tickets.len() < 8 || rng.u8(..10) == 0 {
-        client
+        events += client
             .execute(
                 &format!(
                     "INSERT INTO it_tickets (organization_id, ticket_number, category, priority,
                          subject, description, requester_id)
-                     VALUES ('{ORG}', $1, 'software', 'low', 'S', 'D', '{EMPLOYEE}')"
+                     SELECT '{ORG}', $1 || '-' || n, 'software', 'low', 'S', 'D', '{EMPLOYEE}'
+                     FROM generate_series(1, $2) AS n"
                 ),
-                &[&format!("CHK-{}", rng.u32(..))],
+                &[&format!("CHK-{}", rng.u32(..)), &rng.i32(1..=3)],
             )
-            .await?;
-        events += 1;
+            .await? as usize;
     }
     for _ in 0..rng.usize(1..=3) {
         if tickets.is_empty() {
             break;
         }
-        let ticket = &tickets[rng.usize(..tickets.len().min(40))];
+        let pool = tickets.len().min(40);
+        let chosen: Vec<&String> = (0..rng.usize(1..=4))
+            .map(|_| &tickets[rng.usize(..pool)])
+            .collect();
         let status = STATUSES[rng.usize(..STATUSES.len())];
         let changed = client
             .execute(
@@ -391,9 +396,9 @@ async fn changes(
                     "UPDATE it_tickets
                  SET status = $2, updated_by = '{ACTOR}',
                      resolution_notes = (coalesce(resolution_notes, '0')::bigint + 1)::text
-                 WHERE ticket_id = $1::text::uuid AND status <> $2"
+                 WHERE ticket_id = ANY($1::text[]::uuid[]) AND status <> $2"
                 ),
-                &[ticket, &status],
+                &[&chosen, &status],
             )
             .await?;
         events += changed as usize;
