@@ -18,13 +18,15 @@ use tokio_util::sync::CancellationToken;
 pub const EVERY: Duration = Duration::from_secs(5);
 
 /// One statement for the four gauges; pending events are found without reading the
-/// settled ones (`itrelay.pending`), failed ones through their partial index.
-pub const MEASURE_SQL: &str = "SELECT
-    (SELECT count(*) FROM itrelay.pending),
-    (SELECT coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE isfinite(created_at))), 0)::float8
-       FROM itrelay.pending),
+/// settled ones (`itrelay.pending`), and read once for their count and oldest; failed
+/// ones through their partial index.
+const MEASURE_SQL: &str = "SELECT pending.count, pending.oldest_age,
     (SELECT count(*) FROM itrelay.events WHERE state = 'failed'),
-    (SELECT count(*) FROM itrelay.copies WHERE state = 'failed')";
+    (SELECT count(*) FROM itrelay.copies WHERE state = 'failed')
+    FROM (SELECT count(*) AS count,
+                 coalesce(extract(epoch FROM now() - min(created_at)
+                                  FILTER (WHERE isfinite(created_at))), 0)::float8 AS oldest_age
+          FROM itrelay.pending) AS pending";
 
 #[derive(Debug, thiserror::Error)]
 enum GaugeError {
@@ -49,6 +51,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) {
         shutdown,
         move |progress| async move {
             let pg = PgSession::connect(&settings.postgres).await?;
+            // Index paths, as the relay's claims (crate::outbox::Outbox::prepare): without
+            // statistics (autovacuum off) the planner read every partition whole to find the
+            // few queued rows, settled ones included.
+            pg.client.batch_execute("SET enable_seqscan = off").await?;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),

@@ -18,10 +18,18 @@ use crate::config::PostgresSettings;
 use crate::connect::SettingError;
 use crate::redact::redact_text;
 
-/// The server's side of the keepalives and a check, every 5 s while a query runs, that
-/// the client is still connected (Postgres 14 or later).
-const SERVER_SIDE_CHECKS: &str = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 \
-     -c tcp_keepalives_count=3 -c tcp_user_timeout=30000 -c client_connection_check_interval=5000";
+/// Settings of every session the relay opens, after any the URL's `options` give:
+/// - the server's side of the keepalives and a check, every 5 s while a query runs, that
+///   the client is still connected (Postgres 14 or later);
+/// - no JIT compilation and no parallel workers. The relay's statements are short and
+///   planned over views whose row estimates are far above what they read (a one-row
+///   table, `unnest`), so the planner prices them past `jit_above_cost` and the parallel
+///   thresholds: with JIT on, the outbox gauges compiled for 3.7 s a statement that runs
+///   in 0.1 s, every few seconds, holding locks meanwhile; and starting two workers took
+///   8 ms where the statement needs 1.
+const SESSION_SETTINGS: &str = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 \
+     -c tcp_keepalives_count=3 -c tcp_user_timeout=30000 -c client_connection_check_interval=5000 \
+     -c jit=off -c max_parallel_workers_per_gather=0";
 
 /// Notices buffered between the connection and the relay; past this, notices are
 /// dropped: a wake-up for new rows is redundant then, a replay's rows wait for the claim
@@ -126,7 +134,7 @@ impl PgSession {
     async fn open(settings: &PostgresSettings) -> Result<Self, ConnectError> {
         let (mut config, tls) = settings.connect_options()?;
         let options = format!(
-            "{} {SERVER_SIDE_CHECKS}",
+            "{} {SESSION_SETTINGS}",
             config.get_options().unwrap_or_default()
         );
         config

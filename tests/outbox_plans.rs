@@ -1,11 +1,12 @@
 //! The outbox statements stay index scans whatever the planner believes the outbox
 //! holds: plans made while it was vacuumed empty must not read the whole table once it
-//! has grown.
+//! has grown; and the relay's sessions never compile a statement or start workers for one.
 
 mod common;
 
 use common::*;
 use itrelay::outbox::{claimed_id, Outbox, Outcome};
+use itrelay::postgres::PgSession;
 
 #[tokio::test]
 async fn plans_made_on_an_empty_outbox_use_the_indexes_once_it_has_grown() {
@@ -87,4 +88,43 @@ async fn plans_made_on_an_empty_outbox_use_the_indexes_once_it_has_grown() {
         (498, 1, 1)
     );
     client.batch_execute("ROLLBACK").await.expect("rollback");
+}
+
+#[tokio::test]
+async fn the_relays_sessions_compile_nothing_and_start_no_workers() {
+    let env = TestEnv::new().await;
+    env.seed().await;
+    insert_tickets(&env.client, "BACKLOG", 2000).await;
+    // The URL's own options stay (a statement timeout); JIT and parallel workers go,
+    // whatever the server or the URL says: the planner prices the outbox statements far
+    // above what they read, and compiling them took longer than running them. The URL
+    // makes every statement worth both, as a large outbox does.
+    let options = "-c statement_timeout=12345 -c jit=on -c jit_above_cost=0 \
+                   -c parallel_setup_cost=0 -c parallel_tuple_cost=0 \
+                   -c min_parallel_index_scan_size=0 -c min_parallel_table_scan_size=0";
+    let url = format!("{}?options={}", env.db_url, options.replace(' ', "%20"));
+    let settings = env.settings(&[("ITRELAY__POSTGRES__URL", &url)]);
+    let session = PgSession::connect(&settings.postgres)
+        .await
+        .expect("a relay session");
+    let timeout: String = session
+        .client
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .expect("show statement_timeout")
+        .get(0);
+    assert_eq!(timeout, "12345ms", "the URL's options are kept");
+    let plan: String = session
+        .client
+        .query_one(
+            // What the outbox gauges count.
+            "EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM itrelay.pending",
+            &[],
+        )
+        .await
+        .expect("explain a count of the pending events")
+        .get::<_, serde_json::Value>(0)
+        .to_string();
+    assert!(!plan.contains("\"JIT\""), "compiled: {plan}");
+    assert!(!plan.contains("Workers Launched"), "parallel: {plan}");
 }

@@ -73,12 +73,8 @@ impl Outbox {
         client: &Client,
         mapping: &Mapping,
     ) -> Result<Self, tokio_postgres::Error> {
-        // No JIT either: the one-row itrelay.progress has no path but a sequential scan,
-        // which the setting above prices so high that every call would be compiled, for
-        // longer than the statement runs.
-        client
-            .batch_execute("SET enable_seqscan = off; SET jit = off")
-            .await?;
+        // (JIT is off on every session: crate::postgres.)
+        client.batch_execute("SET enable_seqscan = off").await?;
         Ok(Self {
             // One index scan in id order from the floor, stepping over exactly the rows
             // in flight. The payload comes as text, parsed row by row: a payload the
