@@ -147,12 +147,18 @@ INSERT INTO itrelay.progress DEFAULT VALUES ON CONFLICT DO NOTHING;
 -- each ending on a multiple of the span: the first above every id already in the default
 -- partition (on a first call, from p_from's span, or the next id's). Each is created
 -- empty and attached, which does not block inserts. Returns how many it created.
+-- Attaching locks the default partition exclusively, so it waits for every statement
+-- reading itrelay.events (a DBA's long query), and while it waits, the relay's claims and
+-- any reader queue behind it. So it waits at most a moment for each lock (lock_timeout),
+-- and what it cannot lock now is left to the next call: until then new ids land in the
+-- default partition, which loses nothing.
 CREATE OR REPLACE FUNCTION itrelay.extend_partitions(p_ahead integer DEFAULT 2,
     p_from bigint DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '100ms'
 AS $$
 DECLARE
     v_span    numeric := (SELECT partition_span FROM itrelay.progress);
@@ -162,10 +168,17 @@ DECLARE
     v_created integer := 0;
     v_name    text;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('itrelay partitions'));
+    -- Another call (or itrelay.retire_partitions) is at work: it is left to that one.
+    IF NOT pg_try_advisory_xact_lock(hashtext('itrelay partitions')) THEN
+        RETURN 0;
+    END IF;
     -- Writers into the default partition wait for this call: no row lands in the range
     -- of a partition being attached.
-    LOCK TABLE itrelay.events_default IN EXCLUSIVE MODE;
+    BEGIN
+        LOCK TABLE itrelay.events_default IN EXCLUSIVE MODE;
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN 0;
+    END;
     SELECT coalesce(s.last_value, s.start_value - 1) + 1 INTO v_next
     FROM pg_sequences AS s
     WHERE s.schemaname || '.' || s.sequencename = pg_get_serial_sequence('itrelay.events', 'id');
@@ -179,9 +192,13 @@ BEGIN
         v_hi := least((floor(v_lo / v_span) + 1) * v_span, 9223372036854775807);
         EXIT WHEN v_hi <= v_lo;
         v_name := 'events_' || v_lo;
-        EXECUTE format('CREATE TABLE itrelay.%I (LIKE itrelay.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', v_name);
-        EXECUTE format('ALTER TABLE itrelay.events ATTACH PARTITION itrelay.%I FOR VALUES FROM (%s) TO (%s)',
-                       v_name, v_lo, v_hi);
+        BEGIN
+            EXECUTE format('CREATE TABLE itrelay.%I (LIKE itrelay.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', v_name);
+            EXECUTE format('ALTER TABLE itrelay.events ATTACH PARTITION itrelay.%I FOR VALUES FROM (%s) TO (%s)',
+                           v_name, v_lo, v_hi);
+        EXCEPTION WHEN lock_not_available THEN
+            RETURN v_created; -- this one's table is rolled back with its attachment
+        END;
         v_created := v_created + 1;
         v_lo := v_hi;
     END LOOP;

@@ -1,7 +1,8 @@
 //! The outbox's storage: an install of the layout before partitions is upgraded without
 //! losing or re-sending anything; under sustained load with retention on, the outbox
 //! stays small and retention drops nothing pending; an insert with no partition for its
-//! id (the relay down for long) still commits and is delivered.
+//! id (the relay down for long) still commits and is delivered; a long reader of the
+//! outbox holds up neither the relay nor, for more than a moment, partition upkeep.
 
 mod common;
 
@@ -271,5 +272,75 @@ async fn an_insert_beyond_every_partition_commits_and_is_delivered() {
     );
     env.wait_until_settled(1).await;
     assert_eq!(env.drain(&env.exchange("PF-10")).await.len(), 4);
+    stop(relay, log).await;
+}
+
+#[tokio::test]
+async fn a_long_reader_of_the_outbox_holds_up_neither_the_relay_nor_partition_upkeep() {
+    let env = TestEnv::new().await;
+    env.seed().await;
+    small_partitions(&env, 100).await;
+    // A DBA's long read: its transaction holds every partition of itrelay.events, and
+    // attaching a partition locks the default one exclusively.
+    let reader = connect(&env.db_url).await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM itrelay.outbox")
+        .await
+        .expect("the long reader");
+    // Past the partitions made ahead: the next ids need new ones.
+    insert_tickets(&env.client, "LONG", 250).await;
+    let partitions =
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'itrelay.events'::regclass";
+    let before = env.count(partitions).await;
+    // A call gives up at once, rather than queue every reader of the events (the relay's
+    // claims among them) behind its lock for as long as the long reader runs.
+    let created: i32 = tokio::time::timeout(
+        Duration::from_secs(5),
+        env.client
+            .query_one("SELECT itrelay.extend_partitions()", &[]),
+    )
+    .await
+    .expect("itrelay.extend_partitions waited for the long reader")
+    .expect("itrelay.extend_partitions")
+    .get(0);
+    assert_eq!(created, 0, "partitions attached under a reader's lock");
+    // The relay's retention tries the same at start; its claims go on meanwhile. Bound:
+    // under the old behaviour the claims waited the retention's query timeout (10 s),
+    // then again on every retry.
+    let mut relay = spawn_run(&env, "warn", &[]);
+    let log = read_stderr(&mut relay);
+    let delivered = tokio::time::timeout(Duration::from_secs(8), async {
+        while env.count("SELECT count(*) FROM itrelay.pending").await > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if delivered.is_err() {
+        panic!(
+            "events held up by the long reader; relay log:\n{}",
+            stop(relay, log).await
+        );
+    }
+    // Business writes too, the new ids landing in the default partition.
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        insert_tickets(&env.client, "LATE", 10),
+    )
+    .await
+    .expect("a business write held up by the long reader");
+    // Once the reader is done, the next extension makes the partitions.
+    reader.batch_execute("COMMIT").await.expect("end the read");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while env.count(partitions).await <= before {
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "no partition made after the reader ended; relay log:\n{}",
+                stop(relay, log).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.wait_until_settled(260).await;
+    assert_eq!(env.drain(&env.exchange("PF-10")).await.len(), 260);
     stop(relay, log).await;
 }
