@@ -114,13 +114,13 @@ impl BenchEnv {
     /// Creates the database (reference schema, seeded requester, no itrelay yet) and
     /// the consumer queue bound to the ticket subscriber's exchange.
     pub async fn create(setup: &RelaySetup, database: &str, prefix: &str) -> Result<Self> {
-        let admin = connect(&setup.server_url).await?;
+        let admin = connect_watching(&setup.server_url).await?;
         admin
             .batch_execute(&format!("CREATE DATABASE {database}"))
             .await
             .context("create the bench database")?;
         let db_url = setup.database_url(database)?;
-        let client = connect(&db_url).await?;
+        let client = connect_watching(&db_url).await?;
         client
             .batch_execute(itrelay::sql::REFERENCE_SCHEMA)
             .await
@@ -289,7 +289,7 @@ impl BenchEnv {
 /// Removes the database from the server at `server_url` and every exchange and queue under
 /// `prefix`. Best effort: runs after failures too, and reports what it could not remove.
 pub async fn cleanup(server_url: &str, database: &str, prefix: &str) {
-    match connect(server_url).await {
+    match connect_watching(server_url).await {
         Ok(admin) => {
             let drop = format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)");
             if let Err(error) = admin.batch_execute(&drop).await {
@@ -339,8 +339,26 @@ async fn rabbit_names(list: &str, prefix: &str) -> Vec<String> {
     }
 }
 
+/// A session as a business application opens one: the server's settings.
 pub async fn connect(url: &str) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+    open(url, url.parse()?).await
+}
+
+/// A session that watches the relay (setup, the phases' queries on the outbox), set as
+/// the relay's sessions that read the outbox: no JIT, no parallel workers, index paths.
+/// Without statistics the planner prices queries over itrelay's views far above what they
+/// read, so otherwise a poll that runs in a millisecond compiled for tens of
+/// milliseconds, started two workers or read every partition whole, and the CPU it took
+/// came out of what the phase measured.
+pub async fn connect_watching(url: &str) -> Result<Client> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    config.options("-c jit=off -c max_parallel_workers_per_gather=0 -c enable_seqscan=off");
+    open(url, config).await
+}
+
+async fn open(url: &str, config: tokio_postgres::Config) -> Result<Client> {
+    let (client, connection) = config
+        .connect(NoTls)
         .await
         .with_context(|| format!("connect to {url}"))?;
     tokio::spawn(connection);

@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 
-use crate::env::connect;
+use crate::env::{connect, connect_watching};
 use crate::sample;
 
 /// Inserts `$10` tickets in one statement, numbered `<$2>-1`, `<$2>-2`, ...
@@ -123,16 +123,38 @@ pub async fn produce(
     })
 }
 
-/// Seconds the oldest pending event has waited (0 when none is pending).
-pub async fn oldest_pending_age(client: &Client) -> Result<f64> {
-    let row = client
-        .query_one(
-            "SELECT COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - (
-                 SELECT created_at FROM itrelay.pending ORDER BY id LIMIT 1)), 0)::float8",
-            &[],
-        )
-        .await?;
-    Ok(row.get(0))
+/// Seconds the oldest pending event has waited (0 when none is pending). Read as the
+/// relay's claim reads: one row from each range of ids not settled, not every pending
+/// row (`itrelay.pending` ordered by id reads them all, as the backlog grows). Prepared
+/// once per poller ([`BacklogAge::prepare`]): planning it over the partitions costs
+/// more than running it.
+const OLDEST_PENDING_AGE: &str = "SELECT coalesce(extract(epoch FROM clock_timestamp() - (
+        SELECT created_at
+        FROM (SELECT e.id, e.created_at
+              FROM itrelay.progress AS p,
+                   unnest(nummultirange(numrange(p.floor, 9223372036854775808))
+                          - p.settled) AS g(ids),
+                   LATERAL (SELECT id, created_at FROM itrelay.events
+                            WHERE id >= lower(g.ids)::bigint
+                              AND id <= (upper(g.ids) - 1)::bigint
+                              AND state = 'pending'
+                            ORDER BY id LIMIT 1) AS e
+              UNION ALL
+              SELECT id, created_at FROM itrelay.events WHERE state = 'queued') AS pending
+        ORDER BY id LIMIT 1)), 0)::float8";
+
+/// The age of the oldest pending event, polled on one connection.
+pub struct BacklogAge(Statement);
+
+impl BacklogAge {
+    pub async fn prepare(client: &Client) -> Result<Self> {
+        Ok(Self(client.prepare(OLDEST_PENDING_AGE).await?))
+    }
+
+    /// Seconds the oldest pending event has waited (0 when none is pending).
+    pub async fn seconds(&self, client: &Client) -> Result<f64> {
+        Ok(client.query_one(&self.0, &[]).await?.get(0))
+    }
 }
 
 /// Outbox rows per state: (pending, delivered, failed).
@@ -155,14 +177,15 @@ pub async fn sample_backlog_age(
     every: Duration,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Result<Vec<f64>>>> {
-    let client = connect(db_url).await?;
+    let client = connect_watching(db_url).await?;
     Ok(tokio::spawn(async move {
+        let age = BacklogAge::prepare(&client).await?;
         let mut ages = Vec::new();
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(ages),
-                _ = tick.tick() => ages.push(oldest_pending_age(&client).await?),
+                _ = tick.tick() => ages.push(age.seconds(&client).await?),
             }
         }
     }))

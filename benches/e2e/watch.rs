@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::load::{self, TicketWriter};
+use crate::load::{self, BacklogAge, TicketWriter};
 use crate::process::{broker_pid, cpu_seconds, memory, sample_rss, MachineCpu, RelayProcess};
 
 /// What the relay and the machine used over a window.
@@ -158,9 +158,10 @@ impl Watched {
     /// how long that took.
     pub async fn wait_drained(&mut self, client: &Client, limit: Duration) -> Result<Duration> {
         let start = Instant::now();
+        let age = BacklogAge::prepare(client).await?;
         loop {
             self.relay.ensure_running()?;
-            if load::oldest_pending_age(client).await? == 0.0 {
+            if age.seconds(client).await? == 0.0 {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > limit {
