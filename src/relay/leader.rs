@@ -139,10 +139,11 @@ impl<'a, S: Sink> Leader<'a, S> {
     /// Drains the outbox in overlapping batches: a claimed batch is published at once,
     /// and the next claim does not wait for its confirms. A batch is settled (its
     /// outcomes recorded in the same round trip as the next claim) once its confirms are
-    /// in, or once the batches in flight hold a batch's worth of rows
-    /// ([`Self::window_full`]), so at most two batches' rows are unconfirmed. A batch that holds an event of an entity a batch in flight
-    /// holds one of waits for the batches in flight to settle before it is sent, so a
-    /// nack there can hold its copies back. Once `QUIET_POLLS` polls in a row find
+    /// in, or once the batches in flight hold more than a batch's worth of rows
+    /// ([`Self::window_full`]), so at most two batches' rows are unconfirmed. A batch
+    /// that holds an event of an entity a batch in flight holds one of waits for the
+    /// batches in flight to settle before it is sent, so a nack there can hold its
+    /// copies back. Once `QUIET_POLLS` polls in a row find
     /// nothing, flags itself idle (so triggers NOTIFY again) and waits for a
     /// notification, the fallback poll or a waiting copy's retry. The reconnect backoff
     /// starts over only after real `progress` (a batch recorded, or a full idle cycle): an
@@ -237,13 +238,16 @@ impl<'a, S: Sink> Leader<'a, S> {
         Ok(!outcomes.is_empty())
     }
 
-    /// Whether the batches in flight are as many as may be, or hold a batch's worth of
-    /// rows: then the oldest is settled before the next claim.
+    /// Whether the batches in flight are as many as may be, or hold more than a batch's
+    /// worth of rows: then the oldest is settled before the next claim. A full batch
+    /// alone in flight is not waited for: the next is claimed and published while the
+    /// broker works on it, so the broker always has a batch to confirm while the relay
+    /// records and claims.
     fn window_full(&self) -> bool {
         let rows: usize = self.in_flight.iter().map(|batch| batch.ids().len()).sum();
         let batch_size =
             usize::try_from(self.relay.settings.relay.batch_size).unwrap_or(usize::MAX);
-        self.in_flight.len() >= MAX_BATCHES_IN_FLIGHT || rows >= batch_size
+        self.in_flight.len() >= MAX_BATCHES_IN_FLIGHT || rows > batch_size
     }
 
     /// Settles the batches in flight, oldest first, recording the outcomes of each.
