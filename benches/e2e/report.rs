@@ -587,7 +587,7 @@ impl Results {
         let _ = writeln!(
             out,
             "Run {} ({} mode, `{}`, {:.0} s) on {} × {}, {} MiB RAM, PostgreSQL {}, \
-             RabbitMQ {}; relay defaults (`relay.batch_size` 500, one channel, batches \
+             RabbitMQ {}; relay defaults (`relay.batch_size` 250, one channel, batches \
              claimed and published while earlier ones' confirms are on their way, at most \
              two batches' rows unconfirmed){}.\n",
             self.date,
