@@ -23,8 +23,6 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 start_postgres -c wal_level=logical
 relay_env ""
 export ITRELAY__RETENTION__ENABLED=false
-org=7f1c1c4e-8a2b-4d53-9a55-2a1e7b0c9d11
-employee=22222222-2222-4222-8222-222222222222
 cat > "$dir/ticket.sql" <<EOF
 INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)
 VALUES ('$org', 'B-' || :client_id || '-' || random(), 'software', 'low', 'S', 'D', '$employee');
@@ -34,12 +32,8 @@ for mode in outbox wal; do
     db=bench_$mode
     psql -X -q "postgres://postgres@127.0.0.1:$port/postgres" -c "CREATE DATABASE $db"
     url="postgres://postgres@127.0.0.1:$port/$db"
-    sql() { psql -X -q -At -v ON_ERROR_STOP=1 "$url" -c "$1"; }
-    psql -X -q -v ON_ERROR_STOP=1 "$url" -f "$here/sql/reference_schema.sql" >/dev/null
     export ITRELAY__POSTGRES__URL=$url ITRELAY__POSTGRES__CAPTURE=$mode
-    "$bin" install >/dev/null
-    sql "INSERT INTO employees (employee_id, organization_id, employee_name, email)
-         VALUES ('$employee', '$org', 'Dana', 'd@example.com')"
+    install_itrelay "$bin"
     tps() { as_pg "$pg_bin/pgbench" -n -c 4 -j 2 -T "$seconds" -f "$dir/ticket.sql" -h 127.0.0.1 -p "$port" -U postgres "$db" 2>/dev/null \
               | awk '/^tps/ { printf "%d", $3 }'; }
     ticket_count() { sql "SELECT count(*) FROM it_tickets"; }

@@ -1,9 +1,11 @@
 # Sourced by the benchmark scripts: a private Postgres (initdb on a free port, nobody
 # else's load) and the relay's environment for it, against the shared RabbitMQ.
 #
-#   . "$here/bench/private_postgres.sh" <name>      # sets dir, port, prefix; traps EXIT
+#   . "$here/bench/private_postgres.sh" <name>      # sets dir, port, prefix, url; traps EXIT
 #   start_postgres [-c setting=value ...]            # initdb and start
 #   relay_env <database url>                         # exports the relay's ITRELAY__* variables
+#   install_itrelay <itrelay binary>                 # reference schema, itrelay, requester
+#   sql <statement>                                  # runs it on $url, unaligned output
 #
 # The relay's PF-10 copies go to its own dead-letter queue (capped at one message), so no
 # subscriber queue is needed; that queue is deleted at exit with the server. A script
@@ -30,6 +32,22 @@ start_postgres() {
     as_pg "$pg_bin/initdb" -D "$dir/data" -U postgres -A trust >/dev/null
     as_pg "$pg_bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
         -o "-p $port -k $dir -c listen_addresses=127.0.0.1 $*" start >/dev/null
+}
+
+# The database the script works in (a script may point it elsewhere), and the sample
+# tickets' organization and requester.
+url="postgres://postgres@127.0.0.1:$port/postgres"
+org=7f1c1c4e-8a2b-4d53-9a55-2a1e7b0c9d11
+employee=22222222-2222-4222-8222-222222222222
+sql() { psql -X -q -At -v ON_ERROR_STOP=1 "$url" -c "$1"; }
+
+# Into $url: the reference schema, itrelay installed by the binary $1 (with the relay's
+# environment, which the caller exports first) and the requester of the sample tickets.
+install_itrelay() {
+    psql -X -q -v ON_ERROR_STOP=1 "$url" -f "$here/sql/reference_schema.sql" >/dev/null
+    "$1" install >/dev/null
+    sql "INSERT INTO employees (employee_id, organization_id, employee_name, email)
+         VALUES ('$employee', '$org', 'Ana', 'ana@example.com')"
 }
 
 relay_env() {

@@ -24,13 +24,8 @@ perf_pids=()
 stop_more() { for pid in "${perf_pids[@]}"; do kill -INT "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done; }
 . "$here/bench/private_postgres.sh" itrelay-profile-bench
 start_postgres -c autovacuum=off
-url="postgres://postgres@127.0.0.1:$port/postgres"
-sql() { psql -X -q -At -v ON_ERROR_STOP=1 "$url" -c "$1"; }
-psql -X -q -v ON_ERROR_STOP=1 "$url" -f "$here/sql/reference_schema.sql" >/dev/null
 relay_env "$url"
-"$bin" install >/dev/null
-sql "INSERT INTO employees (employee_id, organization_id, employee_name, email) VALUES
-     ('22222222-2222-4222-8222-222222222222', '7f1c1c4e-8a2b-4d53-9a55-2a1e7b0c9d11', 'Dana', 'd@example.com')"
+install_itrelay "$bin"
 n=0
 while [ "$n" -lt "$events" ]; do
     sql "INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)

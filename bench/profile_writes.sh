@@ -27,15 +27,8 @@ perf_pids=()
 stop_more() { for pid in "${perf_pids[@]}"; do kill -INT "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done; }
 . "$here/bench/private_postgres.sh" itrelay-profile-writes
 start_postgres -c autovacuum=off
-url="postgres://postgres@127.0.0.1:$port/postgres"
-sql() { psql -X -q -At -v ON_ERROR_STOP=1 "$url" -c "$1"; }
-psql -X -q -v ON_ERROR_STOP=1 "$url" -f "$here/sql/reference_schema.sql" >/dev/null
 relay_env "$url"
-"$bin" install >/dev/null
-org=7f1c1c4e-8a2b-4d53-9a55-2a1e7b0c9d11
-employee=22222222-2222-4222-8222-222222222222
-sql "INSERT INTO employees (employee_id, organization_id, employee_name, email)
-     VALUES ('$employee', '$org', 'Ana', 'ana@example.com')"
+install_itrelay "$bin"
 cat > "$dir/ticket.sql" <<EOF
 \set n random(1, 1000000000)
 INSERT INTO it_tickets (organization_id, ticket_number, category, subcategory, priority, subject, description, requester_id)

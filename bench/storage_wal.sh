@@ -20,13 +20,8 @@ per_tx=${3:-500}
 here=$(cd "$(dirname "$0")/.." && pwd)
 . "$here/bench/private_postgres.sh" itrelay-storage-bench
 start_postgres -c autovacuum=off
-url="postgres://postgres@127.0.0.1:$port/postgres"
-sql() { psql -X -q -At -v ON_ERROR_STOP=1 "$url" -c "$1"; }
-psql -X -q -v ON_ERROR_STOP=1 "$url" -f "$here/sql/reference_schema.sql" >/dev/null
 relay_env "$url"
-"$bin" install >/dev/null
-sql "INSERT INTO employees (employee_id, organization_id, employee_name, email) VALUES
-     ('22222222-2222-4222-8222-222222222222', '7f1c1c4e-8a2b-4d53-9a55-2a1e7b0c9d11', 'Dana', 'd@example.com')"
+install_itrelay "$bin"
 
 lsn() { sql "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint"; }
 write() { # $1: tag

@@ -19,15 +19,8 @@ transactions=${2:-60}
 here=$(cd "$(dirname "$0")/.." && pwd)
 . "$here/bench/private_postgres.sh" itrelay-trigger-cost
 start_postgres
-url="postgres://postgres@127.0.0.1:$port/postgres"
 relay_env "$url"
-sql() { psql -X -q -At -v ON_ERROR_STOP=1 "$url" -c "$1"; }
-psql -X -q -v ON_ERROR_STOP=1 "$url" -f "$here/sql/reference_schema.sql" >/dev/null
-"$bin" install >/dev/null
-org=7f1c1c4e-8a2b-4d53-9a55-2a1e7b0c9d11
-employee=22222222-2222-4222-8222-222222222222
-sql "INSERT INTO employees (employee_id, organization_id, employee_name, email)
-     VALUES ('$employee', '$org', 'Ana', 'ana@example.com')"
+install_itrelay "$bin"
 cat > "$dir/tickets.sql" <<EOF
 INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)
 SELECT '$org', 'T-' || n, 'network', 'medium', 'VPN drops after the update on the laptop',
