@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::config::Capture;
 use crate::config::Settings;
 use crate::metrics::METRICS;
+use crate::outbox;
 use crate::postgres::{ConnectError, PgSession};
 use crate::tasks::{self, Failure};
 use crate::wal;
@@ -51,10 +52,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) {
         shutdown,
         move |progress| async move {
             let pg = PgSession::connect(&settings.postgres).await?;
-            // Index paths, as the relay's claims (crate::outbox::Outbox::prepare): without
-            // statistics (autovacuum off) the planner read every partition whole to find the
-            // few queued rows, settled ones included.
-            pg.client.batch_execute("SET enable_seqscan = off").await?;
+            outbox::use_index_paths(&pg.client).await?;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),

@@ -63,18 +63,25 @@ pub struct Outbox {
     pub references: ReferenceLookups,
 }
 
+/// Limits the planner of `client`'s session to index paths, for the sessions that read
+/// the outbox. Postgres plans a prepared statement once and keeps the plan until the
+/// table's statistics change, so a claim planned just after the outbox was vacuumed empty
+/// would read the whole table on every call once it has grown, until autovacuum analyzes
+/// it again; and without statistics (autovacuum off) the planner read every partition
+/// whole to find the few queued rows. Every outbox statement has an index path. (JIT and
+/// parallel workers are off on every session: [`crate::postgres`].)
+pub async fn use_index_paths(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute("SET enable_seqscan = off").await
+}
+
 impl Outbox {
     /// Prepares the statements on `client`, whose planner it first limits to index
-    /// paths: Postgres plans a prepared statement once and keeps the plan until the
-    /// table's statistics change, so a claim planned just after the outbox was vacuumed
-    /// empty would read the whole table on every call once it has grown, until
-    /// autovacuum analyzes it again. Every statement here has an index path.
+    /// paths ([`use_index_paths`]).
     pub async fn prepare(
         client: &Client,
         mapping: &Mapping,
     ) -> Result<Self, tokio_postgres::Error> {
-        // (JIT is off on every session: crate::postgres.)
-        client.batch_execute("SET enable_seqscan = off").await?;
+        use_index_paths(client).await?;
         Ok(Self {
             // One index scan in id order from the floor, stepping over exactly the rows
             // in flight. The payload comes as text, parsed row by row: a payload the

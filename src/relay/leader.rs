@@ -143,9 +143,9 @@ impl<'a, S: Sink> Leader<'a, S> {
     /// ([`Self::window_full`]), so at most two batches' rows are unconfirmed. A batch
     /// that holds an event of an entity a batch in flight holds one of waits for the
     /// batches in flight to settle before it is sent, so a nack there can hold its
-    /// copies back. Once `QUIET_POLLS` polls in a row find
-    /// nothing, flags itself idle (so triggers NOTIFY again) and waits for a
-    /// notification, the fallback poll or a waiting copy's retry. The reconnect backoff
+    /// copies back. Once `QUIET_POLLS` polls in a row find nothing, flags itself idle
+    /// (so triggers NOTIFY again) and waits for a notification, the fallback poll or a
+    /// waiting copy's retry. The reconnect backoff
     /// starts over only after real `progress` (a batch recorded, or a full idle cycle): an
     /// error that recurs right after leadership is taken (a missing grant or schema) keeps
     /// backing off.
